@@ -1,0 +1,130 @@
+"""The local lab's "kubelet": start each pod's processes and its sidecar, wait until ready.
+
+The app process runs with the manifest's args (see :mod:`meshlab.envs.local.images`). A meshed
+pod also gets ``python -m meshlab.proxy --config sidecar.json`` which binds its listeners and
+then drops to uid/gid 1337 (Istio's proxy user), so the capture rules exempt exactly its traffic.
+Logs go to ``<state>/pods/<pod>/<container>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from meshlab.envs.local import istiod
+from meshlab.envs.local.images import local_command
+from meshlab.envs.local.istio_iptables import PROXY_GID, PROXY_UID
+from meshlab.envs.local.netns import NetnsShell
+from meshlab.envs.local.plan import LabPlan, PodPlan
+from meshlab.envs.local.state import LabState
+from meshlab.errors import LabError
+
+SIDECAR_PORTS = (15000, 15001, 15006, 15020, 15090)
+SIDECAR_CONTAINER = "istio-proxy"
+
+
+def pod_dir(state: LabState, pod: str) -> Path:
+    """The pod's folder under the state dir (logs, sidecar config, access log)."""
+    return state.dir / "pods" / pod
+
+
+def start_pod(plan: LabPlan, state: LabState, pp: PodPlan, python: str = sys.executable) -> None:
+    """Start the pod's app containers and, for a meshed pod, its sidecar (sidecar first, as
+    Istio's ``holdApplicationUntilProxyStarts`` would)."""
+    pdir = pod_dir(state, pp.name)
+    pdir.mkdir(parents=True, exist_ok=True)
+    shell = NetnsShell(pp.netns, pp.name)
+    env = {"PYTHONUNBUFFERED": "1", "HOSTNAME": pp.name, "POD_NAME": pp.name,
+           "POD_NAMESPACE": pp.pod.namespace, "INSTANCE_IP": pp.ip}
+    if pp.pod.meshed:
+        access_log = pdir / "access.log"
+        access_log.touch()
+        os.chown(access_log, PROXY_UID, PROXY_GID)
+        cfg_path = pdir / "sidecar.json"
+        cfg_path.write_text(istiod.dump(istiod.sidecar_config(plan, pp, str(access_log))))
+        log = pdir / f"{SIDECAR_CONTAINER}.log"
+        proc = shell.popen([python, "-m", "meshlab.proxy", "--config", str(cfg_path),
+                            "--uid", str(PROXY_UID), "--gid", str(PROXY_GID)],
+                           stdout=log, stderr=log, env=env)
+        state.pids[f"{pp.name}/{SIDECAR_CONTAINER}"] = proc.pid
+        state.save()
+    wl = pp.pod.workload
+    for i, container in enumerate(wl.containers):
+        argv = local_command(wl, i, container, python)
+        if argv is None:
+            continue
+        log = pdir / f"{container.name}.log"
+        proc = shell.popen(argv, stdout=log, stderr=log, env=env)
+        state.pids[f"{pp.name}/{container.name}"] = proc.pid
+        state.save()
+
+
+def expected_ports(pp: PodPlan) -> list[int]:
+    """TCP ports that must listen before the pod counts as ready."""
+    wl = pp.pod.workload
+    ports = [p.port for i, c in enumerate(wl.containers) if local_command(wl, i, c) is not None
+             for p in c.ports if p.protocol != "grpc"]
+    return ports + (list(SIDECAR_PORTS) if pp.pod.meshed else [])
+
+
+def listening_ports(shell: NetnsShell) -> set[int]:
+    """TCP ports in LISTEN state in the shell's netns (from ``ss -Htln``)."""
+    res = shell.run(["ss", "-Htln"], check=False, timeout_s=10)
+    ports = set()
+    for line in res.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and ":" in cols[3]:
+            tail = cols[3].rsplit(":", 1)[1]
+            if tail.isdigit():
+                ports.add(int(tail))
+    return ports
+
+
+def wait_ready(plan: LabPlan, state: LabState, timeout_s: float = 30.0) -> None:
+    """Poll every pod until its expected ports listen, failing fast if a process died.
+
+    Raises:
+        LabError: a process exited, or a port did not listen within ``timeout_s``; the message
+            names the pod, the port and the last lines of the container log.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = {pp.name: set(expected_ports(pp)) for pp in plan.pods.values()}
+    while True:
+        for name, ports in list(pending.items()):
+            _check_alive(state, name)
+            ports -= listening_ports(NetnsShell(plan.pods[name].netns))
+            if not ports:
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            name, ports = next(iter(pending.items()))
+            raise LabError(f"pod {name} not ready after {timeout_s:.0f} s: port(s) "
+                           f"{sorted(ports)} not listening{_log_tail(state, name)}")
+        time.sleep(0.05)
+
+
+def _check_alive(state: LabState, pod: str) -> None:
+    for key, pid in state.pids.items():
+        if key.startswith(pod + "/") and not _running(pid):
+            raise LabError(f"pod {pod}: container {key.split('/', 1)[1]} exited during start-up"
+                           f"{_log_tail(state, pod, key.split('/', 1)[1])}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists()
+
+
+def _log_tail(state: LabState, pod: str, container: str | None = None, lines: int = 5) -> str:
+    logs = sorted(pod_dir(state, pod).glob(f"{container or '*'}.log"))
+    tail = []
+    for log in logs:
+        text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+        tail += [f"  {log.name}: {t}" for t in text]
+    return ("; log:\n" + "\n".join(tail)) if tail else ""

@@ -1,0 +1,164 @@
+"""``LocalEnv``: the layered lab on real Linux network namespaces (the embedded default env).
+
+``up`` validates everything first (manifests, images, names) so a bad input builds nothing;
+then it cleans what a dead lab of the same name left, builds the network, starts the pods and
+waits until every port listens. Any failure during ``up`` tears down what was built.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from meshlab.envs.base import PodInfo
+from meshlab.envs.local import kubelet
+from meshlab.envs.local.images import local_command
+from meshlab.envs.local.netns import NetnsShell
+from meshlab.envs.local.network import build_network
+from meshlab.envs.local.plan import LabPlan, make_plan
+from meshlab.envs.local.state import LabState, cleanup, leftovers
+from meshlab.errors import ConfigError, LabError
+from meshlab.manifest_loader import load_topology
+
+DEFAULT_MANIFESTS = Path(__file__).resolve().parents[3] / "manifests" / "fortio-layered"
+
+
+class LocalEnv:
+    """The local env (implements :class:`meshlab.envs.base.Env`).
+
+    Args:
+        manifests: folder of Kubernetes YAML plus a ``LabCluster``.
+        lab: short lab name (1-8 lowercase letters/digits); namespaces are ``ml-<lab>-…``.
+        ready_timeout_s: how long ``up`` waits for every pod to listen.
+
+    Raises:
+        ManifestError: on construction, for any manifest problem (nothing is built).
+    """
+
+    name = "local"
+
+    def __init__(self, manifests: Path | str = DEFAULT_MANIFESTS, lab: str = "lab",
+                 ready_timeout_s: float = 30.0) -> None:
+        self.manifests = Path(manifests)
+        self.topology = load_topology(self.manifests)
+        self.plan: LabPlan = make_plan(self.topology, lab)
+        for pp in self.plan.pods.values():  # reject unsupported images before building
+            for i, c in enumerate(pp.pod.workload.containers):
+                local_command(pp.pod.workload, i, c)
+        self.lab = lab
+        self.ready_timeout_s = ready_timeout_s
+        self.state = LabState.load(lab) or LabState(lab=lab, manifests=str(self.manifests))
+
+    def __repr__(self) -> str:
+        return (f"LocalEnv(lab={self.lab!r}, status={self.state.status!r}, "
+                f"pods={len(self.plan.pods)}, manifests={str(self.manifests)!r})")
+
+    # lifecycle -------------------------------------------------------------------------
+    def up(self) -> None:
+        """Build the lab and start every pod; tear down and re-raise on any failure.
+
+        Raises:
+            LabError: a command failed or a pod did not become ready.
+        """
+        cleanup(self.lab)
+        self.state = LabState(lab=self.lab, manifests=str(self.manifests))
+        self.state.save()
+        try:
+            build_network(self.plan, self.state)
+            for pp in self.plan.pods.values():
+                kubelet.start_pod(self.plan, self.state, pp)
+            kubelet.wait_ready(self.plan, self.state, self.ready_timeout_s)
+        except BaseException:
+            cleanup(self.lab)
+            self.state.status = "down"
+            raise
+        self.state.status = "up"
+        self.state.save()
+
+    def down(self) -> list[str]:
+        """Remove everything of this lab (idempotent). Returns the namespaces removed."""
+        removed = cleanup(self.lab)
+        self.state = LabState(lab=self.lab, status="down", manifests=str(self.manifests))
+        return removed
+
+    def status(self) -> dict[str, Any]:
+        """``{"lab", "status", "netns": [...], "pids": {...}}`` as found on the machine now."""
+        state = LabState.load(self.lab)
+        return {"lab": self.lab, "status": state.status if state else "down",
+                "netns": leftovers(self.lab), "pids": dict(state.pids) if state else {}}
+
+    # lookups ---------------------------------------------------------------------------
+    def pods(self) -> list[PodInfo]:
+        """Every pod of the lab, in schedule order."""
+        return [PodInfo(name=pp.name, namespace=pp.pod.namespace, workload=pp.pod.workload.name,
+                        node=pp.node.name, ip=pp.ip, meshed=pp.pod.meshed,
+                        labels=dict(pp.pod.labels)) for pp in self.plan.pods.values()]
+
+    def pod(self, name: str) -> PodInfo:
+        """A pod by pod name (``fortio-server-0``) or workload name (first replica).
+
+        Raises:
+            ConfigError: no such pod.
+        """
+        for info in self.pods():
+            if name in (info.name, info.workload):
+                return info
+        raise ConfigError(f"no pod or workload named {name!r} in the lab "
+                          f"(pods: {', '.join(p.name for p in self.pods())})")
+
+    def pod_shell(self, pod: str) -> NetnsShell:
+        """Shell in the pod's network namespace (as the pod's processes see it)."""
+        info = self.pod(pod)
+        return NetnsShell(self.plan.pods[info.name].netns, info.name)
+
+    def node_shell(self, node: str) -> NetnsShell:
+        """Shell in a node's network namespace.
+
+        Raises:
+            ConfigError: no such node.
+        """
+        if node not in self.plan.nodes:
+            raise ConfigError(f"no node named {node!r} (nodes: {', '.join(self.plan.nodes)})")
+        return NetnsShell(self.plan.nodes[node].netns, node)
+
+    def sidecar_admin(self, pod: str, path: str, *, method: str = "GET",
+                      port: int = 15000) -> str:
+        """Call the pod's sidecar admin API at ``127.0.0.1:<port><path>`` (as
+        ``kubectl exec -c istio-proxy -- curl`` would) and return the body.
+
+        Raises:
+            ConfigError: the pod has no sidecar.
+            LabError: the admin endpoint did not answer.
+        """
+        info = self.pod(pod)
+        if not info.meshed:
+            raise ConfigError(f"pod {info.name} has no sidecar")
+        res = self.pod_shell(info.name).run(
+            ["curl", "-sS", "-m", "5", "-X", method, f"http://127.0.0.1:{port}{path}"],
+            check=False, timeout_s=10)
+        if res.returncode != 0:
+            raise LabError(f"sidecar admin {path} on {info.name} failed: {res.stderr.strip()}")
+        return res.stdout
+
+    def pod_log_dir(self, pod: str) -> Path:
+        """Folder holding the pod's container logs and access log."""
+        return kubelet.pod_dir(self.state, self.pod(pod).name)
+
+    def describe(self) -> dict[str, Any]:
+        """Topology and environment facts for the run journal (CONTRACTS.md §3)."""
+        plan = self.plan
+        return {
+            "env": {"name": self.name, "lab": self.lab, "kernel": platform.release(),
+                    "manifests": str(self.manifests), "sysctls": dict(self.state.sysctls)},
+            "topology": {
+                "nodes": [{"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr, "netns": n.netns}
+                          for n in plan.nodes.values()],
+                "pods": [{"name": p.name, "namespace": p.namespace, "node": p.node, "ip": p.ip,
+                          "meshed": p.meshed, "workload": p.workload} for p in self.pods()],
+                "services": [{"name": s.name, "namespace": s.namespace,
+                              "cluster_ip": plan.cluster_ip(s),
+                              "ports": [{"port": sp.port, "name": sp.name,
+                                         "protocol": sp.protocol} for sp in s.ports]}
+                             for s in self.topology.services]},
+        }

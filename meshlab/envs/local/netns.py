@@ -1,0 +1,163 @@
+"""Network-namespace primitives and the local :class:`~meshlab.envs.base.Shell` transport.
+
+Every command that touches the lab goes through ``ip -n <ns> …`` or ``ip netns exec <ns> …``,
+so nothing is ever configured in the host's own network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from meshlab.envs.base import CommandResult, run_argv
+from meshlab.errors import LabError
+
+NETNS_DIR = Path("/run/netns")
+ETC_NETNS = Path("/etc/netns")
+
+
+class NetnsShell:
+    """Runs argv inside a named network namespace (``ip netns exec``).
+
+    ``ip netns exec`` also bind-mounts ``/etc/netns/<ns>/*`` over ``/etc`` for the command, so
+    each pod resolves Service names through its own ``hosts`` file.
+
+    Args:
+        netns: the namespace name, e.g. ``ml-lab-p-netshoot-0``.
+        name: a readable name for journals and errors (e.g. the pod name).
+    """
+
+    def __init__(self, netns: str, name: str | None = None) -> None:
+        self.netns = netns
+        self.name = name or netns
+
+    def __repr__(self) -> str:
+        return f"NetnsShell(netns={self.netns!r}, name={self.name!r})"
+
+    def prefix(self, user: str | None = None) -> list[str]:
+        """The argv prefix that enters the namespace (and drops to ``uid[:gid]`` if given)."""
+        argv = ["ip", "netns", "exec", self.netns]
+        if user:
+            uid, _, gid = user.partition(":")
+            argv += ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups"]
+        return argv
+
+    def run(self, argv: list[str], *, check: bool = True, timeout_s: float = 60.0,
+            input_text: str | None = None) -> CommandResult:
+        """Run ``argv`` in the namespace to completion (see :meth:`Shell.run`)."""
+        return run_argv(self.prefix() + list(argv), check=check, timeout_s=timeout_s,
+                        input_text=input_text)
+
+    def popen(self, argv: list[str], *, stdout: Path | None = None, stderr: Path | None = None,
+              user: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in the namespace, detached in its own session (survives the caller).
+
+        Args:
+            argv: command and arguments.
+            stdout: file appended with standard output (None: discarded).
+            stderr: file appended with standard error (None: discarded).
+            user: ``uid[:gid]`` to run as.
+            env: extra environment variables.
+
+        Raises:
+            LabError: the command could not be started.
+        """
+        out = open(stdout, "ab") if stdout else subprocess.DEVNULL
+        err = open(stderr, "ab") if stderr else subprocess.DEVNULL
+        try:
+            return subprocess.Popen(self.prefix(user) + list(argv), stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
+        except OSError as exc:
+            raise LabError(f"cannot start {argv[0]} in {self.netns}: {exc}") from exc
+        finally:
+            for f in (out, err):
+                if f is not subprocess.DEVNULL:
+                    f.close()  # type: ignore[union-attr]
+
+
+def list_netns() -> list[str]:
+    """Names of all named network namespaces on the machine."""
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir())
+
+
+def add_netns(name: str) -> None:
+    """Create a named netns with loopback up.
+
+    Raises:
+        LabError / CommandError: the namespace exists already or cannot be created.
+    """
+    run_argv(["ip", "netns", "add", name])
+    run_argv(["ip", "-n", name, "link", "set", "lo", "up"])
+
+
+def netns_pids(name: str) -> list[int]:
+    """PIDs of processes whose network namespace is ``name``."""
+    res = run_argv(["ip", "netns", "pids", name], check=False)
+    return [int(x) for x in res.stdout.split() if x.isdigit()]
+
+
+def kill_pids(pids: list[int], grace_s: float = 2.0) -> None:
+    """SIGTERM, wait up to ``grace_s`` for exit, then SIGKILL what is left."""
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.02)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child counts as gone once reaped
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and ") Z " not in stat.read_text()
+
+
+def delete_netns(name: str) -> None:
+    """Kill every process in netns ``name``, delete it and its ``/etc/netns`` folder.
+
+    Idempotent: a missing namespace is not an error.
+    """
+    if (NETNS_DIR / name).exists():
+        for _ in range(3):  # processes may fork while being killed
+            pids = netns_pids(name)
+            if not pids:
+                break
+            kill_pids(pids)
+        run_argv(["ip", "netns", "del", name], check=False)
+    etc = ETC_NETNS / name
+    if etc.is_dir():
+        for f in etc.iterdir():
+            f.unlink()
+        etc.rmdir()
+
+
+def write_etc_netns(name: str, files: dict[str, str]) -> None:
+    """Write per-namespace ``/etc`` overrides (e.g. ``hosts``, ``resolv.conf``) for ``name``."""
+    etc = ETC_NETNS / name
+    etc.mkdir(parents=True, exist_ok=True)
+    for fname, text in files.items():
+        (etc / fname).write_text(text)

@@ -1,0 +1,114 @@
+"""Build the lab's network from a :class:`LabPlan`: namespaces, veths, bridges, routes, NAT.
+
+Every command names its namespace (``ip -n`` / ``ip netns exec``); the host namespace is never
+touched. Each namespace is recorded in the state file *before* it is created, so cleanup
+after a crash finds it.
+"""
+
+from __future__ import annotations
+
+from meshlab.envs.base import run_argv
+from meshlab.envs.local.istio_iptables import capture_rules
+from meshlab.envs.local.kube_proxy import ServicePortNat, service_rules
+from meshlab.envs.local.netns import NetnsShell, add_netns, write_etc_netns
+from meshlab.envs.local.plan import LabPlan, NodePlan, PodPlan
+from meshlab.envs.local.state import LabState
+from meshlab.envs.local import istiod
+
+UNDERLAY_BRIDGE = "ul0"
+POD_BRIDGE = "cni0"
+
+
+def _ip(netns: str, *args: str) -> None:
+    run_argv(["ip", "-n", netns, *args])
+
+
+def set_sysctl(state: LabState, netns: str, key: str, value: str) -> None:
+    """Set a per-netns sysctl and record it in the state (the report lists the values used)."""
+    NetnsShell(netns).run(["sysctl", "-qw", f"{key}={value}"])
+    state.sysctls[f"{netns} {key}"] = value
+
+
+def _create(state: LabState, netns: str) -> None:
+    state.netns.append(netns)
+    state.save()
+    add_netns(netns)
+
+
+def build_cluster(plan: LabPlan, state: LabState) -> None:
+    """The cluster netns with the underlay bridge (no address: nodes talk L2 over it)."""
+    c = plan.cluster_netns
+    _create(state, c)
+    _ip(c, "link", "add", UNDERLAY_BRIDGE, "type", "bridge")
+    _ip(c, "link", "set", UNDERLAY_BRIDGE, "up")
+    set_sysctl(state, c, "net.bridge.bridge-nf-call-iptables", "0")
+
+
+def build_node(plan: LabPlan, state: LabState, node: NodePlan) -> None:
+    """A node netns: uplink to the underlay, pod bridge, forwarding, routes to other nodes."""
+    _create(state, node.netns)
+    c = plan.cluster_netns
+    _ip(c, "link", "add", node.uplink, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
+    _ip(c, "link", "set", node.uplink, "master", UNDERLAY_BRIDGE, "up")
+    _ip(node.netns, "addr", "add", f"{node.ip}/{node.prefix_len}", "dev", "eth0")
+    _ip(node.netns, "link", "set", "eth0", "up")
+    _ip(node.netns, "link", "add", POD_BRIDGE, "type", "bridge")
+    _ip(node.netns, "addr", "add", f"{node.gateway}/24", "dev", POD_BRIDGE)
+    _ip(node.netns, "link", "set", POD_BRIDGE, "up")
+    set_sysctl(state, node.netns, "net.ipv4.ip_forward", "1")
+    # kube-proxy needs bridged pod-to-pod replies to pass the nat table (br_netfilter).
+    set_sysctl(state, node.netns, "net.bridge.bridge-nf-call-iptables", "1")
+
+
+def route_nodes(plan: LabPlan) -> None:
+    """host-gw routing: each node reaches other nodes' pod CIDRs via their underlay IP."""
+    for node in plan.nodes.values():
+        for other in plan.nodes.values():
+            if other.name != node.name:
+                _ip(node.netns, "route", "add", other.pod_cidr, "via", other.ip)
+
+
+def build_pod(plan: LabPlan, state: LabState, pp: PodPlan) -> None:
+    """A pod netns on its node's bridge, with hosts/resolv.conf for Service names."""
+    write_etc_netns(pp.netns, {"hosts": istiod.hosts_file(plan, pp),
+                               "resolv.conf": istiod.resolv_conf(plan, pp),
+                               "hostname": pp.name + "\n"})
+    _create(state, pp.netns)
+    node = pp.node
+    _ip(node.netns, "link", "add", pp.host_if, "type", "veth", "peer", "name", "eth0",
+        "netns", pp.netns)
+    _ip(node.netns, "link", "set", pp.host_if, "master", POD_BRIDGE, "up")
+    _ip(pp.netns, "addr", "add", f"{pp.ip}/{pp.prefix_len}", "dev", "eth0")
+    _ip(pp.netns, "link", "set", "eth0", "up")
+    _ip(pp.netns, "route", "add", "default", "via", node.gateway)
+
+
+def program_services(plan: LabPlan) -> None:
+    """kube-proxy: the same Service NAT rules in every node netns."""
+    ports = []
+    for svc in plan.topology.services:
+        eps = plan.endpoints(svc)
+        for sp in svc.ports:
+            ports.append(ServicePortNat(svc.namespace, svc.name, sp.name, plan.cluster_ip(svc),
+                                        sp.port, tuple((ep.ip, sp.target_port) for ep in eps)))
+    text = service_rules(ports)
+    for node in plan.nodes.values():
+        NetnsShell(node.netns).run(["iptables-restore", "--noflush"], input_text=text)
+
+
+def install_capture(pp: PodPlan) -> None:
+    """istio-init: the REDIRECT capture rules in a meshed pod's netns."""
+    NetnsShell(pp.netns).run(["iptables-restore", "--noflush"], input_text=capture_rules())
+
+
+def build_network(plan: LabPlan, state: LabState) -> None:
+    """Everything network-side of ``up``: cluster, nodes, routes, pods, Service NAT, capture."""
+    build_cluster(plan, state)
+    for node in plan.nodes.values():
+        build_node(plan, state, node)
+    route_nodes(plan)
+    for pp in plan.pods.values():
+        build_pod(plan, state, pp)
+        if pp.pod.meshed:
+            install_capture(pp)
+    program_services(plan)

@@ -1,0 +1,106 @@
+"""The local lab's state file and leftover cleanup.
+
+``/run/meshlab/<lab>/state.json`` records what a lab created (netns names, PIDs, status); it is
+written *before* each resource is created, so a runner killed with ``kill -9`` mid-build still
+leaves a complete list. Cleanup also scans by the ``ml-<lab>-`` prefix, so even a lost state
+file leaves nothing behind. ``/run`` is a tmpfs: a reboot clears both the netns and the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from meshlab.envs.local.netns import ETC_NETNS, delete_netns, kill_pids, list_netns
+from meshlab.envs.local.plan import lab_prefix
+
+STATE_ROOT = Path(os.environ.get("MESHLAB_STATE_ROOT", "/run/meshlab"))
+
+
+@dataclass
+class LabState:
+    """What one lab created.
+
+    Attributes:
+        lab: lab name.
+        status: ``building``, ``up``, ``tearing-down`` or ``down``.
+        manifests: the manifests folder the lab was built from.
+        netns: namespaces created (or about to be), in creation order.
+        pids: process name (``<pod>/<container>``) → PID.
+        sysctls: ``<netns> <key>`` → value set by the lab (for the report).
+        updated_at: epoch seconds of the last write.
+    """
+
+    lab: str
+    status: str = "building"
+    manifests: str = ""
+    netns: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    @staticmethod
+    def dir_for(lab: str) -> Path:
+        """The lab's state folder (``/run/meshlab/<lab>``)."""
+        return STATE_ROOT / lab
+
+    @property
+    def dir(self) -> Path:
+        """This lab's state folder."""
+        return self.dir_for(self.lab)
+
+    def save(self) -> None:
+        """Write the state atomically (tmp file + rename)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.updated_at = time.time()
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(self.dir / "state.json")
+
+    @classmethod
+    def load(cls, lab: str) -> LabState | None:
+        """The saved state of ``lab``, or None if there is none (or it is unreadable)."""
+        path = cls.dir_for(lab) / "state.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def leftovers(lab: str) -> list[str]:
+    """Namespaces of ``lab`` that exist now: from the state file and by name prefix."""
+    state = LabState.load(lab)
+    prefix = lab_prefix(lab)
+    names = set(state.netns if state else []) | {n for n in list_netns() if n.startswith(prefix)}
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def cleanup(lab: str) -> list[str]:
+    """Remove everything lab ``lab`` left: processes, namespaces, /etc/netns files, state.
+
+    Pods go first, then nodes, then the cluster netns (so no veth peer is left dangling).
+
+    Returns:
+        The namespaces that were removed.
+    """
+    state = LabState.load(lab)
+    if state:
+        state.status = "tearing-down"
+        state.save()
+        kill_pids(list(state.pids.values()))
+    names = leftovers(lab)
+    prefix = lab_prefix(lab)
+    order = sorted(names, key=lambda n: (0 if n.startswith(prefix + "p-") else
+                                         1 if n.startswith(prefix + "n") else 2, n))
+    for name in order:
+        delete_netns(name)
+    if ETC_NETNS.is_dir():
+        for etc in ETC_NETNS.iterdir():
+            if etc.name.startswith(prefix):
+                shutil.rmtree(etc, ignore_errors=True)
+    shutil.rmtree(LabState.dir_for(lab), ignore_errors=True)
+    return order

@@ -1,0 +1,236 @@
+"""Load a manifests folder (real Kubernetes YAML) into a :class:`~meshlab.model.Topology`.
+
+Strict on purpose: an unsupported kind, an unknown field, or a missing required field fails
+fast with one line ``<file>: <Kind>/<name>.<field>: <problem>`` (:class:`ManifestError`), before
+anything is built. Fields that only matter to a real cluster's image pulls and restarts
+(``imagePullPolicy``, ``imagePullSecrets``, ``restartPolicy``, ``securityContext``, …) are accepted
+and ignored by the local env; the kube env (#6) applies them as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshlab.errors import ManifestError
+from meshlab.model import (Container, ContainerPort, LabCluster, Node, Service, ServicePort,
+                           Topology, Workload)
+
+SUPPORTED_KINDS = ("Namespace", "StatefulSet", "Deployment", "Service", "LabCluster")
+
+# Schema: key -> nested schema (dict), list item schema ([dict]), or None (scalar/opaque, kept).
+_META = {"name": None, "namespace": None, "labels": None, "annotations": None}
+_PORT = {"containerPort": None, "protocol": None, "name": None}
+_CONTAINER = {"name": None, "image": None, "imagePullPolicy": None, "command": None, "args": None,
+              "ports": [_PORT], "securityContext": None, "resources": None, "env": None}
+_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": None}}
+_POD_SPEC = {"containers": [_CONTAINER], "restartPolicy": None, "imagePullSecrets": None,
+             "affinity": _AFFINITY, "nodeSelector": None, "serviceAccountName": None,
+             "terminationGracePeriodSeconds": None}
+_WORKLOAD_SPEC = {"replicas": None, "serviceName": None, "selector": None,
+                  "template": {"metadata": _META, "spec": _POD_SPEC}}
+_SVC_PORT = {"name": None, "protocol": None, "port": None, "targetPort": None, "nodePort": None,
+             "appProtocol": None}
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Namespace": {"metadata": _META},
+    "StatefulSet": {"metadata": _META, "spec": _WORKLOAD_SPEC},
+    "Deployment": {"metadata": _META, "spec": _WORKLOAD_SPEC},
+    "Service": {"metadata": _META, "spec": {"type": None, "selector": None, "ports": [_SVC_PORT],
+                                            "sessionAffinity": None, "clusterIP": None}},
+    "LabCluster": {"metadata": _META, "spec": {"underlayCIDR": None, "podCIDR": None,
+                                               "serviceCIDR": None, "clusterDomain": None,
+                                               "nodes": [{"name": None}]}},
+}
+
+
+class _Doc:
+    """One YAML document with its file and a readable ``Kind/name`` for error messages."""
+
+    def __init__(self, path: Path, body: dict[str, Any]) -> None:
+        self.path = path
+        self.body = body
+        self.kind = str(body.get("kind", ""))
+        self.name = str((body.get("metadata") or {}).get("name", "?"))
+
+    def fail(self, field: str, message: str) -> ManifestError:
+        """A ManifestError for ``field`` (dotted, relative to the document)."""
+        return ManifestError(str(self.path), f"{self.kind}/{self.name}.{field}", message)
+
+    def get(self, dotted: str, default: Any = ..., kind: type | tuple[type, ...] | None = None) -> Any:
+        """Value at a dotted path; missing and no default → ManifestError 'missing'."""
+        node: Any = self.body
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is ...:
+                    raise self.fail(dotted, "missing required field")
+                return default
+            node = node[part]
+        if kind is not None and not isinstance(node, kind):
+            raise self.fail(dotted, f"expected {_type_name(kind)}, got {type(node).__name__}")
+        return node
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _check_fields(doc: _Doc, node: Any, schema: dict[str, Any], prefix: str) -> None:
+    """Reject keys the schema does not know, recursively."""
+    if not isinstance(node, dict):
+        raise doc.fail(prefix.rstrip(".") or "(document)", "expected a mapping")
+    for key, value in node.items():
+        if key not in schema:
+            raise doc.fail(f"{prefix}{key}", "unsupported field")
+        sub = schema[key]
+        if isinstance(sub, dict) and value is not None:
+            _check_fields(doc, value, sub, f"{prefix}{key}.")
+        elif isinstance(sub, list) and value is not None:
+            if not isinstance(value, list):
+                raise doc.fail(f"{prefix}{key}", "expected a list")
+            for i, item in enumerate(value):
+                _check_fields(doc, item, sub[0], f"{prefix}{key}[{i}].")
+
+
+def read_documents(folder: Path) -> list[_Doc]:
+    """Every YAML document of ``*.yaml``/``*.yml`` files in ``folder`` (sorted by file name).
+
+    Raises:
+        ManifestError: unreadable YAML, a non-mapping document, or an unsupported kind.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(str(folder), "(folder)", "manifests folder does not exist")
+    docs: list[_Doc] = []
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+    if not files:
+        raise ManifestError(str(folder), "(folder)", "no *.yaml manifests found")
+    for path in files:
+        try:
+            bodies = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else "(yaml)"
+            raise ManifestError(str(path), where, f"invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        for body in bodies:
+            if body is None:
+                continue
+            if not isinstance(body, dict):
+                raise ManifestError(str(path), "(document)", "expected a mapping at the top level")
+            doc = _Doc(path, body)
+            if "kind" not in body:
+                raise ManifestError(str(path), "kind", "missing required field")
+            if doc.kind not in SUPPORTED_KINDS:
+                raise doc.fail("kind", f"unsupported kind {doc.kind!r} "
+                                       f"(supported: {', '.join(SUPPORTED_KINDS)})")
+            rest = {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
+            _check_fields(doc, rest, _SCHEMAS[doc.kind], "")
+            doc.get("metadata.name", kind=str)
+            docs.append(doc)
+    return docs
+
+
+def _workload(doc: _Doc, default_ns: str) -> Workload:
+    containers = []
+    for i, c in enumerate(doc.get("spec.template.spec.containers", kind=list)):
+        if "image" not in c:
+            raise doc.fail(f"spec.template.spec.containers[{i}].image", "missing required field")
+        ports = []
+        for j, p in enumerate(c.get("ports") or []):
+            if "containerPort" not in p:
+                raise doc.fail(f"spec.template.spec.containers[{i}].ports[{j}].containerPort",
+                               "missing required field")
+            ports.append(ContainerPort(name=str(p.get("name", "")), port=int(p["containerPort"])))
+        containers.append(Container(name=str(c.get("name", f"c{i}")), image=str(c["image"]),
+                                    command=tuple(map(str, c.get("command") or ())),
+                                    args=tuple(map(str, c.get("args") or ())), ports=tuple(ports)))
+    replicas = doc.get("spec.replicas", 1, kind=int)
+    if replicas < 0 or replicas > 16:
+        raise doc.fail("spec.replicas", f"must be 0..16 in the lab, got {replicas}")
+    return Workload(kind=doc.kind, name=doc.name, namespace=doc.get("metadata.namespace", default_ns),
+                    replicas=replicas, labels=dict(doc.get("spec.template.metadata.labels", {}) or {}),
+                    annotations={k: str(v) for k, v in (doc.get("spec.template.metadata.annotations",
+                                                                 {}) or {}).items()},
+                    containers=tuple(containers), node_names=_node_affinity(doc),
+                    source=str(doc.path))
+
+
+def _node_affinity(doc: _Doc) -> tuple[str, ...]:
+    """Hostnames from required node affinity on ``kubernetes.io/hostname`` (operator In)."""
+    field = "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+    req = doc.get(field, None)
+    if req is None:
+        return ()
+    names: list[str] = []
+    for t, term in enumerate(req.get("nodeSelectorTerms") or []):
+        for e, expr in enumerate(term.get("matchExpressions") or []):
+            where = f"{field}.nodeSelectorTerms[{t}].matchExpressions[{e}]"
+            if expr.get("key") != "kubernetes.io/hostname" or expr.get("operator") != "In":
+                raise doc.fail(where, "only key kubernetes.io/hostname with operator In is supported")
+            names.extend(str(v) for v in expr.get("values") or [])
+    return tuple(names)
+
+
+def _service(doc: _Doc, default_ns: str) -> Service:
+    ports = []
+    for i, p in enumerate(doc.get("spec.ports", kind=list)):
+        if "port" not in p:
+            raise doc.fail(f"spec.ports[{i}].port", "missing required field")
+        target = p.get("targetPort", p["port"])
+        if not isinstance(target, int):
+            raise doc.fail(f"spec.ports[{i}].targetPort", "named target ports are not supported")
+        ports.append(ServicePort(name=str(p.get("name", "")), port=int(p["port"]),
+                                 target_port=target, app_protocol=p.get("appProtocol")))
+    return Service(name=doc.name, namespace=doc.get("metadata.namespace", default_ns),
+                   selector=dict(doc.get("spec.selector", {}) or {}), ports=tuple(ports),
+                   cluster_ip=doc.get("spec.clusterIP", None), source=str(doc.path))
+
+
+def _cluster(doc: _Doc) -> LabCluster:
+    nodes = doc.get("spec.nodes", kind=list)
+    if not nodes:
+        raise doc.fail("spec.nodes", "at least one node is required")
+    return LabCluster(name=doc.name, nodes=tuple(Node(str(n["name"])) for n in nodes),
+                      underlay_cidr=doc.get("spec.underlayCIDR", "172.18.0.0/16"),
+                      pod_cidr=doc.get("spec.podCIDR", "10.244.0.0/16"),
+                      service_cidr=doc.get("spec.serviceCIDR", "10.96.0.0/16"),
+                      cluster_domain=doc.get("spec.clusterDomain", "cluster.local"),
+                      source=str(doc.path))
+
+
+def load_topology(folder: Path | str, default_namespace: str = "default") -> Topology:
+    """Parse a manifests folder into a validated :class:`Topology`.
+
+    Args:
+        folder: folder holding ``*.yaml`` manifests, one of which is a ``LabCluster``.
+        default_namespace: namespace for objects that name none.
+
+    Returns:
+        The topology, with every workload schedulable and every affinity node existing.
+
+    Raises:
+        ManifestError: the first problem found, naming file and field.
+    """
+    docs = read_documents(Path(folder))
+    clusters = [d for d in docs if d.kind == "LabCluster"]
+    if len(clusters) != 1:
+        raise ManifestError(str(folder), "LabCluster",
+                            f"exactly one LabCluster document is required, found {len(clusters)}")
+    topo = Topology(cluster=_cluster(clusters[0]),
+                    sources=sorted({str(d.path) for d in docs}))
+    for doc in docs:
+        if doc.kind == "Namespace":
+            topo.namespaces[doc.name] = dict(doc.get("metadata.labels", {}) or {})
+        elif doc.kind in ("StatefulSet", "Deployment"):
+            topo.workloads.append(_workload(doc, default_namespace))
+        elif doc.kind == "Service":
+            topo.services.append(_service(doc, default_namespace))
+    node_names = {n.name for n in topo.cluster.nodes}
+    for doc, wl in zip([d for d in docs if d.kind in ("StatefulSet", "Deployment")], topo.workloads):
+        missing = [n for n in wl.node_names if n not in node_names]
+        if missing:
+            raise doc.fail("spec.template.spec.affinity", f"node {missing[0]!r} is not in the "
+                           f"LabCluster (nodes: {', '.join(sorted(node_names))})")
+    return topo

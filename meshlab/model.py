@@ -1,0 +1,217 @@
+"""The lab's topology as plain data: nodes, workloads, pods, services (no I/O).
+
+Built from real Kubernetes YAML by :mod:`meshlab.manifest_loader`; both envs consume it. Pod
+names follow Kubernetes: StatefulSet replicas are ``<name>-<ordinal>``; Deployment replicas are
+``<name>-<ordinal>`` too (a stable stand-in for the ReplicaSet hash, documented difference).
+
+Sidecar injection follows Istio: a pod is meshed when its namespace has
+``istio-injection=enabled`` and neither the pod annotation nor the label
+``sidecar.istio.io/inject`` is ``"false"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def protocol_for_port(name: str, app_protocol: str | None = None) -> str:
+    """Return the mesh protocol of a Service/container port the way Istio selects it.
+
+    Istio uses ``appProtocol`` first, then the port-name prefix (``http``/``http2``/``grpc``/
+    ``tcp`` before an optional ``-suffix``); anything else is treated as TCP here (Istio would
+    sniff it; meshlab does not sniff). Source: Istio "Protocol Selection" docs.
+
+    Args:
+        name: the port name, e.g. ``http-m``.
+        app_protocol: the port's ``appProtocol``, if set.
+
+    Returns:
+        One of ``"http"``, ``"http2"``, ``"grpc"``, ``"tcp"``.
+    """
+    candidate = (app_protocol or name or "").lower()
+    prefix = candidate.split("-", 1)[0]
+    if prefix in ("http", "http2", "grpc"):
+        return prefix
+    if prefix == "grpc-web":
+        return "http"
+    return "tcp"
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    """A container port: ``name`` (Istio protocol source), ``port`` (TCP port number)."""
+
+    name: str
+    port: int
+
+    @property
+    def protocol(self) -> str:
+        """Mesh protocol derived from the name (see :func:`protocol_for_port`)."""
+        return protocol_for_port(self.name)
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container: image reference, command/args as in the manifest, ports."""
+
+    name: str
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A StatefulSet or Deployment.
+
+    Attributes:
+        kind: ``StatefulSet`` or ``Deployment``.
+        name: object name.
+        namespace: namespace.
+        replicas: desired pod count.
+        labels: pod template labels.
+        annotations: pod template annotations.
+        containers: pod containers.
+        node_names: nodes allowed by required node affinity on ``kubernetes.io/hostname``
+            (empty: any node).
+        source: manifest file it came from.
+    """
+
+    kind: str
+    name: str
+    namespace: str
+    replicas: int
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    containers: tuple[Container, ...]
+    node_names: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """A Service port: ``port`` (ClusterIP side) → ``target_port`` (pod side)."""
+
+    name: str
+    port: int
+    target_port: int
+    app_protocol: str | None = None
+
+    @property
+    def protocol(self) -> str:
+        """Mesh protocol (see :func:`protocol_for_port`)."""
+        return protocol_for_port(self.name, self.app_protocol)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Kubernetes Service (ClusterIP semantics; NodePort is accepted, node ports unused)."""
+
+    name: str
+    namespace: str
+    selector: dict[str, str]
+    ports: tuple[ServicePort, ...]
+    cluster_ip: str | None = None
+    source: str = ""
+
+    def fqdn(self, cluster_domain: str = "cluster.local") -> str:
+        """``<name>.<namespace>.svc.<cluster_domain>``, the host part of Istio cluster names."""
+        return f"{self.name}.{self.namespace}.svc.{cluster_domain}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A lab node (a netns in the local env, a machine on a cluster)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LabCluster:
+    """The lab cluster definition (``kind: LabCluster``): nodes and address ranges."""
+
+    name: str
+    nodes: tuple[Node, ...]
+    underlay_cidr: str = "172.18.0.0/16"
+    pod_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/16"
+    cluster_domain: str = "cluster.local"
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod the topology schedules: one replica of a workload on a node."""
+
+    name: str
+    namespace: str
+    workload: Workload
+    node: str
+    ordinal: int
+    meshed: bool
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Pod labels (the workload's template labels)."""
+        return self.workload.labels
+
+
+@dataclass
+class Topology:
+    """Everything the manifests declare, plus scheduling.
+
+    Attributes:
+        cluster: the lab cluster (nodes, ranges).
+        namespaces: namespace name → labels.
+        workloads: StatefulSets/Deployments in manifest order.
+        services: Services in manifest order.
+        sources: the manifest files read.
+    """
+
+    cluster: LabCluster
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    workloads: list[Workload] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def is_meshed(self, workload: Workload) -> bool:
+        """Whether Istio would inject a sidecar into this workload's pods."""
+        ns_enabled = self.namespaces.get(workload.namespace, {}).get("istio-injection") == "enabled"
+        opt = workload.annotations.get("sidecar.istio.io/inject",
+                                       workload.labels.get("sidecar.istio.io/inject", ""))
+        return ns_enabled and opt.lower() != "false"
+
+    def pods(self) -> list[Pod]:
+        """Schedule every replica: required node affinity first, else the least-loaded node.
+
+        Returns:
+            Pods in manifest order, deterministic for the same manifests.
+        """
+        load = {n.name: 0 for n in self.cluster.nodes}
+        pods: list[Pod] = []
+        for wl in self.workloads:
+            for ordinal in range(wl.replicas):
+                allowed = [n for n in load if not wl.node_names or n in wl.node_names]
+                node = min(allowed, key=lambda n: (load[n], list(load).index(n)))
+                load[node] += 1
+                pods.append(Pod(name=f"{wl.name}-{ordinal}", namespace=wl.namespace, workload=wl,
+                                node=node, ordinal=ordinal, meshed=self.is_meshed(wl)))
+        return pods
+
+    def endpoints(self, service: Service) -> list[Pod]:
+        """Pods selected by the Service's selector (same namespace), in schedule order."""
+        return [p for p in self.pods() if p.namespace == service.namespace
+                and service.selector
+                and all(p.labels.get(k) == v for k, v in service.selector.items())]
+
+    def service(self, name: str) -> Service:
+        """A Service by name.
+
+        Raises:
+            KeyError: no Service has that name.
+        """
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
