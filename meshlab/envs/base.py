@@ -173,6 +173,10 @@ class Env(Protocol):
         """Call the pod's sidecar admin API (``127.0.0.1:15000`` in the pod) and return the body."""
         ...
 
+    def access_log_lines(self, pod: str) -> list[str]:
+        """The pod sidecar's access-log lines so far (Istio JSON format)."""
+        ...
+
     def describe(self) -> dict:
         """Topology and environment facts for the run journal (JSON-ready)."""
         ...

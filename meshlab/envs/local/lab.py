@@ -145,6 +145,18 @@ class LocalEnv:
         """Folder holding the pod's container logs and access log."""
         return kubelet.pod_dir(self.state, self.pod(pod).name)
 
+    def access_log_lines(self, pod: str) -> list[str]:
+        """The pod sidecar's access-log lines so far (as ``kubectl logs -c istio-proxy``).
+
+        Raises:
+            ConfigError: the pod has no sidecar.
+        """
+        info = self.pod(pod)
+        if not info.meshed:
+            raise ConfigError(f"pod {info.name} has no sidecar")
+        path = self.pod_log_dir(info.name) / "access.log"
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
+
     def describe(self) -> dict[str, Any]:
         """Topology and environment facts for the run journal (CONTRACTS.md §3)."""
         plan = self.plan

@@ -1,0 +1,3 @@
+from meshlab.cli import main
+
+main()

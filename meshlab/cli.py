@@ -1,0 +1,116 @@
+"""``meshlab`` command line: bring the lab up/down, run suites, re-render reports.
+
+Exit codes: 0 success, 1 a suite failed, 2 bad input (manifest/option), 3 lab error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from meshlab.errors import ConfigError, LabError, MeshlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="meshlab: chaos-testing lab for service meshes (Istio/Envoy).")
+
+LAB = typer.Option("lab", "--lab", help="lab name (its netns are ml-<lab>-…)")
+MANIFESTS = typer.Option(None, "--manifests", help="manifests folder "
+                         "(default: manifests/fortio-layered)")
+
+
+def _fail(exc: MeshlabError) -> None:
+    code = 2 if isinstance(exc, ConfigError) else 3
+    typer.echo(f"meshlab: error: {exc}", err=True)
+    raise typer.Exit(code)
+
+
+def _env(manifests: Optional[Path], lab: str):  # noqa: ANN202 - LocalEnv, imported lazily
+    from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
+
+    return LocalEnv(manifests or DEFAULT_MANIFESTS, lab=lab)
+
+
+@app.command()
+def up(manifests: Optional[Path] = MANIFESTS, lab: str = LAB) -> None:
+    """Build the local lab from the manifests and start every pod (cleans leftovers first)."""
+    try:
+        env = _env(manifests, lab)
+        env.up()
+    except MeshlabError as exc:
+        _fail(exc)
+    for pod in env.pods():
+        typer.echo(f"{pod.name:24} {pod.ip:12} node={pod.node:10} "
+                   f"{'meshed' if pod.meshed else 'no sidecar'}")
+    typer.echo(f"lab {lab!r} is up; 'meshlab down --lab {lab}' removes it")
+
+
+@app.command()
+def down(lab: str = LAB) -> None:
+    """Remove the lab and anything a dead run left (processes, netns, rules, state)."""
+    from meshlab.envs.local.state import cleanup
+
+    removed = cleanup(lab)
+    typer.echo(f"lab {lab!r} is down ({len(removed)} namespace(s) removed)")
+
+
+@app.command()
+def status(lab: str = LAB) -> None:
+    """Show the lab's state, namespaces and processes as JSON."""
+    from meshlab.envs.local.state import LabState, leftovers
+
+    state = LabState.load(lab)
+    typer.echo(json.dumps({"lab": lab, "status": state.status if state else "down",
+                           "netns": leftovers(lab), "pids": state.pids if state else {}},
+                          indent=1))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(ctx: typer.Context, paths: list[str] = typer.Argument(None, help="suites (default: suites/)"),
+        reports: Path = typer.Option(Path("reports"), "--reports", help="reports folder"),
+        lab: str = LAB, manifests: Optional[Path] = MANIFESTS) -> None:
+    """Run chaos suites with pytest (extra options pass through), print the report paths."""
+    import pytest
+
+    args = list(paths or ["suites"]) + list(ctx.args)
+    args += [f"--meshlab-reports={reports}", f"--meshlab-lab={lab}"]
+    if manifests:
+        args.append(f"--meshlab-manifests={manifests}")
+    code = pytest.main(args)
+    index = reports / "index.html"
+    if index.exists():
+        typer.echo(f"report index: {index.resolve()}")
+    latest = sorted(p for p in reports.glob("*/report.html"))
+    if latest:
+        typer.echo(f"latest report: {latest[-1].resolve()}")
+    raise typer.Exit(int(code))
+
+
+@app.command()
+def report(run_dir: Path) -> None:
+    """Re-render report.html from a run folder's results.json (also for a partial run)."""
+    from meshlab.report.index import render_index
+    from meshlab.report.render import render_report
+
+    try:
+        path = render_report(run_dir)
+        render_index(run_dir.parent)
+    except MeshlabError as exc:
+        _fail(exc)
+    typer.echo(str(path))
+
+
+def main() -> None:
+    """Entry point for ``python -m meshlab``."""
+    try:
+        app()
+    except LabError as exc:
+        typer.echo(f"meshlab: error: {exc}", err=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

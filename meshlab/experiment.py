@@ -1,0 +1,156 @@
+"""``Run``: one journaled experiment against an env — load, faults, sidecar data, checks.
+
+The suite-facing API behind the ``meshlab_run`` fixture, the CLI and the chaostoolkit probes.
+It only uses the Env protocol, so a suite never knows which env runs it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from meshlab.checks.base import Check, Verdict, assert_all
+from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
+from meshlab.faults.base import Fault, active
+from meshlab.journal import RunJournal
+from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
+from meshlab.load.spec import LoadSpec
+
+DEFAULT_CLIENT = "netshoot"
+ACCESS_LOG_SAMPLE = 20
+
+
+class Run:
+    """One experiment run.
+
+    Args:
+        env: the env (implements :class:`meshlab.envs.base.Env`), already up.
+        journal: where everything is recorded.
+        client: the pod loads run from by default (the book's ``netshoot``).
+
+    The access logs are read from the lines written after the run started, so each run's flag
+    counts are its own.
+    """
+
+    def __init__(self, env: Any, journal: RunJournal, client: str = DEFAULT_CLIENT) -> None:
+        self.env = env
+        self.journal = journal
+        self.client = client
+        journal.data.update(env.describe())
+        journal.save()
+        self._log_marks = {p.name: len(env.access_log_lines(p.name))
+                           for p in env.pods() if p.meshed}
+
+    def __repr__(self) -> str:
+        return f"Run(env={self.env.name!r}, journal={self.journal!r})"
+
+    def _spec(self, name: str, url: str, users: int, rate_per_s: float | None, duration_s: float,
+              max_requests: int | None, timeout_s: float) -> LoadSpec:
+        return LoadSpec(url=url, users=users, duration_s=duration_s, rate_per_s=rate_per_s,
+                        max_requests=max_requests, timeout_s=timeout_s, name=name)
+
+    def load(self, name: str, url: str, *, users: int = 4, rate_per_s: float | None = None,
+             duration_s: float = 5.0, max_requests: int | None = None, timeout_s: float = 10.0,
+             from_pod: str | None = None) -> LoadResult:
+        """Drive Locust load from a pod to ``url`` and journal the result.
+
+        Args:
+            name: the load's name in the journal and the report.
+            url: target as seen from the client pod, e.g. ``http://fortio-server:8070/echo``.
+            users: concurrent Locust users (keep-alive connections).
+            rate_per_s: aggregate requests/s, or None for closed-loop as fast as possible.
+            duration_s: run time in seconds (bounded by the spec, max 3600).
+            max_requests: stop after this many requests.
+            timeout_s: per-request timeout in seconds.
+            from_pod: client pod (default: the run's client).
+
+        Returns:
+            The :class:`LoadResult` (latencies in µs).
+
+        Raises:
+            ConfigError: a bad load option (names the field).
+            LabError: the load runner failed.
+        """
+        spec = self._spec(name, url, users, rate_per_s, duration_s, max_requests, timeout_s)
+        shell = self.env.pod_shell(from_pod or self.client)
+        with self.journal.activity(f"load:{name}") as rec:
+            result = run_load(shell, spec, self.journal.dir / f"load-{name}.json")
+            rec["output"] = f"{result.requests} requests, {result.tps:.1f} TPS"
+        self.journal.add_load(name, result.to_dict())
+        return result
+
+    @contextmanager
+    def background_load(self, name: str, url: str, *, users: int = 4,
+                        rate_per_s: float | None = None, duration_s: float = 5.0,
+                        timeout_s: float = 10.0, from_pod: str | None = None
+                        ) -> Iterator[LoadHandle]:
+        """Run a load in the background for the block (e.g. while a fault is active); the
+        result is journaled when the block ends (the load is waited for, or stopped on error)."""
+        spec = self._spec(name, url, users, rate_per_s, duration_s, None, timeout_s)
+        shell = self.env.pod_shell(from_pod or self.client)
+        with self.journal.activity(f"load:{name}") as rec:
+            handle = start_load(shell, spec, self.journal.dir / f"load-{name}.json")
+            try:
+                yield handle
+            except BaseException:
+                handle.stop()
+                raise
+            result = handle.wait()
+            rec["output"] = f"{result.requests} requests, {result.tps:.1f} TPS"
+        self.journal.add_load(name, result.to_dict())
+
+    def fault(self, fault: Fault) -> Any:
+        """Context manager: ``fault`` is active inside the block and always reverted after."""
+        return active(fault, self.env, self.journal)
+
+    def collect_sidecars(self) -> dict[str, Any]:
+        """Read every sidecar's new access-log lines into ``journal["sidecars"]``.
+
+        Returns:
+            ``{pod: {"response_flags": {cluster: {flags: n}}, "response_codes": {...},
+            "requests": n, "access_log_sample": [lines]}}``.
+        """
+        out: dict[str, Any] = {}
+        for pod, mark in self._log_marks.items():
+            lines = self.env.access_log_lines(pod)[mark:]
+            records = parse_lines(lines)
+            out[pod] = {"response_flags": flags_by_cluster(records),
+                        "response_codes": codes_by_cluster(records), "requests": len(records),
+                        "access_log_sample": lines[:ACCESS_LOG_SAMPLE // 2]
+                        + lines[-ACCESS_LOG_SAMPLE // 2:] if len(lines) > ACCESS_LOG_SAMPLE
+                        else lines}
+        self.journal.data["sidecars"] = out
+        self.journal.save()
+        return out
+
+    def records(self, pod: str) -> list[dict[str, Any]]:
+        """The pod sidecar's access-log records written during this run."""
+        return parse_lines(self.env.access_log_lines(pod)[self._log_marks.get(pod, 0):])
+
+    def check(self, *checks: Check) -> list[Verdict]:
+        """Refresh sidecar data, evaluate every check and journal the verdicts.
+
+        Raises:
+            SystemUnderTestError: one or more checks failed (an AssertionError listing each).
+        """
+        self.collect_sidecars()
+        try:
+            return assert_all(self.journal.data, checks)
+        finally:
+            self.journal.save()
+
+    def finish(self, status: str) -> Path:
+        """Collect sidecar data, close the journal with ``status`` and render the report.
+
+        Returns:
+            The ``report.html`` path.
+        """
+        from meshlab.report.render import render_report
+
+        try:
+            self.collect_sidecars()
+        except Exception as exc:  # the env may be gone (e.g. a crashed lab): keep the rest
+            self.journal.data["notes"].append(f"sidecar data not collected: {exc}")
+        self.journal.finish(status)
+        return render_report(self.journal.dir)

@@ -1,0 +1,54 @@
+"""``reject-connections``: a pod refuses new TCP connections to one of its ports (RST).
+
+Local lab: in the target pod's netns, ``iptables -I INPUT -p tcp --syn -m conntrack
+--ctorigdstport <port> -j REJECT --reject-with tcp-reset``. Matching the *original* destination
+port makes it hit the app port even though Istio's capture has already redirected inbound
+traffic to 15006, so the hop that fails is "caller → this pod": a meshed caller's sidecar sees
+a connect failure (``UF``; with Istio's default retries ``UF,URX``), an unmeshed caller sees
+``connection refused``. Established connections are untouched (``--syn``).
+
+Cluster: the same argv runs in the pod's netns through a debug container with NET_ADMIN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from meshlab.faults.base import register
+
+
+@register
+@dataclass
+class RejectConnections:
+    """Refuse new connections to ``port`` of pod ``target`` with a TCP RST.
+
+    Args:
+        target: pod or workload name.
+        port: the pod's (original destination) port, e.g. 8080.
+    """
+
+    target: str
+    port: int
+    name = "reject-connections"
+
+    def _rule(self) -> list[str]:
+        return ["INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctorigdstport",
+                str(self.port), "-m", "comment", "--comment", f"meshlab:{self.name}",
+                "-j", "REJECT", "--reject-with", "tcp-reset"]
+
+    def inject(self, env: Any) -> str:
+        """Insert the REJECT rule (once; a second inject is a no-op)."""
+        shell = env.pod_shell(self.target)
+        if shell.run(["iptables", "-C", *self._rule()], check=False).ok:
+            return f"already active on {shell.name}:{self.port}"
+        shell.run(["iptables", "-I", *self._rule()])
+        return f"{shell.name}: new TCP connections to port {self.port} get RST"
+
+    def revert(self, env: Any) -> str:
+        """Delete every copy of the rule (idempotent)."""
+        shell = env.pod_shell(self.target)
+        removed = 0
+        while shell.run(["iptables", "-D", *self._rule()], check=False).ok and removed < 10:
+            removed += 1
+        return f"{shell.name}: removed {removed} rule(s)"

@@ -1,0 +1,41 @@
+"""Steady state of the layered lab (the book's 简单分层实验环境).
+
+netshoot → fortio-server (L1 sidecar inbound → app's -M proxy on 8070 → L1 sidecar outbound)
+→ fortio-server-l2 (L2 sidecar inbound → app echo on 8080). With no fault, the mesh must carry
+a fixed-rate load with no errors, a low p99, and no response flag on any hop.
+"""
+
+from meshlab.checks import (ErrorRateAtMost, LatencyPercentileAtMost, OnlyResponseFlags,
+                            ResponseFlagsCount, TpsAtLeast)
+
+L1 = "fortio-server-0"
+L2 = "fortio-server-l2-0"
+L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
+RATE_PER_S = 100
+DURATION_S = 5
+
+
+def test_steady_state_through_both_sidecars(meshlab_run):
+    """Both hops carry 100 req/s for 5 s: TPS ≥ 90 % of the rate, p99 ≤ 50 ms, no errors, and
+    every access-log line on both sidecars has flag ``-``."""
+    load = meshlab_run.load("baseline", "http://fortio-server:8070/echo?size=100",
+                            users=4, rate_per_s=RATE_PER_S, duration_s=DURATION_S)
+    assert load.requests > 0
+    meshlab_run.check(
+        TpsAtLeast(0.9 * RATE_PER_S, load="baseline"),
+        LatencyPercentileAtMost(99, max_ms=50, load="baseline"),
+        ErrorRateAtMost(0.0, load="baseline"),
+        OnlyResponseFlags(allowed={"-"}),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=load.requests),
+        ResponseFlagsCount(L2, cluster="inbound|8080||", flag="-", at_least=load.requests),
+    )
+
+
+def test_request_id_is_shared_by_both_hops(meshlab_run):
+    """One request's ``x-request-id`` appears in L1's outbound and L2's inbound log lines."""
+    meshlab_run.load("single", "http://fortio-server:8070/echo?size=100", users=1,
+                     duration_s=2, max_requests=1)
+    l1_out = [r for r in meshlab_run.records(L1) if r.get("upstream_cluster") == L2_CLUSTER]
+    l2_in = [r for r in meshlab_run.records(L2) if r.get("upstream_cluster") == "inbound|8080||"]
+    assert len(l1_out) == 1 and len(l2_in) == 1, (l1_out, l2_in)
+    assert l1_out[0]["request_id"] and l1_out[0]["request_id"] == l2_in[0]["request_id"]

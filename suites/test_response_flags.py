@@ -1,0 +1,43 @@
+"""Response flags tell which hop failed (seed articles 003/004, DESIGN.md §5.6).
+
+- The app's own ``?status=503`` is relayed by both sidecars with flag ``-``: a 503 from the app.
+- L2 refusing connections makes L1's sidecar fail to connect: Istio's default retry policy
+  (2 retries on connect-failure) is exhausted and L1's outbound logs 503 ``UF,URX`` while L1's
+  inbound (the app relaying that 503) logs ``-``: a 503 made by the mesh, on the L1→L2 hop.
+"""
+
+from meshlab.checks import ResponseFlagsCount
+from meshlab.faults.reject import RejectConnections
+
+L1 = "fortio-server-0"
+L2 = "fortio-server-l2-0"
+L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
+
+
+def test_app_503_passes_with_no_flag(meshlab_run):
+    """``status=503`` from L2's app: 503s at the client, flag ``-`` on every hop."""
+    load = meshlab_run.load("app-503", "http://fortio-server:8070/echo?status=503",
+                            users=2, duration_s=2, max_requests=50)
+    assert load.status_counts.get("503", 0) == load.requests > 0
+    meshlab_run.check(
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=load.requests),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF,URX", at_most=0),
+        ResponseFlagsCount(L2, cluster="inbound|8080||", flag="-", at_least=load.requests),
+    )
+    codes = {r["response_code"] for r in meshlab_run.records(L2)}
+    assert codes == {503}
+
+
+def test_unreachable_l2_gives_uf_urx_at_l1_outbound(meshlab_run):
+    """L2 refuses connections on 8080: L1's outbound logs ``UF,URX`` 503s; L2 logs nothing."""
+    with meshlab_run.fault(RejectConnections(target=L2, port=8080)):
+        load = meshlab_run.load("l2-refused", "http://fortio-server:8070/echo",
+                                users=2, duration_s=3, max_requests=20)
+    assert load.requests > 0 and load.status_counts.get("503", 0) == load.requests
+    meshlab_run.check(
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF,URX", at_least=load.requests),
+        ResponseFlagsCount(L1, cluster="inbound|8070||", flag="-", at_least=load.requests),
+    )
+    out = [r for r in meshlab_run.records(L1) if r.get("upstream_cluster") == L2_CLUSTER]
+    assert all(r["response_code"] == 503 for r in out)
+    assert not [r for r in meshlab_run.records(L2) if r.get("method")]
