@@ -1,0 +1,75 @@
+"""Manifest loading: the layered lab parses, and every kind of bad input fails in one line
+naming the file and the field."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from meshlab.envs.local.lab import DEFAULT_MANIFESTS
+from meshlab.errors import ManifestError
+from meshlab.manifest_loader import load_topology
+from meshlab.model import protocol_for_port
+
+
+def test_layered_lab_topology():
+    topo = load_topology(DEFAULT_MANIFESTS)
+    pods = {p.name: p for p in topo.pods()}
+    assert set(pods) == {"fortio-server-0", "fortio-server-l2-0", "netshoot-0"}
+    assert pods["fortio-server-0"].node != pods["fortio-server-l2-0"].node
+    assert pods["fortio-server-0"].meshed and pods["fortio-server-l2-0"].meshed
+    assert not pods["netshoot-0"].meshed
+    svc = topo.service("fortio-server")
+    assert [p.name for p in topo.endpoints(svc)] == ["fortio-server-0"]
+    assert {p.name: p.protocol for p in svc.ports} == {"http": "http", "http-m": "http",
+                                                       "grpc": "grpc"}
+    assert pods["fortio-server-0"].workload.containers[0].args == (
+        "server", "-M", "8070 http://fortio-server-l2:8080")
+
+
+@pytest.mark.parametrize("name,expected", [("http", "http"), ("http-m", "http"),
+                                           ("grpc", "grpc"), ("tcp-echo", "tcp"),
+                                           ("mysql", "tcp"), ("", "tcp"), ("http2", "http2")])
+def test_protocol_from_port_name(name, expected):
+    assert protocol_for_port(name) == expected
+
+
+def _broken(tmp_path: Path, edit) -> Path:
+    dst = tmp_path / "m"
+    shutil.copytree(DEFAULT_MANIFESTS, dst)
+    edit(dst)
+    return dst
+
+
+@pytest.mark.parametrize("edit,file,field", [
+    (lambda d: (d / "x.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n"),
+     "x.yaml", "ConfigMap/c.kind"),
+    (lambda d: (d / "fortio-server.yaml").write_text(
+        (d / "fortio-server.yaml").read_text().replace("        image: docker.io/fortio/fortio\n", "")),
+     "fortio-server.yaml", "StatefulSet/fortio-server.spec.template.spec.containers[0].image"),
+    (lambda d: (d / "netshoot.yaml").write_text(
+        (d / "netshoot.yaml").read_text().replace("  replicas: 1", "  replicas: 1\n  paused: true")),
+     "netshoot.yaml", "StatefulSet/netshoot.spec.paused"),
+    (lambda d: (d / "netshoot.yaml").write_text(
+        (d / "netshoot.yaml").read_text().replace("- worknode5", "- worknode9")),
+     "netshoot.yaml", "StatefulSet/netshoot.spec.template.spec.affinity"),
+    (lambda d: (d / "fortio-server.yaml").write_text(
+        (d / "fortio-server.yaml").read_text().replace("    port: 8080", "    prt: 8080")),
+     "fortio-server.yaml", "Service/fortio-server.spec.ports[0].prt"),
+    (lambda d: (d / "lab-cluster.yaml").write_text("kind: LabCluster\nmetadata: [\n"),
+     "lab-cluster.yaml", "line"),
+])
+def test_broken_manifest_names_file_and_field(tmp_path, edit, file, field):
+    folder = _broken(tmp_path, edit)
+    with pytest.raises(ManifestError) as err:
+        load_topology(folder)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(folder / file))
+    assert field in msg
+
+
+def test_missing_lab_cluster(tmp_path):
+    folder = _broken(tmp_path, lambda d: (d / "lab-cluster.yaml").unlink())
+    with pytest.raises(ManifestError, match="exactly one LabCluster"):
+        load_topology(folder)
