@@ -1,1 +1,24 @@
-"""meshlab."""
+"""Checks: turn run-journal data into verdicts (DESIGN.md §1, CONTRACTS.md §3).
+
+Usage in a suite::
+
+    from meshlab.checks import TpsAtLeast, LatencyPercentileAtMost, assert_all
+
+    assert_all(journal, [TpsAtLeast(50, load="baseline"),
+                         LatencyPercentileAtMost(99, max_ms=10, load="baseline")])
+"""
+
+from meshlab.checks.base import Check, Verdict, assert_all
+from meshlab.checks.load import ErrorRateAtMost, LatencyPercentileAtMost, TpsAtLeast
+from meshlab.checks.response_flags import OnlyResponseFlags, ResponseFlagsCount
+
+__all__ = [
+    "Check",
+    "ErrorRateAtMost",
+    "LatencyPercentileAtMost",
+    "OnlyResponseFlags",
+    "ResponseFlagsCount",
+    "TpsAtLeast",
+    "Verdict",
+    "assert_all",
+]

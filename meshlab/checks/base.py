@@ -1,0 +1,189 @@
+"""Checks turn run-journal data into verdicts (docs/CONTRACTS.md §3, ``verdicts``).
+
+A :class:`Check` is a small immutable object built by a suite (``TpsAtLeast(50, load="baseline")``)
+and evaluated against a journal dict. Evaluation never raises for missing or odd data: a check
+whose subject is absent from the journal (no such load, no such sidecar) yields a *failed*
+:class:`Verdict` that says what is missing, so one broken collector does not hide the other
+verdicts of a run.
+
+:func:`assert_all` is the one entry point suites use: it evaluates every check, records every
+verdict in ``journal["verdicts"]`` and raises :class:`~meshlab.errors.SystemUnderTestError`
+listing each failure in readable form.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from meshlab.errors import SystemUnderTestError
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one check over one journal.
+
+    Attributes:
+        check: the check's id, e.g. ``"tps_at_least"``.
+        subject: what was checked, e.g. a load name or ``"<pod> <cluster>"``.
+        expected: the accepted range in words, e.g. ``">= 50.0 TPS"``.
+        observed: what the journal shows, e.g. ``"198.2 TPS"`` or ``"missing"``.
+        passed: True when ``observed`` is within ``expected``.
+        message: one readable sentence, e.g.
+            ``"p99 latency of load 'baseline' is 12.4 ms, expected <= 10.0 ms"``.
+    """
+
+    check: str
+    subject: str
+    expected: str
+    observed: str
+    passed: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the journal form of this verdict (CONTRACTS.md §3 ``verdicts[]``)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"[{'PASS' if self.passed else 'FAIL'}] {self.message}"
+
+
+class Check(ABC):
+    """Base of every check: a named predicate over a run journal.
+
+    Subclasses are frozen dataclasses (so their repr shows their parameters), set the class
+    attribute :attr:`name` and implement :meth:`evaluate`.
+    """
+
+    name: ClassVar[str] = "check"
+
+    @abstractmethod
+    def evaluate(self, journal: Mapping[str, Any]) -> Verdict:
+        """Judge the journal.
+
+        Args:
+            journal: a run journal (CONTRACTS.md §3), possibly partial.
+
+        Returns:
+            The verdict; missing data gives a failed verdict, never an exception.
+        """
+
+    def _verdict(self, subject: str, expected: str, observed: str, passed: bool,
+                 message: str) -> Verdict:
+        return Verdict(check=self.name, subject=subject, expected=expected, observed=observed,
+                       passed=passed, message=message)
+
+    def _missing(self, subject: str, expected: str, what: str) -> Verdict:
+        """A failed verdict for data the journal does not hold.
+
+        Args:
+            subject: what the check is about.
+            expected: the accepted range in words.
+            what: a sentence fragment naming what is missing, e.g. ``"no load named 'x'"``.
+        """
+        return self._verdict(subject, expected, "missing", False,
+                             f"{self.name} on {subject!r}: {what} in the journal, "
+                             f"expected {expected}")
+
+
+def assert_all(journal: dict[str, Any], checks: Iterable[Check]) -> list[Verdict]:
+    """Evaluate every check, record the verdicts, fail if any verdict failed.
+
+    All checks are evaluated even after a failure, and every verdict (passed or not) is
+    appended to ``journal["verdicts"]`` (created when absent) before anything is raised.
+
+    Args:
+        journal: the run journal; modified in place (``verdicts`` grows).
+        checks: the checks to evaluate, in report order.
+
+    Returns:
+        The verdicts, in the order of ``checks``, when all passed.
+
+    Raises:
+        SystemUnderTestError: one or more verdicts failed; the message lists each failed
+            verdict's message on its own line.
+    """
+    verdicts = [check.evaluate(journal) for check in checks]
+    journal.setdefault("verdicts", []).extend(v.to_dict() for v in verdicts)
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        lines = "\n".join(f"  - {v.message}" for v in failed)
+        raise SystemUnderTestError(
+            f"{len(failed)} of {len(verdicts)} checks failed:\n{lines}")
+    return verdicts
+
+
+# --- helpers shared by the check modules ------------------------------------------------------
+
+def as_number(value: Any) -> float | None:
+    """Return ``value`` as a finite float, or None when it is not a usable number.
+
+    Booleans, strings, NaN and infinities are rejected so that a malformed journal field reads
+    as "missing" instead of producing a nonsense comparison.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def find_load(journal: Mapping[str, Any], load: str) -> tuple[Mapping[str, Any] | None, str]:
+    """Find the load result named ``load`` in ``journal["loads"]``.
+
+    Args:
+        journal: the run journal.
+        load: the load's ``name``.
+
+    Returns:
+        ``(result, "")`` when found, else ``(None, reason)`` with a readable reason naming the
+        loads that do exist.
+    """
+    loads = journal.get("loads")
+    if not isinstance(loads, list) or not loads:
+        return None, f"no load named {load!r} (the journal has no loads)"
+    names = []
+    for item in loads:
+        if isinstance(item, Mapping):
+            if item.get("name") == load:
+                return item, ""
+            names.append(str(item.get("name")))
+    return None, f"no load named {load!r} (loads: {', '.join(names) or 'none'})"
+
+
+def find_response_flags(journal: Mapping[str, Any],
+                        pod: str) -> tuple[Mapping[str, Any] | None, str]:
+    """Find ``journal["sidecars"][pod]["response_flags"]`` (cluster -> flag -> count).
+
+    Args:
+        journal: the run journal.
+        pod: the sidecar's pod name.
+
+    Returns:
+        ``(flags_by_cluster, "")`` when found, else ``(None, reason)``.
+    """
+    sidecars = journal.get("sidecars")
+    if not isinstance(sidecars, Mapping) or not sidecars:
+        return None, f"no sidecar data for pod {pod!r} (no sidecars collected)"
+    sidecar = sidecars.get(pod)
+    if not isinstance(sidecar, Mapping):
+        return None, (f"no sidecar data for pod {pod!r} "
+                      f"(pods: {', '.join(sorted(map(str, sidecars)))})")
+    flags = sidecar.get("response_flags")
+    if not isinstance(flags, Mapping):
+        return None, f"no response_flags collected for pod {pod!r}"
+    return flags, ""
+
+
+def flag_counts(by_flag: Any) -> dict[str, int]:
+    """Return the usable ``flag -> count`` entries of one cluster's response_flags mapping."""
+    if not isinstance(by_flag, Mapping):
+        return {}
+    counts = {}
+    for flag, count in by_flag.items():
+        number = as_number(count)
+        if number is not None:
+            counts[str(flag)] = int(number)
+    return counts

@@ -1,0 +1,266 @@
+"""Turn a validated run journal into the plain values the report template shows.
+
+All formatting (units, precision, "not collected") happens here so the template stays a layout.
+A section whose journal key is absent or ``null`` becomes ``None`` ("not collected"); a section
+that was collected but is empty becomes an empty list ("none").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from meshlab.report.charts import PALETTE, Series, Window, line_chart
+
+#: What Envoy response flags mean (DESIGN.md §5.6), shown next to the flag table.
+FLAG_MEANINGS: dict[str, str] = {
+    "-": "none (normal response)",
+    "NR": "no route configured",
+    "UH": "no healthy upstream host",
+    "UF": "upstream connection failure",
+    "UC": "upstream connection terminated",
+    "UO": "upstream overflow (circuit breaker)",
+    "URX": "upstream retry limit exceeded",
+    "UT": "upstream request timeout",
+    "LR": "connection local reset",
+    "UR": "upstream remote reset",
+    "DC": "downstream connection terminated",
+    "DPE": "downstream protocol error",
+    "UPE": "upstream protocol error",
+    "SI": "stream idle timeout",
+}
+
+_LATENCY_KEYS = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"),
+                 ("max", "max"))
+
+
+def fmt_ms(value_us: Any) -> str:
+    """Microseconds as milliseconds with µs precision: ``12345 -> "12.345"``; missing -> "–"."""
+    return "–" if value_us is None else f"{value_us / 1000:.3f}"
+
+
+def fmt_pct(ratio: Any) -> str:
+    """A ratio as a percentage with 3 decimals: ``0.0001 -> "0.010 %"``; missing -> "–"."""
+    return "–" if ratio is None else f"{ratio * 100:.3f} %"
+
+
+def fmt_num(value: Any, decimals: int = 1) -> str:
+    """A number with fixed decimals and thousands separators; missing -> "–"."""
+    if value is None:
+        return "–"
+    return f"{value:,.0f}" if decimals == 0 else f"{value:,.{decimals}f}"
+
+
+def fmt_epoch(epoch_s: Any) -> str:
+    """Epoch seconds as UTC ``HH:MM:SS.mmm``; missing -> "–"."""
+    if epoch_s is None:
+        return "–"
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parse_iso(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def banner(journal: dict[str, Any]) -> dict[str, str]:
+    """The status banner: ``{"kind", "title", "detail"}``; PARTIAL wins over the status."""
+    status = journal["status"]
+    if journal.get("partial") or status == "running":
+        return {"kind": "partial", "title": f"PARTIAL — run status: {status}",
+                "detail": "The run did not finish writing its journal; sections below show "
+                          "what was recorded so far and may be incomplete."}
+    details = {"passed": "Every check passed.",
+               "failed": "The system under test failed one or more checks.",
+               "error": "The experiment itself failed (lab, fault or load error); verdicts "
+                        "may be missing."}
+    return {"kind": status, "title": status.upper(), "detail": details[status]}
+
+
+def load_rows(loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summary-table rows, one per load."""
+    rows = []
+    for load in loads:
+        latency = load.get("latency_us") or {}
+        ratio = load.get("error_rate")
+        if ratio is None and load.get("requests") and load.get("errors") is not None:
+            ratio = load["errors"] / load["requests"]
+        rows.append({
+            "name": load["name"], "tool": load.get("tool") or "–", "mode": load.get("mode") or "",
+            "target": load.get("target_url") or "–",
+            "requests": fmt_num(load.get("requests"), 0), "errors": fmt_num(load.get("errors"), 0),
+            "tps": fmt_num(load.get("tps"), 1), "error_pct": fmt_pct(ratio),
+            "error_bad": bool(ratio), "duration": fmt_num(load.get("duration_s"), 1),
+            "latency_ms": [fmt_ms(latency.get(key)) for _, key in _LATENCY_KEYS],
+        })
+    return rows
+
+
+def load_windows(load: dict[str, Any], fault_windows: list[dict[str, Any]]) -> list[Window]:
+    """Fault windows placed on the load's time axis (seconds since ``start_epoch_s``)."""
+    start = load.get("start_epoch_s")
+    if start is None:
+        return []
+    return [Window(w["name"], w["start_epoch_s"] - start,
+                   None if w.get("end_epoch_s") is None else w["end_epoch_s"] - start)
+            for w in fault_windows]
+
+
+def load_charts(load: dict[str, Any], fault_windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The TPS and latency charts of one load: ``{"name", "tps_svg", "latency_svg", "note"}``."""
+    series = sorted(load.get("series") or [], key=lambda point: point["t_s"])
+    windows = load_windows(load, fault_windows)
+    note = ""
+    if fault_windows and load.get("start_epoch_s") is None:
+        note = "Fault windows are not shaded: this load has no start_epoch_s."
+    x_high = max([load.get("duration_s") or 0.0] + [p["t_s"] for p in series])
+    x_range = (0.0, float(x_high)) if x_high > 0 else None
+    tps = [Series("requests/s", [(p["t_s"], p.get("requests")) for p in series], PALETTE[0]),
+           Series("errors/s", [(p["t_s"], p.get("errors")) for p in series], PALETTE[2])]
+    latency = [Series(label, [(p["t_s"], None if p.get(key) is None else p[key] / 1000)
+                              for p in series], colour)
+               for label, key, colour in (("p50", "p50_us", PALETTE[0]),
+                                          ("p90", "p90_us", PALETTE[1]),
+                                          ("p99", "p99_us", PALETTE[2]))]
+    x_label = "time since load start (s)"
+    return {
+        "name": load["name"], "note": note, "points": len(series),
+        "tps_svg": line_chart(tps, title=f"Throughput per second — {load['name']}",
+                              x_label=x_label, y_label="requests/s", windows=windows,
+                              x_range=x_range),
+        "latency_svg": line_chart(latency, title=f"Latency percentiles per second — "
+                                                 f"{load['name']}",
+                                  x_label=x_label, y_label="latency (ms)", windows=windows,
+                                  x_range=x_range),
+    }
+
+
+def status_rows(loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Responses by HTTP status per load; status ``0`` is "no response"."""
+    rows = []
+    for load in loads:
+        counts = load.get("status_counts") or {}
+        total = sum(counts.values())
+        for status, count in sorted(counts.items()):
+            rows.append({"load": load["name"],
+                         "status": "0 (no response)" if status == "0" else status,
+                         "count": fmt_num(count, 0),
+                         "share": fmt_pct(count / total if total else None),
+                         "error": count > 0 and not status.startswith(("2", "3"))})
+    return rows
+
+
+def flag_rows(sidecars: dict[str, Any]) -> list[dict[str, Any]]:
+    """Response-flag counts per sidecar and cluster; flag ``-`` means none."""
+    rows = []
+    for pod, sidecar in sorted(sidecars.items()):
+        for cluster, by_flag in sorted((sidecar.get("response_flags") or {}).items()):
+            total = sum(by_flag.values())
+            for flag, count in sorted(by_flag.items(), key=lambda kv: (kv[0] != "-", kv[0])):
+                meaning = ", ".join(FLAG_MEANINGS.get(f, "unknown flag") for f in flag.split(","))
+                rows.append({"pod": pod, "cluster": cluster, "flag": flag, "meaning": meaning,
+                             "count": fmt_num(count, 0),
+                             "share": fmt_pct(count / total if total else None),
+                             "bad": flag != "-" and count > 0})
+    return rows
+
+
+def activity_rows(activities: list[dict[str, Any]], started_at: Any) -> list[dict[str, Any]]:
+    """Activities in start order, with their offset from the run start."""
+    run_start = _parse_iso(started_at)
+
+    def offset(item: dict[str, Any]) -> str:
+        start = _parse_iso(item.get("start"))
+        if start is None or run_start is None:
+            return "–"
+        return f"+{(start - run_start).total_seconds():.1f} s"
+
+    ordered = sorted(activities, key=lambda a: (_parse_iso(a.get("start")) is None,
+                                                str(a.get("start") or "")))
+    return [{"name": a["name"], "status": a.get("status") or "–", "offset": offset(a),
+             "start": a.get("start") or "–", "end": a.get("end") or "–",
+             "duration": fmt_num(a.get("duration_s"), 2),
+             "error": a.get("error") or "", "failed": a.get("status") == "failed"}
+            for a in ordered]
+
+
+def topology_view(topology: dict[str, Any]) -> dict[str, Any]:
+    """Nodes with their pods (pods on unknown nodes under ``unplaced``) and services."""
+    nodes = [{"name": n["name"], "ip": n.get("ip"), "pod_cidr": n.get("pod_cidr"), "pods": []}
+             for n in topology.get("nodes") or []]
+    by_name = {node["name"]: node for node in nodes}
+    unplaced: list[dict[str, Any]] = []
+    for pod in topology.get("pods") or []:
+        row = {"name": pod["name"], "namespace": pod.get("namespace"), "ip": pod.get("ip"),
+               "workload": pod.get("workload"), "meshed": bool(pod.get("meshed"))}
+        target = by_name.get(pod.get("node"))
+        (target["pods"] if target else unplaced).append(row)
+    services = [{"name": svc["name"], "namespace": svc.get("namespace"),
+                 "cluster_ip": svc.get("cluster_ip"),
+                 "ports_text": ", ".join(f"{p.get('port', '?')}/{p.get('name', '')}".rstrip("/")
+                                         for p in svc.get("ports") or [])}
+                for svc in topology.get("services") or []]
+    return {"nodes": nodes, "unplaced": unplaced, "services": services}
+
+
+def verdict_rows(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Verdicts with every column present (missing text becomes "–")."""
+    return [{"check": v["check"], "passed": v["passed"], "subject": v.get("subject") or "–",
+             "expected": v.get("expected") or "–", "observed": v.get("observed") or "–",
+             "message": v.get("message") or ""} for v in verdicts]
+
+
+def fault_rows(fault_windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fault windows with UTC times and duration (open windows say "still active")."""
+    rows = []
+    for w in fault_windows:
+        end = w.get("end_epoch_s")
+        rows.append({"name": w["name"], "start": fmt_epoch(w["start_epoch_s"]),
+                     "end": fmt_epoch(end) if end is not None else "still active",
+                     "duration": fmt_num(end - w["start_epoch_s"], 1) if end is not None
+                     else "–"})
+    return rows
+
+
+def build_view(journal: dict[str, Any]) -> dict[str, Any]:
+    """Everything the report template shows, from a validated journal.
+
+    Args:
+        journal: a journal that passed :func:`meshlab.report.journal.load_journal`.
+
+    Returns:
+        A dict of template values; missing sections are None.
+    """
+    loads = journal.get("loads")
+    faults = journal.get("fault_windows") or []
+    sidecars = journal.get("sidecars")
+    env = journal.get("env")
+    verdicts = journal.get("verdicts")
+    return {
+        "run": {"name": journal.get("name") or journal["run_id"], "run_id": journal["run_id"],
+                "status": journal["status"], "started_at": journal.get("started_at") or "–",
+                "ended_at": journal.get("ended_at") or "–",
+                "duration": fmt_num(journal.get("duration_s"), 1),
+                "schema": journal["schema"]},
+        "banner": banner(journal),
+        "loads": None if loads is None else load_rows(loads),
+        "charts": None if loads is None else [load_charts(load, faults) for load in loads],
+        "statuses": None if loads is None else status_rows(loads),
+        "faults": None if journal.get("fault_windows") is None else fault_rows(faults),
+        "verdicts": None if verdicts is None else verdict_rows(verdicts),
+        "verdicts_failed": sum(1 for v in verdicts or [] if not v["passed"]),
+        "flags": None if sidecars is None else flag_rows(sidecars),
+        "flag_meanings": FLAG_MEANINGS,
+        "access_logs": None if sidecars is None else [
+            {"pod": pod, "lines": s.get("access_log_sample")}
+            for pod, s in sorted(sidecars.items())],
+        "activities": (None if journal.get("activities") is None
+                       else activity_rows(journal["activities"], journal.get("started_at"))),
+        "topology": None if journal.get("topology") is None else topology_view(
+            journal["topology"]),
+        "env": None if env is None else {
+            "name": env.get("name") or "–", "kernel": env.get("kernel") or "not collected",
+            "sysctls": None if env.get("sysctls") is None else sorted(env["sysctls"].items())},
+    }
