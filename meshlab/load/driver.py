@@ -1,0 +1,317 @@
+"""Drive the Locust runner through a :class:`~meshlab.envs.base.Shell` and read its result.
+
+The runner (:mod:`meshlab.load.locust_runner`) always lives in its own process: gevent's
+monkey-patching must never reach the suite process, and the lab runs the process inside the
+client pod's network namespace (``ip netns exec``). This module therefore only builds argv, runs it
+through a Shell and parses the JSON of CONTRACTS.md §2 into a :class:`LoadResult`.
+
+Typical use from a suite::
+
+    spec = LoadSpec(url="http://fortio-server:8080/echo", users=4, rate_per_s=200, duration_s=30)
+    handle = start_load(env.pod_shell("netshoot"), spec, run_dir / "baseline.json")
+    fault.inject(); ...; fault.revert()
+    result = handle.wait()
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from meshlab.envs.base import Shell
+from meshlab.errors import LabError
+from meshlab.load import hdr
+from meshlab.load.spec import MAX_DURATION_S, MAX_USERS, LoadSpec
+
+__all__ = ["MAX_DURATION_S", "MAX_USERS", "LoadHandle", "LoadResult", "LoadSpec", "SeriesPoint",
+           "read_result", "run_load", "runner_argv", "start_load"]
+
+RUNNER_MODULE = "meshlab.load.locust_runner"
+WAIT_MARGIN_S = 30.0
+"""Seconds beyond ``duration_s`` the driver waits for the runner (start-up, writing JSON)."""
+_STDERR_TAIL_CHARS = 2000
+
+
+def runner_argv(spec: LoadSpec, out_path: Path, python: str = sys.executable) -> list[str]:
+    """The command that runs :mod:`meshlab.load.locust_runner` for ``spec``.
+
+    Args:
+        spec: the load to drive.
+        out_path: where the runner writes the result JSON.
+        python: interpreter that has meshlab installed.
+
+    Returns:
+        argv for :meth:`Shell.run` / :meth:`Shell.popen`.
+    """
+    argv = [python, "-m", RUNNER_MODULE, "--url", spec.url, "--users", str(spec.users),
+            "--duration-s", repr(float(spec.duration_s)), "--timeout-s",
+            repr(float(spec.timeout_s)), "--out", str(out_path)]
+    if spec.rate_per_s is not None:
+        argv += ["--rate-per-s", repr(float(spec.rate_per_s))]
+    if spec.max_requests is not None:
+        argv += ["--max-requests", str(spec.max_requests)]
+    return argv
+
+
+@dataclass
+class SeriesPoint:
+    """One second of a load run, bucketed by request completion time.
+
+    Attributes:
+        t_s: seconds since ``start_epoch_s`` (0, 1, 2, ...).
+        requests: requests completed in this second.
+        errors: of those, non-2xx/3xx or without response.
+        status_counts: requests per status (string key, ``"0"`` = no response).
+        p50_us: median latency in µs, None without requests (likewise the others).
+        p90_us: 90th percentile latency in µs.
+        p99_us: 99th percentile latency in µs.
+        max_us: largest latency in µs.
+    """
+
+    t_s: int
+    requests: int
+    errors: int
+    status_counts: dict[str, int]
+    p50_us: int | None
+    p90_us: int | None
+    p99_us: int | None
+    max_us: int | None
+
+
+@dataclass
+class LoadResult:
+    """A load run's outcome: the fields of CONTRACTS.md §2 plus the journal ``name``.
+
+    Attributes:
+        tool: ``"locust"``.
+        mode: ``"closed-loop"`` (a user sends its next request after the previous finished).
+        target_url: the URL requested.
+        users: concurrent users.
+        rate_per_s: requested aggregate rate in requests/s, None for unthrottled.
+        duration_s: planned duration in seconds (the actual one is :attr:`elapsed_s`).
+        start_epoch_s: wall-clock start, Unix seconds.
+        end_epoch_s: wall-clock end, Unix seconds.
+        requests: completed requests (including errors).
+        errors: requests with a non-2xx/3xx status or without response.
+        status_counts: requests per status (``"0"`` = no response: connect error, timeout).
+        tps: requests per second of actual run time.
+        error_rate: errors / requests (0.0 without requests).
+        latency_us: ``min, mean, p50, p90, p99, p999, max`` in µs (None without requests).
+        hdr: base64 HdrHistogram of all latencies in µs (see :mod:`meshlab.load.hdr`).
+        series: one :class:`SeriesPoint` per second.
+        name: the spec's name (not part of the runner's file; included in :meth:`to_dict`).
+    """
+
+    tool: str
+    mode: str
+    target_url: str
+    users: int
+    rate_per_s: float | None
+    duration_s: float
+    start_epoch_s: float
+    end_epoch_s: float
+    requests: int
+    errors: int
+    status_counts: dict[str, int]
+    tps: float
+    error_rate: float
+    latency_us: dict[str, float | None]
+    hdr: str
+    series: list[SeriesPoint] = field(default_factory=list)
+    name: str = ""
+
+    def __repr__(self) -> str:
+        return (f"LoadResult(name={self.name!r}, requests={self.requests}, "
+                f"errors={self.errors}, tps={self.tps:.1f}, p99_us={self.latency_us.get('p99')})")
+
+    @property
+    def elapsed_s(self) -> float:
+        """Actual run time in seconds (``end_epoch_s - start_epoch_s``)."""
+        return self.end_epoch_s - self.start_epoch_s
+
+    def histogram(self) -> HdrHistogram:
+        """The decoded latency histogram (µs); merge several with :func:`hdr.merge`."""
+        return hdr.decode(self.hdr)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the §2 fields, preceded by ``name`` when it is set (journal form)."""
+        data = asdict(self)
+        name = data.pop("name")
+        return {"name": name, **data} if name else data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], name: str = "") -> LoadResult:
+        """Build a result from the §2 JSON (as written by the runner or stored in a journal).
+
+        Args:
+            data: the decoded JSON object.
+            name: journal name, used when ``data`` has no ``name``.
+
+        Raises:
+            LabError: a field is missing or malformed.
+        """
+        try:
+            series = [SeriesPoint(**point) for point in data["series"]]
+            kwargs = {key: data[key] for key in cls.__dataclass_fields__
+                      if key not in ("series", "name")}
+        except (KeyError, TypeError) as exc:
+            raise LabError(f"malformed load result: missing or bad field {exc}") from exc
+        return cls(**kwargs, series=series, name=data.get("name") or name)
+
+
+def read_result(path: Path, name: str = "") -> LoadResult:
+    """Read a runner's ``--out`` file.
+
+    Args:
+        path: the result JSON.
+        name: journal name to attach.
+
+    Raises:
+        LabError: the file is missing or not a valid result.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise LabError(f"cannot read load result {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LabError(f"cannot read load result {path}: not a JSON object")
+    return LoadResult.from_dict(data, name=name)
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text[-_STDERR_TAIL_CHARS:] if text else "(no stderr)"
+
+
+def _prepare(out_path: Path) -> Path:
+    out_path = Path(out_path)
+    out_path.unlink(missing_ok=True)  # never mistake a previous run's file for this one's
+    return out_path
+
+
+def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
+             python: str = sys.executable) -> LoadResult:
+    """Run the load to completion through ``shell`` and return its result.
+
+    Args:
+        shell: where the runner runs (e.g. the client pod's netns).
+        spec: the load.
+        out_path: result JSON path, readable from this process too.
+        python: interpreter with meshlab installed, as seen by ``shell``.
+
+    Returns:
+        The parsed :class:`LoadResult`.
+
+    Raises:
+        LabError: the runner exited non-zero, timed out (``duration_s + 30`` s) or wrote no
+            valid result; the message carries the tail of its stderr.
+    """
+    out_path = _prepare(out_path)
+    argv = runner_argv(spec, out_path, python)
+    result = shell.run(argv, check=False, timeout_s=spec.duration_s + WAIT_MARGIN_S)
+    if not result.ok:
+        raise LabError(f"load {spec.name!r} failed (exit {result.returncode}) on {shell.name}: "
+                       f"{_tail(result.stderr)}")
+    return read_result(out_path, name=spec.name)
+
+
+class LoadHandle:
+    """A load running in the background (see :func:`start_load`).
+
+    Attributes:
+        spec: the load.
+        out_path: the result JSON path.
+        stderr_path: file receiving the runner's stderr.
+        process: the runner process (through the shell's transport).
+    """
+
+    def __init__(self, spec: LoadSpec, out_path: Path, stderr_path: Path,
+                 process: subprocess.Popen[bytes]) -> None:
+        self.spec = spec
+        self.out_path = out_path
+        self.stderr_path = stderr_path
+        self.process = process
+        self._deadline_s = time.monotonic() + spec.duration_s + WAIT_MARGIN_S
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.process.returncode}"
+        return f"LoadHandle(name={self.spec.name!r}, pid={self.process.pid}, {state})"
+
+    @property
+    def running(self) -> bool:
+        """True while the runner process has not exited."""
+        return self.process.poll() is None
+
+    def wait(self, timeout_s: float | None = None) -> LoadResult:
+        """Wait for the runner to finish and return its result.
+
+        Args:
+            timeout_s: seconds to wait; default: until ``duration_s + 30`` s after the start.
+
+        Raises:
+            LabError: the runner did not finish in time (it is killed), exited non-zero or
+                wrote no valid result.
+        """
+        if timeout_s is None:
+            timeout_s = max(0.0, self._deadline_s - time.monotonic())
+        try:
+            returncode = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            self.process.kill()
+            self.process.wait()
+            raise LabError(f"load {self.spec.name!r} did not finish within {timeout_s:.0f} s; "
+                           f"killed: {_tail(self._stderr())}") from exc
+        if returncode != 0:
+            raise LabError(f"load {self.spec.name!r} failed (exit {returncode}): "
+                           f"{_tail(self._stderr())}")
+        return read_result(self.out_path, name=self.spec.name)
+
+    def stop(self, grace_s: float = 10.0) -> LoadResult:
+        """Stop the load early (SIGTERM); the runner writes what it recorded so far.
+
+        Args:
+            grace_s: seconds to wait for the runner to write its result.
+
+        Raises:
+            LabError: as for :meth:`wait`.
+        """
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s=grace_s)
+
+    def _stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def start_load(shell: Shell, spec: LoadSpec, out_path: Path,
+               python: str = sys.executable) -> LoadHandle:
+    """Start the load in the background, e.g. to inject a fault while it runs.
+
+    Args:
+        shell: where the runner runs.
+        spec: the load.
+        out_path: result JSON path; the runner's stderr goes to ``<out_path>.stderr``.
+        python: interpreter with meshlab installed, as seen by ``shell``.
+
+    Returns:
+        A :class:`LoadHandle`; call :meth:`LoadHandle.wait` for the result.
+
+    Raises:
+        LabError: the runner could not be started.
+    """
+    out_path = _prepare(out_path)
+    stderr_path = out_path.with_name(out_path.name + ".stderr")
+    stderr_path.unlink(missing_ok=True)
+    process = shell.popen(runner_argv(spec, out_path, python), stderr=stderr_path)
+    return LoadHandle(spec, out_path, stderr_path, process)

@@ -1,0 +1,80 @@
+"""The load specification shared by the driver and the runner process.
+
+Kept free of heavy imports: the runner validates its arguments with :class:`LoadSpec` before it
+imports gevent/locust, and the driver imports it in the suite process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from meshlab.errors import ConfigError
+
+MAX_DURATION_S = 3600.0
+"""Longest load a spec may ask for, in seconds."""
+MAX_USERS = 10_000
+"""Most concurrent users (greenlets, each with its own connection) one runner may start."""
+
+
+def _fail(field_name: str, message: str) -> ConfigError:
+    return ConfigError(f"LoadSpec.{field_name}: {message}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSpec:
+    """What load to drive.
+
+    Attributes:
+        url: target ``http://`` or ``https://`` URL, as seen from where the runner runs.
+        users: concurrent Locust users (each one keep-alive connection, one request at a time).
+        rate_per_s: aggregate request rate in requests/s, or None for as fast as possible.
+        duration_s: run time in seconds (0 < duration_s <= 3600); the runner stops hard then.
+        max_requests: stop after this many requests (None = no limit).
+        timeout_s: connect and per-read socket timeout of each request, in seconds.
+        name: label of the load in the run journal (``loads[].name``).
+
+    Raises:
+        ConfigError: a field is out of range; the message names the field.
+    """
+
+    url: str
+    users: int
+    duration_s: float
+    rate_per_s: float | None = None
+    max_requests: int | None = None
+    timeout_s: float = 10.0
+    name: str = "load"
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url) if isinstance(self.url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _fail("url", f"must be an http:// or https:// URL with a host, got {self.url!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise _fail("url", f"bad port in {self.url!r}: {exc}") from exc
+        if not isinstance(self.users, int) or isinstance(self.users, bool) or not (
+                1 <= self.users <= MAX_USERS):
+            raise _fail("users", f"must be an integer in 1..{MAX_USERS}, got {self.users!r}")
+        if self.rate_per_s is not None and not (_is_number(self.rate_per_s)
+                                                and self.rate_per_s > 0):
+            raise _fail("rate_per_s", f"must be > 0 requests/s or None, got {self.rate_per_s!r}")
+        if not (_is_number(self.duration_s) and 0 < self.duration_s <= MAX_DURATION_S):
+            raise _fail("duration_s",
+                        f"must be in (0, {MAX_DURATION_S:.0f}] seconds, got {self.duration_s!r}")
+        if self.max_requests is not None and (
+                not isinstance(self.max_requests, int) or isinstance(self.max_requests, bool)
+                or self.max_requests < 1):
+            raise _fail("max_requests", f"must be an integer >= 1 or None, "
+                                        f"got {self.max_requests!r}")
+        if not (_is_number(self.timeout_s) and 0 < self.timeout_s <= MAX_DURATION_S):
+            raise _fail("timeout_s", f"must be in (0, {MAX_DURATION_S:.0f}] seconds, "
+                                     f"got {self.timeout_s!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise _fail("name", f"must be a non-empty string, got {self.name!r}")
