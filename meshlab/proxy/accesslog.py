@@ -1,0 +1,131 @@
+"""Access-log formatting (sans-IO) and a line-flushed file writer (ENVOY.md §2).
+
+JSON follows Istio's ``EnvoyJSONLogFormatIstio`` (I:pilot/pkg/model/telemetry_logging.go) with
+``SortProperties: false``: keys in the Go source order, which puts
+``upstream_transport_failure_reason`` last. Envoy's ``json_format`` keeps the native type of a
+value that is a single command operator: numbers for codes, bytes and durations, ``null`` for a
+missing value, strings otherwise (``%RESP(...)%`` headers stay strings). TEXT is Istio's
+``EnvoyTextLogFormat`` (``-`` for missing values).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from typing import IO
+
+from meshlab.proxy.http_core import AccessRecord
+
+#: Key order of Istio's default JSON access log.
+JSON_KEYS: tuple[str, ...] = (
+    "start_time", "route_name", "method", "path", "protocol", "response_code", "response_flags",
+    "response_code_details", "connection_termination_details", "bytes_received", "bytes_sent",
+    "duration", "upstream_service_time", "x_forwarded_for", "user_agent", "request_id",
+    "authority", "upstream_host", "upstream_cluster", "upstream_local_address",
+    "downstream_local_address", "downstream_remote_address", "requested_server_name",
+    "upstream_transport_failure_reason",
+)
+
+
+def format_start_time(epoch_s: float) -> str:
+    """``%START_TIME%``: ISO-8601 UTC with milliseconds, e.g. ``2020-11-25T21:26:18.409Z``."""
+    t = _dt.datetime.fromtimestamp(epoch_s, tz=_dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def record_values(rec: AccessRecord) -> dict[str, object]:
+    """The record as Istio JSON key → typed value (in :data:`JSON_KEYS` order)."""
+    return {
+        "start_time": format_start_time(rec.start_time_s),
+        "route_name": rec.route_name if rec.route_name not in (None, "-") else None,
+        "method": rec.method,
+        "path": rec.path,
+        "protocol": rec.protocol,
+        "response_code": rec.response_code,
+        "response_flags": rec.response_flags,
+        "response_code_details": rec.response_code_details,
+        "connection_termination_details": rec.connection_termination_details,
+        "bytes_received": rec.bytes_received,
+        "bytes_sent": rec.bytes_sent,
+        "duration": rec.duration_ms,
+        "upstream_service_time": rec.upstream_service_time,
+        "x_forwarded_for": rec.x_forwarded_for,
+        "user_agent": rec.user_agent,
+        "request_id": rec.request_id,
+        "authority": rec.authority,
+        "upstream_host": rec.upstream_host,
+        "upstream_cluster": rec.upstream_cluster,
+        "upstream_local_address": rec.upstream_local_address,
+        "downstream_local_address": rec.downstream_local_address,
+        "downstream_remote_address": rec.downstream_remote_address,
+        "requested_server_name": rec.requested_server_name,
+        "upstream_transport_failure_reason": rec.upstream_transport_failure_reason,
+    }
+
+
+def format_json(rec: AccessRecord) -> str:
+    """One JSON line (with the trailing newline)."""
+    return json.dumps(record_values(rec), separators=(",", ":")) + "\n"
+
+
+def _d(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_text(rec: AccessRecord) -> str:
+    """One line of Istio's default TEXT format."""
+    v = record_values(rec)
+    return (f'[{v["start_time"]}] "{_d(v["method"])} {_d(v["path"])} {_d(v["protocol"])}" '
+            f'{v["response_code"]} {v["response_flags"]} {_d(v["response_code_details"])} '
+            f'{_d(v["connection_termination_details"])} '
+            f'"{_d(v["upstream_transport_failure_reason"])}" {v["bytes_received"]} '
+            f'{v["bytes_sent"]} {v["duration"]} {_d(v["upstream_service_time"])} '
+            f'"{_d(v["x_forwarded_for"])}" "{_d(v["user_agent"])}" "{_d(v["request_id"])}" '
+            f'"{_d(v["authority"])}" "{_d(v["upstream_host"])}" {_d(v["upstream_cluster"])} '
+            f'{_d(v["upstream_local_address"])} {_d(v["downstream_local_address"])} '
+            f'{_d(v["downstream_remote_address"])} {_d(v["requested_server_name"])} '
+            f'{_d(v["route_name"])}\n')
+
+
+class AccessLogWriter:
+    """Appends one formatted line per record to ``path`` and flushes it at once.
+
+    Args:
+        path: log file (its directory must be writable); None disables logging.
+        encoding: ``JSON`` or ``TEXT``.
+    """
+
+    def __init__(self, path: str | None, encoding: str = "JSON") -> None:
+        self.path = path
+        self.encoding = encoding
+        self._format = format_json if encoding == "JSON" else format_text
+        self._file: IO[str] | None = None
+        self.lines = 0
+        if path:
+            if path == "/dev/stdout":
+                self._file = sys.stdout
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def write(self, rec: AccessRecord) -> None:
+        """Log ``rec`` (errors go to stderr once per failure, never raise)."""
+        if self._file is None:
+            return
+        try:
+            self._file.write(self._format(rec))
+            self._file.flush()
+            self.lines += 1
+        except OSError as exc:  # disk full etc.: the proxy keeps serving
+            print(f"meshlab.proxy: access log write failed: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None and self._file is not sys.stdout:
+            self._file.close()
+        self._file = None
+
+    def __repr__(self) -> str:
+        return f"AccessLogWriter({self.path!r}, {self.encoding}, lines={self.lines})"

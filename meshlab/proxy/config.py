@@ -1,0 +1,364 @@
+"""Load and validate ``sidecar.json`` (docs/CONTRACTS.md §1) into frozen dataclasses.
+
+The local "istiod" writes one file per meshed pod; the sidecar reads it once at start. Every
+problem is reported as :class:`~meshlab.errors.ConfigError` naming the dotted field, e.g.
+``services[0].ports[0].target_port: expected an integer 1..65535, got 'x'``.
+
+Optional keys beyond the contract (all with Istio defaults, ENVOY.md §8):
+
+- ``route_timeout_s``: route timeout; ``null``/0 disables it (Istio's default ``0s``).
+- ``stats_flush_interval_s``: histogram interval length (Envoy/Istio default 5 s).
+- ``stats_delimited_tags``: name clusters ``cluster.<name>;.`` as Istio >= 1.23 (default true).
+- ``outbound_retry``: ``{"num_retries": 2, "retry_on": "connect-failure,..."}``.
+- ``inbound_retry``: same shape; default none (Istio <= 1.23 sets no inbound retry policy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshlab.errors import ConfigError
+
+#: Istio's default outbound retry_on (I:pilot/pkg/networking/core/route/retry/retry.go).
+ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+
+
+def protocol_from_port_name(name: str) -> str:
+    """Derive the protocol from a port name as Istio does (``http*`` → http, ``grpc*`` → grpc).
+
+    Args:
+        name: the Service / container port name.
+
+    Returns:
+        ``"http"``, ``"grpc"`` or ``"tcp"``.
+    """
+    lowered = name.lower()
+    if lowered.startswith("grpc"):
+        return "grpc"
+    if lowered.startswith("http"):  # also http2*
+        return "http"
+    return "tcp"
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """The pod this sidecar serves (source/destination labels of the Istio metrics)."""
+
+    name: str
+    namespace: str
+    ip: str
+    workload: str = "unknown"
+    app: str = "unknown"
+    version: str = "unknown"
+    service_account: str = "default"
+    node: str = ""
+    cluster_id: str = "Kubernetes"
+
+    @property
+    def principal(self) -> str:
+        """SPIFFE identity Istio would give the pod (no mTLS here, informational)."""
+        return f"spiffe://cluster.local/ns/{self.namespace}/sa/{self.service_account}"
+
+
+@dataclass(frozen=True)
+class ListenerPorts:
+    """Sidecar ports (ENVOY.md §6)."""
+
+    admin: int = 15000
+    outbound: int = 15001
+    inbound: int = 15006
+    prometheus: int = 15090
+    agent: int = 15020
+
+
+@dataclass(frozen=True)
+class InboundPort:
+    """One port of the pod's own container(s) that inbound traffic is delivered to."""
+
+    port: int
+    name: str
+    protocol: str
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One port of a Service: ``port`` on the ClusterIP maps to ``target_port`` on endpoints."""
+
+    port: int
+    name: str
+    protocol: str
+    target_port: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ready pod behind a Service."""
+
+    ip: str
+    pod: str = ""
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Service known to this sidecar (its own EDS view)."""
+
+    name: str
+    namespace: str
+    fqdn: str
+    cluster_ip: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """A route retry policy (Envoy ``RetryPolicy`` subset).
+
+    Attributes:
+        num_retries: retries after the first attempt.
+        retry_on: Envoy retry conditions.
+        base_interval_ms: backoff base (Envoy default 25 ms); max is 10x base.
+    """
+
+    num_retries: int = 2
+    retry_on: frozenset[str] = frozenset(ISTIO_DEFAULT_RETRY_ON.split(","))
+    base_interval_ms: float = 25.0
+
+    @property
+    def max_interval_ms(self) -> float:
+        """Envoy's default maximum backoff: 10 times the base interval."""
+        return self.base_interval_ms * 10
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything the sidecar needs, validated (docs/CONTRACTS.md §1)."""
+
+    pod: PodInfo
+    cluster_domain: str = "cluster.local"
+    ports: ListenerPorts = field(default_factory=ListenerPorts)
+    inbound: tuple[InboundPort, ...] = ()
+    services: tuple[Service, ...] = ()
+    connect_timeout_s: float = 10.0
+    access_log_path: str | None = None
+    access_log_encoding: str = "JSON"
+    stats_inclusion_regexps: tuple[str, ...] = ()
+    route_timeout_s: float | None = None
+    stats_flush_interval_s: float = 5.0
+    stats_delimited_tags: bool = True
+    outbound_retry: RetrySettings | None = field(default_factory=RetrySettings)
+    inbound_retry: RetrySettings | None = None
+
+    def inbound_port(self, port: int) -> InboundPort | None:
+        """The declared inbound port ``port``, or None."""
+        for p in self.inbound:
+            if p.port == port:
+                return p
+        return None
+
+
+# -- validation helpers -------------------------------------------------------------------------
+
+def _req(obj: dict[str, Any], key: str, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where or '<root>'}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise ConfigError(f"{_join(where, key)}: required field is missing")
+    return obj[key]
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _str(value: Any, where: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _port(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: expected an integer 1..65535, got {value!r}")
+    return value
+
+
+def _num(value: Any, where: str, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{where}: expected a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _ip(value: Any, where: str) -> str:
+    import ipaddress
+
+    text = _str(value, where)
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected an IPv4 address, got {text!r}") from None
+    return text
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _protocol(obj: dict[str, Any], name: str, where: str) -> str:
+    proto = obj.get("protocol")
+    if proto is None:
+        return protocol_from_port_name(name)
+    if proto not in ("http", "grpc", "tcp"):
+        raise ConfigError(f"{_join(where, 'protocol')}: expected http, grpc or tcp, got {proto!r}")
+    return str(proto)
+
+
+def _retry(value: Any, where: str) -> RetrySettings | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object or null")
+    num = value.get("num_retries", 2)
+    if isinstance(num, bool) or not isinstance(num, int) or num < 0:
+        raise ConfigError(f"{where}.num_retries: expected an integer >= 0, got {num!r}")
+    retry_on = _str(value.get("retry_on", ISTIO_DEFAULT_RETRY_ON), f"{where}.retry_on")
+    base = _num(value.get("base_interval_ms", 25.0), f"{where}.base_interval_ms", minimum=1.0)
+    conditions = frozenset(c.strip() for c in retry_on.split(",") if c.strip())
+    return RetrySettings(num_retries=num, retry_on=conditions, base_interval_ms=base)
+
+
+def parse_config(doc: Any) -> SidecarConfig:
+    """Validate a decoded ``sidecar.json`` document.
+
+    Args:
+        doc: the decoded JSON object.
+
+    Returns:
+        The :class:`SidecarConfig`.
+
+    Raises:
+        ConfigError: a field is missing or invalid; the message starts with its dotted path.
+    """
+    if not isinstance(doc, dict):
+        raise ConfigError(f"<root>: expected an object, got {type(doc).__name__}")
+    p = _req(doc, "pod", "")
+    pod = PodInfo(
+        name=_str(_req(p, "name", "pod"), "pod.name"),
+        namespace=_str(_req(p, "namespace", "pod"), "pod.namespace"),
+        ip=_ip(_req(p, "ip", "pod"), "pod.ip"),
+        **{k: _str(p[k], f"pod.{k}", allow_empty=True)
+           for k in ("workload", "app", "version", "service_account", "node", "cluster_id")
+           if k in p},
+    )
+    ports_doc = doc.get("ports", {})
+    if not isinstance(ports_doc, dict):
+        raise ConfigError("ports: expected an object")
+    ports = ListenerPorts(**{k: _port(v, f"ports.{k}") for k, v in ports_doc.items()
+                             if k in ListenerPorts.__dataclass_fields__})
+    unknown = set(ports_doc) - set(ListenerPorts.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"ports.{min(unknown)}: unknown port role")
+
+    inbound = []
+    for i, ip_doc in enumerate(_list(doc.get("inbound", []), "inbound")):
+        w = f"inbound[{i}]"
+        name = _str(_req(ip_doc, "name", w), f"{w}.name", allow_empty=True)
+        inbound.append(InboundPort(port=_port(_req(ip_doc, "port", w), f"{w}.port"), name=name,
+                                   protocol=_protocol(ip_doc, name, w)))
+
+    services = []
+    for i, s in enumerate(_list(doc.get("services", []), "services")):
+        w = f"services[{i}]"
+        sports = []
+        for j, sp in enumerate(_list(_req(s, "ports", w), f"{w}.ports")):
+            pw = f"{w}.ports[{j}]"
+            name = _str(sp.get("name", "") if isinstance(sp, dict) else None, f"{pw}.name",
+                        allow_empty=True)
+            port = _port(_req(sp, "port", pw), f"{pw}.port")
+            sports.append(ServicePort(port=port, name=name, protocol=_protocol(sp, name, pw),
+                                      target_port=_port(sp.get("target_port", port),
+                                                        f"{pw}.target_port")))
+        eps = []
+        for j, e in enumerate(_list(s.get("endpoints", []), f"{w}.endpoints")):
+            ew = f"{w}.endpoints[{j}]"
+            eps.append(Endpoint(ip=_ip(_req(e, "ip", ew), f"{ew}.ip"),
+                                pod=str(e.get("pod", "")), node=str(e.get("node", ""))))
+        services.append(Service(
+            name=_str(_req(s, "name", w), f"{w}.name"),
+            namespace=_str(_req(s, "namespace", w), f"{w}.namespace"),
+            fqdn=_str(_req(s, "fqdn", w), f"{w}.fqdn"),
+            cluster_ip=_ip(_req(s, "cluster_ip", w), f"{w}.cluster_ip"),
+            ports=tuple(sports), endpoints=tuple(eps)))
+
+    encoding = doc.get("access_log_encoding", "JSON")
+    if encoding not in ("JSON", "TEXT"):
+        raise ConfigError(f"access_log_encoding: expected JSON or TEXT, got {encoding!r}")
+    regexps = tuple(_str(r, f"stats_inclusion_regexps[{i}]") for i, r in
+                    enumerate(_list(doc.get("stats_inclusion_regexps", []),
+                                    "stats_inclusion_regexps")))
+    import re
+
+    for i, r in enumerate(regexps):
+        try:
+            re.compile(r)
+        except re.error as exc:
+            raise ConfigError(f"stats_inclusion_regexps[{i}]: invalid regex: {exc}") from None
+    log_path = doc.get("access_log_path")
+    if log_path is not None:
+        log_path = _str(log_path, "access_log_path")
+    route_timeout = doc.get("route_timeout_s")
+    if route_timeout is not None:
+        route_timeout = _num(route_timeout, "route_timeout_s") or None
+    delimited = doc.get("stats_delimited_tags", True)
+    if not isinstance(delimited, bool):
+        raise ConfigError(f"stats_delimited_tags: expected a boolean, got {delimited!r}")
+    return SidecarConfig(
+        pod=pod,
+        cluster_domain=_str(doc.get("cluster_domain", "cluster.local"), "cluster_domain"),
+        ports=ports,
+        inbound=tuple(inbound),
+        services=tuple(services),
+        connect_timeout_s=_num(doc.get("connect_timeout_s", 10.0), "connect_timeout_s",
+                               minimum=0.001),
+        access_log_path=log_path,
+        access_log_encoding=encoding,
+        stats_inclusion_regexps=regexps,
+        route_timeout_s=route_timeout,
+        stats_flush_interval_s=_num(doc.get("stats_flush_interval_s", 5.0),
+                                    "stats_flush_interval_s", minimum=0.01),
+        stats_delimited_tags=delimited,
+        outbound_retry=_retry(doc.get("outbound_retry", {}), "outbound_retry"),
+        inbound_retry=_retry(doc.get("inbound_retry"), "inbound_retry"),
+    )
+
+
+def load_config(path: str | Path) -> SidecarConfig:
+    """Read and validate a ``sidecar.json`` file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The :class:`SidecarConfig`.
+
+    Raises:
+        ConfigError: the file is unreadable, not JSON, or invalid (message names the field).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read sidecar config: {exc.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        return parse_config(doc)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

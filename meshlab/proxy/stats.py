@@ -1,0 +1,468 @@
+"""Envoy-style stats store and its admin renderers (sans-IO; ENVOY.md §3, §4).
+
+Rules:
+
+- A stat is created on first use by name. Istio's stats matcher decides whether it exists: the
+  bootstrap inclusion list (prefixes, suffixes, one regex) plus ``stats_inclusion_regexps``
+  (full-match, like Envoy's ``safe_regex``). A rejected name gets a shared null stat whose
+  updates are dropped and which is never rendered.
+- Counters and gauges change immediately. Histogram samples land in the current interval and
+  become visible to ``/stats`` and Prometheus only at :meth:`StatsStore.flush` (Envoy's
+  ``stats_flush_interval``, 5 s), as in Envoy.
+- Names carry Istio's tag layout: ``cluster.<name>;.<stat>`` and ``http.<prefix>;.<stat>`` when
+  delimited tags are on (Istio >= 1.23). Prometheus names come from Istio's ``stats_tags`` regexes;
+  stats with explicit tags (the ``istiocustom`` namespace) lose the namespace and get no
+  ``envoy_`` prefix.
+- Histograms keep 2-significant-digit bins (like Envoy's circllhist) for quantiles, plus exact
+  Envoy default bucket counts for Prometheus.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+Tags = tuple[tuple[str, str], ...]
+
+#: ``HistogramSettingsImpl::defaultBuckets`` (ms for time histograms).
+DEFAULT_BUCKETS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
+                                      10000, 30000, 60000, 300000, 600000, 1800000, 3600000)
+#: Quantiles ``/stats`` prints for each histogram.
+SUPPORTED_QUANTILES: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1)
+
+#: Istio bootstrap ``stats_matcher.inclusion_list`` defaults (ENVOY.md §3).
+ISTIO_INCLUSION_PREFIXES = ("reporter=", "component", "istio", "cluster_manager",
+                            "listener_manager", "server", "cluster.xds-grpc", "wasm")
+ISTIO_INCLUSION_SUFFIXES = ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied")
+ISTIO_INCLUSION_REGEXPS = (r"vhost\..*\.route\..*",)
+
+#: Custom stat namespaces whose prefix Prometheus output drops (Istio registers ``istiocustom``).
+CUSTOM_NAMESPACES = ("istiocustom",)
+
+_HEX_ADDR = r"[_\[\]aAbBcCdDeEfF\d:]"
+#: Istio ``stats_tags`` (``use_all_default_tags: false``), Python-regex spelling. Each entry:
+#: (tag name, regex, is-suffix-extractor). Group 1 is removed from the name, group 2 is the value.
+_TAGS_DELIMITED: tuple[tuple[str, str], ...] = (
+    ("cluster_name", r"^cluster(\.(.+);)"),
+    ("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+    ("response_code", r"_rq(_(\d{3}))$"),
+    ("response_code_class", r"_rq(_(\dxx))$"),
+    ("http_conn_manager_prefix", r"^http\.(((?:[_.\d\w]*|" + _HEX_ADDR[:-1] + r"\w]*));\.)"),
+    ("listener_address", r"^listener\.(((?:[_.\d]*|" + _HEX_ADDR + r"*))\.)"),
+)
+_TAGS_LEGACY: tuple[tuple[str, str], ...] = (
+    ("cluster_name", r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"),
+    ("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+    ("response_code", r"_rq(_(\d{3}))$"),
+    ("response_code_class", r"_rq(_(\dxx))$"),
+    ("http_conn_manager_prefix", r"^http\.(((?:[_.\d]*|" + _HEX_ADDR + r"*))\.)"),
+    ("listener_address", r"^listener\.(((?:[_.\d]*|" + _HEX_ADDR + r"*))\.)"),
+)
+
+
+class TagExtractor:
+    """Turns a raw stat name into (tag-extracted name, tags) like Envoy's ``TagProducerImpl``.
+
+    Suffix extractors (no ``^`` anchor) run first, then the prefix ones, which fixes the label
+    order, e.g. ``envoy_cluster_upstream_rq{response_code="200",cluster_name="…"}``.
+    """
+
+    def __init__(self, delimited: bool = True) -> None:
+        specs = _TAGS_DELIMITED if delimited else _TAGS_LEGACY
+        ordered = [s for s in specs if not s[1].startswith("^")] + \
+                  [s for s in specs if s[1].startswith("^")]
+        self._extractors = [(name, re.compile(rx)) for name, rx in ordered]
+        self._cache: dict[str, tuple[str, Tags]] = {}
+
+    def extract(self, name: str) -> tuple[str, Tags]:
+        """Return ``(tag_extracted_name, tags)`` for ``name`` (cached)."""
+        hit = self._cache.get(name)
+        if hit is not None:
+            return hit
+        tags: list[tuple[str, str]] = []
+        rest = name
+        for tag, rx in self._extractors:
+            m = rx.search(rest)
+            if m is None:
+                continue
+            value = m.group(2) if rx.groups >= 2 else m.group(1)
+            rest = rest[:m.start(1)] + rest[m.end(1):]
+            tags.append((tag, value))
+        result = (rest, tuple(tags))
+        self._cache[name] = result
+        return result
+
+    def __repr__(self) -> str:
+        return f"TagExtractor(extractors={[n for n, _ in self._extractors]})"
+
+
+class StatsMatcher:
+    """Istio's proxy stats matcher: default inclusion list plus extra full-match regexps."""
+
+    def __init__(self, regexps: Iterable[str] = (), *, include_all: bool = False) -> None:
+        self.include_all = include_all
+        self.regexps = tuple(regexps)
+        self._compiled = [re.compile(r) for r in (*ISTIO_INCLUSION_REGEXPS, *self.regexps)]
+
+    def accepts(self, name: str) -> bool:
+        """True when a stat called ``name`` would be created."""
+        if self.include_all or name.startswith(ISTIO_INCLUSION_PREFIXES) or \
+                name.endswith(ISTIO_INCLUSION_SUFFIXES):
+            return True
+        return any(rx.fullmatch(name) for rx in self._compiled)
+
+    def __repr__(self) -> str:
+        return f"StatsMatcher(regexps={self.regexps!r}, include_all={self.include_all})"
+
+
+class Counter:
+    """Monotonic counter."""
+
+    __slots__ = ("name", "tags", "used", "value")
+    kind = "counter"
+
+    def __init__(self, name: str, tags: Tags | None = None) -> None:
+        self.name, self.tags, self.value, self.used = name, tags, 0, False
+
+    def inc(self, amount: int = 1) -> None:
+        """Add ``amount``."""
+        self.value += amount
+        self.used = True
+
+    def __repr__(self) -> str:
+        return f"Counter({self.name!r}={self.value})"
+
+
+class Gauge:
+    """Up/down value."""
+
+    __slots__ = ("name", "tags", "used", "value")
+    kind = "gauge"
+
+    def __init__(self, name: str, tags: Tags | None = None) -> None:
+        self.name, self.tags, self.value, self.used = name, tags, 0, False
+
+    def set(self, value: int) -> None:
+        """Set the value."""
+        self.value = value
+        self.used = True
+
+    def inc(self, amount: int = 1) -> None:
+        """Add ``amount``."""
+        self.value += amount
+        self.used = True
+
+    def dec(self, amount: int = 1) -> None:
+        """Subtract ``amount``."""
+        self.value -= amount
+        self.used = True
+
+    def __repr__(self) -> str:
+        return f"Gauge({self.name!r}={self.value})"
+
+
+def _bin_of(value: float) -> tuple[float, float]:
+    """(lower bound, width) of the 2-significant-digit bin holding ``value`` (>= 0)."""
+    if value <= 0:
+        return (0.0, 0.0)
+    exp = math.floor(math.log10(value)) - 1
+    width = 10.0 ** exp
+    mantissa = math.floor(value / width + 1e-9)
+    return (round(mantissa * width, 12), width)
+
+
+class _HistData:
+    __slots__ = ("bins", "buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.bins: dict[tuple[float, float], int] = {}
+        self.count = 0
+        self.sum = 0.0
+        self.buckets = [0] * len(DEFAULT_BUCKETS)  # disjoint counts per bucket (+Inf dropped)
+
+    def merge(self, other: _HistData) -> None:
+        for k, v in other.bins.items():
+            self.bins[k] = self.bins.get(k, 0) + v
+        self.count += other.count
+        self.sum += other.sum
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
+
+    def quantile(self, q: float) -> float:
+        """Approximate quantile (circllhist-like interpolation inside a bin)."""
+        if not self.count:
+            return math.nan
+        rank = q * self.count
+        seen = 0
+        items = sorted(self.bins.items())
+        for (lower, width), n in items:
+            if seen + n >= rank:
+                frac = (rank - seen) / n if n else 0.0
+                return lower + frac * width
+            seen += n
+        lower, width = items[-1][0]
+        return lower + width
+
+
+class Histogram:
+    """Histogram of non-negative samples (unit in the name, e.g. ``_time`` in ms)."""
+
+    __slots__ = ("_cumulative", "_interval", "_pending", "name", "tags", "used")
+    kind = "histogram"
+
+    def __init__(self, name: str, tags: Tags | None = None) -> None:
+        self.name, self.tags, self.used = name, tags, False
+        self._pending = _HistData()
+        self._interval = _HistData()
+        self._cumulative = _HistData()
+
+    def record(self, value: float) -> None:
+        """Add one sample to the current interval."""
+        value = max(0.0, float(value))
+        data = self._pending
+        key = _bin_of(value)
+        data.bins[key] = data.bins.get(key, 0) + 1
+        data.count += 1
+        data.sum += value
+        idx = bisect.bisect_left(DEFAULT_BUCKETS, value)
+        if idx < len(DEFAULT_BUCKETS):
+            data.buckets[idx] += 1
+        self.used = True
+
+    def flush(self) -> None:
+        """Close the interval: it becomes the "interval" view and is merged into "cumulative"."""
+        self._interval = self._pending
+        self._cumulative.merge(self._pending)
+        self._pending = _HistData()
+
+    @property
+    def count(self) -> int:
+        """Cumulative (flushed) sample count."""
+        return self._cumulative.count
+
+    @property
+    def sum(self) -> float:
+        """Cumulative (flushed) sample sum."""
+        return self._cumulative.sum
+
+    def quantiles(self) -> list[tuple[float, float]]:
+        """``(interval, cumulative)`` for each of :data:`SUPPORTED_QUANTILES` (nan when empty)."""
+        return [(self._interval.quantile(q), self._cumulative.quantile(q))
+                for q in SUPPORTED_QUANTILES]
+
+    def cumulative_buckets(self) -> list[int]:
+        """Cumulative counts for each of :data:`DEFAULT_BUCKETS` (``le`` semantics)."""
+        out, running = [], 0
+        for n in self._cumulative.buckets:
+            running += n
+            out.append(running)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Histogram({self.name!r}, count={self.count}, pending={self._pending.count})"
+
+
+class _NullCounter(Counter):
+    def inc(self, amount: int = 1) -> None:
+        pass
+
+
+class _NullGauge(Gauge):
+    def set(self, value: int) -> None:
+        pass
+
+    def inc(self, amount: int = 1) -> None:
+        pass
+
+    def dec(self, amount: int = 1) -> None:
+        pass
+
+
+class _NullHistogram(Histogram):
+    def record(self, value: float) -> None:
+        pass
+
+
+NULL_COUNTER = _NullCounter("<rejected>")
+NULL_GAUGE = _NullGauge("<rejected>")
+NULL_HISTOGRAM = _NullHistogram("<rejected>")
+
+Stat = Counter | Gauge | Histogram
+
+
+def tagged_name(base: str, tags: Sequence[tuple[str, str]]) -> str:
+    """Raw ``/stats`` name of a natively tagged stat: ``base.k1.v1.k2.v2…``."""
+    return ".".join([base, *(f"{k}.{v}" for k, v in tags)])
+
+
+class StatsStore:
+    """All stats of one sidecar (a later issue adds full trees and ``tcp_stats``)."""
+
+    def __init__(self, matcher: StatsMatcher | None = None, *, delimited_tags: bool = True) -> None:
+        self.matcher = matcher or StatsMatcher()
+        self.tag_extractor = TagExtractor(delimited_tags)
+        self._stats: dict[str, Stat] = {}
+        self._rejected: set[str] = set()
+
+    def _get(self, name: str, cls: type, null: Stat, tags: Tags | None) -> Stat:
+        stat = self._stats.get(name)
+        if stat is not None:
+            return stat
+        if name in self._rejected:
+            return null
+        if not self.matcher.accepts(name):
+            self._rejected.add(name)
+            return null
+        stat = cls(name, tags)
+        self._stats[name] = stat
+        return stat
+
+    def counter(self, name: str, tags: Tags | None = None) -> Counter:
+        """The counter ``name`` (created on first use; a null counter if rejected).
+
+        Args:
+            name: full raw name, e.g. ``cluster.outbound|80||a.b.svc.cluster.local;.upstream_rq_total``.
+            tags: explicit tags for natively tagged stats (``name`` must then already be
+                :func:`tagged_name`); None to use regex tag extraction.
+        """
+        return self._get(name, Counter, NULL_COUNTER, tags)  # type: ignore[return-value]
+
+    def gauge(self, name: str, tags: Tags | None = None) -> Gauge:
+        """The gauge ``name`` (see :meth:`counter`)."""
+        return self._get(name, Gauge, NULL_GAUGE, tags)  # type: ignore[return-value]
+
+    def histogram(self, name: str, tags: Tags | None = None) -> Histogram:
+        """The histogram ``name`` (see :meth:`counter`)."""
+        return self._get(name, Histogram, NULL_HISTOGRAM, tags)  # type: ignore[return-value]
+
+    def get(self, name: str) -> Stat | None:
+        """An existing stat by raw name, or None."""
+        return self._stats.get(name)
+
+    def value(self, name: str) -> int | None:
+        """Current value of an existing counter/gauge, or None."""
+        stat = self._stats.get(name)
+        return None if stat is None or isinstance(stat, Histogram) else stat.value
+
+    def flush(self) -> None:
+        """End the histogram interval (call every ``stats_flush_interval_s``)."""
+        for stat in self._stats.values():
+            if isinstance(stat, Histogram):
+                stat.flush()
+
+    def reset_counters(self) -> None:
+        """Admin ``POST /reset_counters``: zero every counter."""
+        for stat in self._stats.values():
+            if isinstance(stat, Counter):
+                stat.value = 0
+
+    def _selected(self, filter_regex: str | None, used_only: bool) -> list[Stat]:
+        rx = re.compile(filter_regex) if filter_regex else None
+        out = []
+        for name, stat in self._stats.items():
+            if used_only and not stat.used:
+                continue
+            if rx is not None and not rx.search(name):
+                continue
+            out.append(stat)
+        return out
+
+    # -- renderers ------------------------------------------------------------------------------
+
+    def render_text(self, filter_regex: str | None = None, used_only: bool = False) -> str:
+        """``GET /stats``: sorted ``name: value`` lines, counters and gauges then histograms."""
+        stats = self._selected(filter_regex, used_only)
+        scalars = sorted((s for s in stats if not isinstance(s, Histogram)), key=lambda s: s.name)
+        hists = sorted((s for s in stats if isinstance(s, Histogram)), key=lambda s: s.name)
+        lines = [f"{s.name}: {s.value}" for s in scalars]
+        for h in hists:
+            if not h.count:
+                lines.append(f"{h.name}: No recorded values")
+                continue
+            parts = [f"P{_fmt(q * 100)}({_fmt(i)},{_fmt(c)})"
+                     for q, (i, c) in zip(SUPPORTED_QUANTILES, h.quantiles())]
+            lines.append(f"{h.name}: {' '.join(parts)}")
+        return "".join(line + "\n" for line in lines)
+
+    def render_json(self, filter_regex: str | None = None, used_only: bool = False) -> str:
+        """``GET /stats?format=json``."""
+        stats = self._selected(filter_regex, used_only)
+        out: list[dict[str, object]] = [
+            {"name": s.name, "value": s.value}
+            for s in sorted(stats, key=lambda s: s.name) if not isinstance(s, Histogram)]
+        computed = []
+        for h in sorted((s for s in stats if isinstance(s, Histogram)), key=lambda s: s.name):
+            values = [{"interval": None if math.isnan(i) else i,
+                       "cumulative": None if math.isnan(c) else c} for i, c in h.quantiles()]
+            computed.append({"name": h.name, "values": values})
+        out.append({"histograms": {"supported_quantiles": [q * 100 for q in SUPPORTED_QUANTILES],
+                                   "computed_quantiles": computed}})
+        return json.dumps({"stats": out}, indent=1)
+
+    def prometheus_identity(self, stat: Stat) -> tuple[str, Tags]:
+        """Prometheus metric name and labels of ``stat``."""
+        if stat.tags is not None:
+            base = stat.name.split(".", 2)
+            ns = base[0]
+            metric = base[1] if ns in CUSTOM_NAMESPACES else f"{ns}.{base[1]}"
+            prefix = "" if ns in CUSTOM_NAMESPACES else "envoy_"
+            return prefix + _sanitize(metric), stat.tags
+        extracted, tags = self.tag_extractor.extract(stat.name)
+        return "envoy_" + _sanitize(extracted), tags
+
+    def render_prometheus(self, used_only: bool = False) -> str:
+        """``GET /stats/prometheus``: Prometheus text format 0.0.4."""
+        groups: dict[str, tuple[str, list[tuple[Tags, Stat]]]] = {}
+        for stat in self._selected(None, used_only):
+            metric, tags = self.prometheus_identity(stat)
+            groups.setdefault(metric, (stat.kind, []))[1].append((tags, stat))
+        lines: list[str] = []
+        for metric in sorted(groups):
+            kind, members = groups[metric]
+            lines.append(f"# TYPE {metric} {kind}")
+            for tags, stat in sorted(members, key=lambda m: m[0]):
+                if isinstance(stat, Histogram):
+                    counts = stat.cumulative_buckets()
+                    for le, n in zip(DEFAULT_BUCKETS, counts):
+                        lines.append(f"{metric}_bucket{_labels(tags, ('le', _fmt(le)))} {n}")
+                    lines.append(f"{metric}_bucket{_labels(tags, ('le', '+Inf'))} {stat.count}")
+                    lines.append(f"{metric}_sum{_labels(tags)} {_fmt(stat.sum)}")
+                    lines.append(f"{metric}_count{_labels(tags)} {stat.count}")
+                else:
+                    lines.append(f"{metric}{_labels(tags)} {stat.value}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def __repr__(self) -> str:
+        return f"StatsStore(stats={len(self._stats)}, rejected={len(self._rejected)})"
+
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
+
+
+def _sanitize(name: str) -> str:
+    return _INVALID.sub("_", name)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(tags: Tags, extra: tuple[str, str] | None = None) -> str:
+    items = list(tags) + ([extra] if extra else [])
+    if not items:
+        return ""
+    return "{" + ",".join(f'{_sanitize(k)}="{_escape(v)}"' for k, v in items) + "}"
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.10g}"
