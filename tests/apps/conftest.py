@@ -1,0 +1,30 @@
+"""Fixtures for the fortio-compatible app tests (helpers live in ``fortio_support``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from fortio_support import FortioConfig, RunningServer, echo_config, start_server
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with :func:`start_server`; all are stopped at teardown."""
+    started: list[RunningServer] = []
+
+    def factory(config: FortioConfig, seed: int = 1234) -> RunningServer:
+        running = start_server(config, seed)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in reversed(started):
+        running.stop()
+
+
+@pytest.fixture
+def echo_server(server_factory: Callable[..., RunningServer]) -> RunningServer:
+    """A running echo server (http-echo only)."""
+    return server_factory(echo_config())
+
