@@ -13,21 +13,27 @@ L2 = "fortio-server-l2-0"
 L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
 RATE_PER_S = 100
 DURATION_S = 5
+# Each hop of the local lab is a Python process (~1-2 ms per sidecar hop unloaded, 4 hops);
+# the bound catches stalls (a 40 ms Nagle/delayed-ACK stall, retries, a blocked event loop)
+# while leaving room for a busy 2-core CI machine.
+P99_MAX_MS = 100
 
 
 def test_steady_state_through_both_sidecars(meshlab_run):
-    """Both hops carry 100 req/s for 5 s: TPS ≥ 90 % of the rate, p99 ≤ 50 ms, no errors, and
-    every access-log line on both sidecars has flag ``-``."""
+    """Both hops carry 100 req/s for 5 s after a warm-up: TPS ≥ 90 % of the rate, p99 ≤ 100 ms,
+    no errors, and every access-log line on both sidecars has flag ``-``."""
+    meshlab_run.load("warm-up", "http://fortio-server:8070/echo?size=100", users=4,
+                     duration_s=2, max_requests=40)
     load = meshlab_run.load("baseline", "http://fortio-server:8070/echo?size=100",
                             users=4, rate_per_s=RATE_PER_S, duration_s=DURATION_S)
     assert load.requests > 0
     meshlab_run.check(
         TpsAtLeast(0.9 * RATE_PER_S, load="baseline"),
-        LatencyPercentileAtMost(99, max_ms=50, load="baseline"),
+        LatencyPercentileAtMost(99, max_ms=P99_MAX_MS, load="baseline"),
         ErrorRateAtMost(0.0, load="baseline"),
         OnlyResponseFlags(allowed={"-"}),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=load.requests),
-        ResponseFlagsCount(L2, cluster="inbound|8080||", flag="-", at_least=load.requests),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=load.requests + 40),
+        ResponseFlagsCount(L2, cluster="inbound|8080||", flag="-", at_least=load.requests + 40),
     )
 
 

@@ -4,6 +4,8 @@
 - L2 refusing connections makes L1's sidecar fail to connect: Istio's default retry policy
   (2 retries on connect-failure) is exhausted and L1's outbound logs 503 ``UF,URX`` while L1's
   inbound (the app relaying that 503) logs ``-``: a 503 made by the mesh, on the L1→L2 hop.
+  A request that lands on a connection pooled before the fault gets a RST instead: ``UC``
+  (Istio's outbound retry policy does not retry resets), at most once per pooled connection.
 """
 
 from meshlab.checks import ResponseFlagsCount
@@ -21,23 +23,40 @@ def test_app_503_passes_with_no_flag(meshlab_run):
     assert load.status_counts.get("503", 0) == load.requests > 0
     meshlab_run.check(
         ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=load.requests),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF,URX", at_most=0),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF", at_most=0),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="URX", at_most=0),
         ResponseFlagsCount(L2, cluster="inbound|8080||", flag="-", at_least=load.requests),
     )
     codes = {r["response_code"] for r in meshlab_run.records(L2)}
     assert codes == {503}
 
 
+def pooled_connections(meshlab_run, pod: str, peer: str, port: int) -> int:
+    """ESTAB connections from ``pod`` to ``peer:port`` (the sidecar's upstream pool), from ss."""
+    peer_ip = meshlab_run.env.pod(peer).ip
+    res = meshlab_run.env.pod_shell(pod).run(
+        ["ss", "-Htn", "state", "established", "dst", f"{peer_ip}:{port}"])
+    return len(res.stdout.splitlines())
+
+
 def test_unreachable_l2_gives_uf_urx_at_l1_outbound(meshlab_run):
-    """L2 refuses connections on 8080: L1's outbound logs ``UF,URX`` 503s; L2 logs nothing."""
+    """L2 refuses connections on 8080: L1's outbound logs ``UF,URX`` 503s (``UC`` once per
+    connection pooled before the fault); L1's inbound relays the 503 with ``-``; L2 logs
+    nothing."""
+    meshlab_run.load("warm-pool", "http://fortio-server:8070/echo", users=2, duration_s=2,
+                     max_requests=10)
+    pooled = pooled_connections(meshlab_run, L1, L2, 8080)
     with meshlab_run.fault(RejectConnections(target=L2, port=8080)):
         load = meshlab_run.load("l2-refused", "http://fortio-server:8070/echo",
                                 users=2, duration_s=3, max_requests=20)
-    assert load.requests > 0 and load.status_counts.get("503", 0) == load.requests
+    assert load.requests == 20 and load.status_counts.get("503", 0) == load.requests
     meshlab_run.check(
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF,URX", at_least=load.requests),
-        ResponseFlagsCount(L1, cluster="inbound|8070||", flag="-", at_least=load.requests),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF", at_least=20 - pooled),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="URX", at_least=20 - pooled),
+        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UC", at_most=pooled),
+        ResponseFlagsCount(L1, cluster="inbound|8070||", flag="-", at_least=30),
     )
     out = [r for r in meshlab_run.records(L1) if r.get("upstream_cluster") == L2_CLUSTER]
-    assert all(r["response_code"] == 503 for r in out)
-    assert not [r for r in meshlab_run.records(L2) if r.get("method")]
+    assert [r["response_code"] for r in out[-20:]] == [503] * 20
+    assert {r["response_flags"] for r in out[-20:]} <= {"UF,URX", "UC"}
+    assert len(meshlab_run.records(L2)) == 10  # only the warm-up reached L2

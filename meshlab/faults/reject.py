@@ -1,11 +1,12 @@
-"""``reject-connections``: a pod refuses new TCP connections to one of its ports (RST).
+"""``reject-connections``: a pod's port answers every TCP packet with a RST, as a closed port.
 
-Local lab: in the target pod's netns, ``iptables -I INPUT -p tcp --syn -m conntrack
---ctorigdstport <port> -j REJECT --reject-with tcp-reset``. Matching the *original* destination
-port makes it hit the app port even though Istio's capture has already redirected inbound
-traffic to 15006, so the hop that fails is "caller → this pod": a meshed caller's sidecar sees
-a connect failure (``UF``; with Istio's default retries ``UF,URX``), an unmeshed caller sees
-``connection refused``. Established connections are untouched (``--syn``).
+Local lab: in the target pod's netns, ``iptables -I INPUT -p tcp -m conntrack --ctorigdstport
+<port> -j REJECT --reject-with tcp-reset``. Matching the *original* destination port makes it hit
+the app port even though Istio's capture has already redirected inbound traffic to 15006, so
+the hop that fails is "caller → this pod". New connections are refused: a meshed caller's
+sidecar sees a connect failure (``UF``; with Istio's default retries ``UF,URX``), an unmeshed
+caller sees ``connection refused``. An established (pooled) connection gets a RST on its next
+packet, as if the process behind the port had died (a request in flight on it: ``UC``).
 
 Cluster: the same argv runs in the pod's netns through a debug container with NET_ADMIN.
 """
@@ -33,7 +34,7 @@ class RejectConnections:
     name = "reject-connections"
 
     def _rule(self) -> list[str]:
-        return ["INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctorigdstport",
+        return ["INPUT", "-p", "tcp", "-m", "conntrack", "--ctorigdstport",
                 str(self.port), "-m", "comment", "--comment", f"meshlab:{self.name}",
                 "-j", "REJECT", "--reject-with", "tcp-reset"]
 
@@ -43,7 +44,7 @@ class RejectConnections:
         if shell.run(["iptables", "-C", *self._rule()], check=False).ok:
             return f"already active on {shell.name}:{self.port}"
         shell.run(["iptables", "-I", *self._rule()])
-        return f"{shell.name}: new TCP connections to port {self.port} get RST"
+        return f"{shell.name}: TCP to port {self.port} gets RST"
 
     def revert(self, env: Any) -> str:
         """Delete every copy of the rule (idempotent)."""

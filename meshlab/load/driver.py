@@ -216,7 +216,7 @@ def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
     """
     out_path = _prepare(out_path)
     argv = runner_argv(spec, out_path, python)
-    result = shell.run(argv, check=False, timeout_s=spec.duration_s + WAIT_MARGIN_S)
+    result = shell.run(argv, check=False, timeout_s=spec.duration_s + spec.timeout_s + WAIT_MARGIN_S)
     if not result.ok:
         raise LabError(f"load {spec.name!r} failed (exit {result.returncode}) on {shell.name}: "
                        f"{_tail(result.stderr)}")
@@ -239,7 +239,7 @@ class LoadHandle:
         self.out_path = out_path
         self.stderr_path = stderr_path
         self.process = process
-        self._deadline_s = time.monotonic() + spec.duration_s + WAIT_MARGIN_S
+        self._deadline_s = time.monotonic() + spec.duration_s + spec.timeout_s + WAIT_MARGIN_S
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.process.returncode}"

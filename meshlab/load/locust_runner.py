@@ -123,8 +123,10 @@ def run(spec: LoadSpec) -> dict[str, Any]:
     parts = urlsplit(spec.url)
     path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
     per_user_rate = spec.rate_per_s / spec.users if spec.rate_per_s else None
-    stop = gevent.event.Event()
+    stop = gevent.event.Event()  # no new request starts once set (end, signal, max_requests)
+    parked = gevent.event.Event()  # never set: users park on it after ``stop``
     issued = 0
+    in_flight = 0
     unexpected: Counter[str] = Counter()  # exceptions the HTTP client raised past Locust
 
     class MeshlabUser(FastHttpUser):
@@ -135,12 +137,12 @@ def run(spec: LoadSpec) -> dict[str, Any]:
 
         @task
         def get_target(self) -> None:
-            nonlocal issued
-            if spec.max_requests is not None:
-                if issued >= spec.max_requests:
-                    stop.wait()  # idle until the run ends (a user that exits confuses stop)
-                    return
-                issued += 1
+            nonlocal issued, in_flight
+            if stop.is_set() or (spec.max_requests is not None and issued >= spec.max_requests):
+                parked.wait()  # idle until quit (a user that exits confuses Locust's stop)
+                return
+            issued += 1
+            in_flight += 1
             sent_s = time.perf_counter()
             try:
                 self.client.get(path, name="target", allow_redirects=False)
@@ -148,6 +150,8 @@ def run(spec: LoadSpec) -> dict[str, Any]:
                 unexpected[type(exc).__name__] += 1
                 now_s = time.perf_counter()
                 record(NO_RESPONSE, (now_s - sent_s) * 1e6, now_s)
+            finally:
+                in_flight -= 1
 
     # all users start at once; Locust's "spawn rate > 100" advice is about ramps, not this
     logging.getLogger("locust.runners").addFilter(
@@ -172,6 +176,12 @@ def run(spec: LoadSpec) -> dict[str, Any]:
     handlers = [gevent.signal_handler(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
     runner.start(spec.users, spawn_rate=spec.users)
     stop.wait(timeout=max(0.0, start_s + spec.duration_s - time.perf_counter()))
+    stop.set()
+    # Graceful end: requests already sent complete (bounded by their timeout) and are recorded,
+    # so the tail is not cut off and the server sees no aborted request (no DC at the sidecar).
+    drain_deadline_s = time.perf_counter() + spec.timeout_s + 1.0
+    while in_flight and time.perf_counter() < drain_deadline_s:
+        gevent.sleep(0.002)
     end_s = time.perf_counter()
     recorder.finish(end_s)  # closes the books: anything completing from here on is ignored
     with gevent.Timeout(QUIT_TIMEOUT_S, False):
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     spec, out = parse_args(argv)
     signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(math.ceil(spec.duration_s) + ALARM_MARGIN_S)
+    signal.alarm(math.ceil(spec.duration_s + spec.timeout_s) + ALARM_MARGIN_S)
     try:
         write_json_atomic(out, run(spec))
     except Exception as exc:  # noqa: BLE001 - the process boundary: report any failure
