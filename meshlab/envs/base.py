@@ -101,7 +101,7 @@ def run_argv(argv: list[str], *, check: bool = True, timeout_s: float = 60.0,
 
     start = time.monotonic()
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout_s,
                               input=input_text, check=False)
     except FileNotFoundError as exc:
         raise LabError(f"program not found: {argv[0]} (is the set-up script run?)") from exc
