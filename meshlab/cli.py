@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,6 +20,9 @@ LAB = typer.Option("lab", "--lab", help="lab name (its netns are ml-<lab>-…)")
 MANIFESTS = typer.Option(None, "--manifests", help="manifests folder "
                          "(default: manifests/fortio-layered)")
 
+PATHS = typer.Argument(None, help="suites (default: suites/)")
+REPORTS = typer.Option(Path("reports"), "--reports", help="reports folder")
+
 
 def _fail(exc: MeshlabError) -> None:
     code = 2 if isinstance(exc, ConfigError) else 3
@@ -28,14 +30,14 @@ def _fail(exc: MeshlabError) -> None:
     raise typer.Exit(code)
 
 
-def _env(manifests: Optional[Path], lab: str):  # noqa: ANN202 - LocalEnv, imported lazily
+def _env(manifests: Path | None, lab: str):
     from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
 
     return LocalEnv(manifests or DEFAULT_MANIFESTS, lab=lab)
 
 
 @app.command()
-def up(manifests: Optional[Path] = MANIFESTS, lab: str = LAB) -> None:
+def up(manifests: Path | None = MANIFESTS, lab: str = LAB) -> None:
     """Build the local lab from the manifests and start every pod (cleans leftovers first)."""
     try:
         env = _env(manifests, lab)
@@ -69,9 +71,7 @@ def status(lab: str = LAB) -> None:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run(ctx: typer.Context, paths: list[str] = typer.Argument(None, help="suites (default: suites/)"),
-        reports: Path = typer.Option(Path("reports"), "--reports", help="reports folder"),
-        lab: str = LAB, manifests: Optional[Path] = MANIFESTS) -> None:
+def run(ctx: typer.Context, paths: list[str] = PATHS, reports: Path = REPORTS, lab: str = LAB, manifests: Path | None = MANIFESTS) -> None:
     """Run chaos suites with pytest (extra options pass through), print the report paths."""
     import pytest
 

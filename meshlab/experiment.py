@@ -6,12 +6,14 @@ It only uses the Env protocol, so a suite never knows which env runs it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
+from meshlab.errors import MeshlabError
 from meshlab.faults.base import Fault, active
 from meshlab.journal import RunJournal
 from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
@@ -150,7 +152,7 @@ class Run:
 
         try:
             self.collect_sidecars()
-        except Exception as exc:  # the env may be gone (e.g. a crashed lab): keep the rest
+        except (MeshlabError, OSError) as exc:  # the env may be gone: keep the rest
             self.journal.data["notes"].append(f"sidecar data not collected: {exc}")
         self.journal.finish(status)
         return render_report(self.journal.dir)

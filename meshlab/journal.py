@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 SCHEMA = "meshlab.run/1"
 
 
 def iso(epoch_s: float) -> str:
     """Epoch seconds → ISO-8601 UTC with milliseconds (``2026-11-21T15:01:02.123Z``)."""
-    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds") \
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
 
 

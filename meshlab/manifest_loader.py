@@ -15,8 +15,16 @@ from typing import Any
 import yaml
 
 from meshlab.errors import ManifestError
-from meshlab.model import (Container, ContainerPort, LabCluster, Node, Service, ServicePort,
-                           Topology, Workload)
+from meshlab.model import (
+    Container,
+    ContainerPort,
+    LabCluster,
+    Node,
+    Service,
+    ServicePort,
+    Topology,
+    Workload,
+)
 
 SUPPORTED_KINDS = ("Namespace", "StatefulSet", "Deployment", "Service", "LabCluster")
 

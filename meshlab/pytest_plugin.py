@@ -14,8 +14,9 @@ lab down; after ``kill -9``, ``meshlab down`` (or the next ``up``) removes the l
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

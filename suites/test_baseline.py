@@ -5,8 +5,13 @@ netshoot → fortio-server (L1 sidecar inbound → app's -M proxy on 8070 → L1
 a fixed-rate load with no errors, a low p99, and no response flag on any hop.
 """
 
-from meshlab.checks import (ErrorRateAtMost, LatencyPercentileAtMost, OnlyResponseFlags,
-                            ResponseFlagsCount, TpsAtLeast)
+from meshlab.checks import (
+    ErrorRateAtMost,
+    LatencyPercentileAtMost,
+    OnlyResponseFlags,
+    ResponseFlagsCount,
+    TpsAtLeast,
+)
 
 L1 = "fortio-server-0"
 L2 = "fortio-server-l2-0"

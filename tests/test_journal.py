@@ -14,9 +14,8 @@ def test_activity_records_success_and_failure(tmp_path):
     assert on_disk["status"] == "running" and on_disk["partial"] is True
     with j.activity("load:a") as rec:
         rec["output"] = "10 requests"
-    with pytest.raises(RuntimeError):
-        with j.activity("inject:x"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), j.activity("inject:x"):
+        raise RuntimeError("boom")
     acts = json.loads(j.path.read_text())["activities"]
     assert [a["status"] for a in acts] == ["succeeded", "failed"]
     assert acts[0]["output"] == "10 requests" and acts[1]["error"] == "RuntimeError: boom"

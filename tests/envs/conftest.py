@@ -22,7 +22,7 @@ def lab_leftovers(lab: str) -> dict:
     etc = [d for d in (Path("/etc/netns").iterdir() if Path("/etc/netns").exists() else [])
            if d.name.startswith(prefix)]
     procs = subprocess.run(["pgrep", "-f", f"/run/meshlab/{lab}/"], capture_output=True,
-                           text=True).stdout.split()
+                           text=True, check=False).stdout.split()
     return {k: v for k, v in {"netns": netns, "etc": etc, "procs": procs}.items() if v}
 
 

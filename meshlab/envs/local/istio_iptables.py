@@ -64,8 +64,8 @@ def capture_rules(cfg: CaptureConfig = CaptureConfig()) -> str:
     ]
     for match in (f"--uid-owner {uid}", f"--gid-owner {gid}"):
         lines += [
-            f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp ! --dport {HBONE_PORT} "
-            f"-m owner {match} -j ISTIO_IN_REDIRECT",
+            (f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp ! --dport {HBONE_PORT} "
+            f"-m owner {match} -j ISTIO_IN_REDIRECT"),
             f"-A ISTIO_OUTPUT -o lo -m owner ! {match} -j RETURN",
             f"-A ISTIO_OUTPUT -m owner {match} -j RETURN",
         ]

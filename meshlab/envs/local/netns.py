@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from meshlab.envs.base import CommandResult, run_argv
@@ -65,18 +66,15 @@ class NetnsShell:
         Raises:
             LabError: the command could not be started.
         """
-        out = open(stdout, "ab") if stdout else subprocess.DEVNULL
-        err = open(stderr, "ab") if stderr else subprocess.DEVNULL
-        try:
-            return subprocess.Popen(self.prefix(user) + list(argv), stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env={**os.environ, **(env or {})})
-        except OSError as exc:
-            raise LabError(f"cannot start {argv[0]} in {self.netns}: {exc}") from exc
-        finally:
-            for f in (out, err):
-                if f is not subprocess.DEVNULL:
-                    f.close()  # type: ignore[union-attr]
+        with ExitStack() as files:  # the child keeps its own copies of the descriptors
+            out = files.enter_context(open(stdout, "ab")) if stdout else subprocess.DEVNULL
+            err = files.enter_context(open(stderr, "ab")) if stderr else subprocess.DEVNULL
+            try:
+                return subprocess.Popen(self.prefix(user) + list(argv), stdout=out, stderr=err,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        env={**os.environ, **(env or {})})
+            except OSError as exc:
+                raise LabError(f"cannot start {argv[0]} in {self.netns}: {exc}") from exc
 
 
 def list_netns() -> list[str]:

@@ -8,12 +8,12 @@ after a crash finds it.
 from __future__ import annotations
 
 from meshlab.envs.base import run_argv
+from meshlab.envs.local import istiod
 from meshlab.envs.local.istio_iptables import capture_rules
 from meshlab.envs.local.kube_proxy import ServicePortNat, service_rules
 from meshlab.envs.local.netns import NetnsShell, add_netns, write_etc_netns
 from meshlab.envs.local.plan import LabPlan, NodePlan, PodPlan
 from meshlab.envs.local.state import LabState
-from meshlab.envs.local import istiod
 
 UNDERLAY_BRIDGE = "ul0"
 POD_BRIDGE = "cni0"
