@@ -79,13 +79,15 @@ def run(ctx: typer.Context, paths: list[str] = PATHS, reports: Path = REPORTS, l
     args += [f"--meshlab-reports={reports}", f"--meshlab-lab={lab}"]
     if manifests:
         args.append(f"--meshlab-manifests={manifests}")
+    before = {p.parent for p in reports.glob("*/results.json")}
     code = pytest.main(args)
+    made = sorted(p.parent for p in reports.glob("*/results.json") if p.parent not in before)
+    for run_dir in made:
+        html = run_dir / "report.html"
+        typer.echo(f"report: {(html if html.exists() else run_dir / 'results.json').resolve()}")
     index = reports / "index.html"
     if index.exists():
         typer.echo(f"report index: {index.resolve()}")
-    latest = sorted(p for p in reports.glob("*/report.html"))
-    if latest:
-        typer.echo(f"latest report: {latest[-1].resolve()}")
     raise typer.Exit(int(code))
 
 
