@@ -1,4 +1,4 @@
-"""Access-log formatting (sans-IO) and a line-flushed file writer (ENVOY.md §2).
+"""Access-log records and their formatting (sans-IO), and a line-flushed writer (ENVOY.md §2).
 
 JSON follows Istio's ``EnvoyJSONLogFormatIstio`` (I:pilot/pkg/model/telemetry_logging.go) with
 ``SortProperties: false``: keys in the Go source order, which puts
@@ -14,9 +14,10 @@ import datetime as _dt
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import IO
 
-from meshlab.proxy.http_core import AccessRecord
+from meshlab.proxy.router import Address
 
 #: Key order of Istio's default JSON access log.
 JSON_KEYS: tuple[str, ...] = (
@@ -27,6 +28,41 @@ JSON_KEYS: tuple[str, ...] = (
     "downstream_local_address", "downstream_remote_address", "requested_server_name",
     "upstream_transport_failure_reason",
 )
+
+
+@dataclass
+class AccessRecord:
+    """Values of one access-log line (Istio's JSON keys; None prints as null / ``-``)."""
+
+    start_time_s: float
+    route_name: str | None
+    method: str | None
+    path: str | None
+    protocol: str | None
+    response_code: int
+    response_flags: str
+    response_code_details: str | None
+    connection_termination_details: str | None
+    upstream_transport_failure_reason: str | None
+    bytes_received: int
+    bytes_sent: int
+    duration_ms: int
+    upstream_service_time: str | None
+    x_forwarded_for: str | None
+    user_agent: str | None
+    request_id: str | None
+    authority: str | None
+    upstream_host: str | None
+    upstream_cluster: str | None
+    upstream_local_address: str | None
+    downstream_local_address: str | None
+    downstream_remote_address: str | None
+    requested_server_name: str | None = None
+
+
+def format_address(addr: Address | None) -> str | None:
+    """``ip:port`` of an address as the log prints it, None when there is none."""
+    return f"{addr[0]}:{addr[1]}" if addr else None
 
 
 def format_start_time(epoch_s: float) -> str:

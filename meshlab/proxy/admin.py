@@ -18,8 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 
 from meshlab import __version__
-from meshlab.proxy.http_core import http_date
+from meshlab.proxy.http_headers import http_date
 from meshlab.proxy.stats import StatsStore
+from meshlab.proxy.stats_render import render_json, render_prometheus, render_text
 
 PROM_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _POST_ONLY = ("/quitquitquit", "/reset_counters", "/healthcheck/fail", "/healthcheck/ok",
@@ -75,12 +76,12 @@ def admin_response(method: str, target: str, store: StatsStore, *, server_state:
     if path == "/stats":
         fmt = query.get("format", ["text"])[0]
         if fmt == "json":
-            return Reply(200, store.render_json(filt, used_only).encode(), b"application/json")
+            return Reply(200, render_json(store, filt, used_only).encode(), b"application/json")
         if fmt == "prometheus":
-            return Reply(200, store.render_prometheus(used_only).encode(), PROM_CONTENT_TYPE)
-        return Reply(200, store.render_text(filt, used_only).encode())
+            return Reply(200, render_prometheus(store, used_only).encode(), PROM_CONTENT_TYPE)
+        return Reply(200, render_text(store, filt, used_only).encode())
     if path == "/stats/prometheus":
-        return Reply(200, store.render_prometheus(used_only).encode(), PROM_CONTENT_TYPE)
+        return Reply(200, render_prometheus(store, used_only).encode(), PROM_CONTENT_TYPE)
     if path == "/ready":
         names = {0: "LIVE", 1: "DRAINING", 2: "PRE_INITIALIZING", 3: "INITIALIZING"}
         state = names.get(server_state, "LIVE")
@@ -109,7 +110,7 @@ def agent_response(method: str, target: str, store: StatsStore, *, ready: bool =
     """15020 (pilot-agent): merged ``/stats/prometheus`` and ``/metrics``, ``/healthz/ready``."""
     path = urlsplit(target).path
     if path in ("/stats/prometheus", "/metrics"):
-        return Reply(200, store.render_prometheus().encode(), PROM_CONTENT_TYPE)
+        return Reply(200, render_prometheus(store).encode(), PROM_CONTENT_TYPE)
     if path == "/healthz/ready":
         return Reply(200 if ready else 503, b"" if ready else b"not ready\n")
     if path == "/quitquitquit":

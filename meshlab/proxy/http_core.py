@@ -1,8 +1,9 @@
 """Per-request HTTP/1.1 state machine of the sidecar, without I/O (ENVOY.md §1, §8, §9).
 
 The asyncio layer parses bytes with h11, creates one :class:`HttpStream` per request, feeds it
-events and executes the :class:`Action` each call returns. The stream owns routing, retries,
-header rewriting, local replies, response flags, stats and the access-log record.
+events and executes the action (:mod:`~meshlab.proxy.http_actions`) each call returns. The
+stream owns routing, retries, header rewriting, local replies, response flags, stats and the
+access-log record.
 
 Rules (event → phase → action)::
 
@@ -19,28 +20,23 @@ Rules (event → phase → action)::
     route_timeout      RESPONDING           → DONE         ResetDownstream (UT)
     downstream_closed  any but DONE         → DONE         Done (DC, code 0 if nothing was sent)
 
-Istio specifics followed here (it plays istio-proxy, not plain Envoy): ``server`` is overwritten
-with ``envoy`` on outbound and ``istio-envoy`` on inbound; ``x-envoy-attempt-count`` is added to
-upstream requests (``include_request_attempt_count``); the default outbound retry policy is
-``num_retries 2`` on ``connect-failure,refused-stream,unavailable,cancelled`` (503 excluded);
-HTTP/1.0 is refused with 426 as Envoy does without ``accept_http_10``.
+Istio specifics followed here (it plays istio-proxy, not plain Envoy): the default outbound retry
+policy is ``num_retries 2`` on ``connect-failure,refused-stream,unavailable,cancelled`` (503
+excluded; :mod:`~meshlab.proxy.http_retry`); HTTP/1.0 is refused with 426 as Envoy does without
+``accept_http_10``. Header rewriting lives in :mod:`~meshlab.proxy.http_headers`.
 """
 
 from __future__ import annotations
 
-import base64
 import enum
-import json
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import formatdate
-from http import HTTPStatus
 
 import h11
 
+from meshlab.proxy.accesslog import AccessRecord, format_address
 from meshlab.proxy.config import RetrySettings
 from meshlab.proxy.flags import (
     DOWNSTREAM_DISCONNECT_DETAILS,
@@ -56,19 +52,26 @@ from meshlab.proxy.flags import (
     upstream_reset_after_start_details,
     upstream_reset_reply,
 )
+from meshlab.proxy.http_actions import (
+    Action,
+    Backoff,
+    Connect,
+    Done,
+    ForwardResponse,
+    ResetDownstream,
+    SendLocalReply,
+    SendRequest,
+)
+from meshlab.proxy.http_headers import (
+    RequestHead,
+    local_reply_response,
+    parse_request_head,
+    rewrite_response,
+    upstream_request,
+)
+from meshlab.proxy.http_retry import RetryState
 from meshlab.proxy.metrics import DestinationService, PeerInfo, ProxyStats
 from meshlab.proxy.router import Address, Cluster, Router
-
-#: Envoy ``max_request_headers_kb`` default (60 KiB); h11 reports larger heads with hint 431.
-MAX_REQUEST_HEADERS_BYTES = 60 * 1024
-PEER_METADATA = b"x-envoy-peer-metadata"
-PEER_METADATA_ID = b"x-envoy-peer-metadata-id"
-_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                         b"te", b"upgrade", b"trailer", b"proxy-authenticate"})
-_REQ_DROP = _HOP_BY_HOP | {b"x-envoy-attempt-count", b"expect", b"content-length",
-                           PEER_METADATA, PEER_METADATA_ID}
-_RESP_DROP = _HOP_BY_HOP | {b"server", b"x-envoy-upstream-service-time", PEER_METADATA,
-                            PEER_METADATA_ID}
 
 
 class Phase(enum.Enum):
@@ -80,153 +83,6 @@ class Phase(enum.Enum):
     WAITING = "waiting"
     RESPONDING = "responding"
     DONE = "done"
-
-
-# -- actions ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Connect:
-    """Get a connection (pooled or new) to ``address`` within ``timeout_s``."""
-
-    address: Address
-    bind_ip: str | None
-    timeout_s: float
-    attempt: int
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Wait ``delay_s`` before the next attempt (Envoy retry backoff, full jitter)."""
-
-    delay_s: float
-
-
-@dataclass(frozen=True)
-class SendRequest:
-    """Write ``request`` and ``body`` on the connection just obtained, then await the response."""
-
-    request: h11.Request
-    body: bytes
-
-
-@dataclass(frozen=True)
-class ForwardResponse:
-    """Send these (rewritten) response headers downstream, then stream the upstream body."""
-
-    response: h11.Response
-
-
-@dataclass(frozen=True)
-class SendLocalReply:
-    """Send a generated response downstream (then close when ``close``)."""
-
-    response: h11.Response
-    body: bytes
-    close: bool
-
-
-@dataclass(frozen=True)
-class ResetDownstream:
-    """Abort the downstream connection (response already started)."""
-
-
-@dataclass(frozen=True)
-class Done:
-    """Nothing more to send for this stream."""
-
-
-Action = Connect | Backoff | SendRequest | ForwardResponse | SendLocalReply | ResetDownstream | Done
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def http_date(now_s: float | None = None) -> bytes:
-    """RFC 7231 ``date`` header value (cached per second)."""
-    global _date_cache
-    now = time.time() if now_s is None else now_s
-    sec = int(now)
-    if _date_cache[0] != sec:
-        _date_cache = (sec, formatdate(sec, usegmt=True).encode())
-    return _date_cache[1]
-
-
-def reason_phrase(status: int) -> bytes:
-    """Standard reason phrase (Envoy generates its own instead of forwarding the upstream's)."""
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-def encode_peer_metadata(peer: PeerInfo) -> bytes:
-    """``x-envoy-peer-metadata`` value for our pod (base64 JSON; Istio uses a protobuf Struct)."""
-    doc = {"WORKLOAD_NAME": peer.workload, "NAMESPACE": peer.namespace, "APP": peer.app,
-           "VERSION": peer.version, "CLUSTER_ID": peer.cluster_id}
-    return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode())
-
-
-def decode_peer_metadata(value: bytes | None) -> PeerInfo | None:
-    """Inverse of :func:`encode_peer_metadata`; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        doc = json.loads(base64.b64decode(value, validate=True))
-        return PeerInfo(workload=str(doc.get("WORKLOAD_NAME", "unknown")),
-                        namespace=str(doc.get("NAMESPACE", "unknown")),
-                        app=str(doc.get("APP", "unknown")),
-                        version=str(doc.get("VERSION", "unknown")),
-                        cluster_id=str(doc.get("CLUSTER_ID", "unknown")))
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
-def backoff_delay_s(retry_number: int, settings: RetrySettings, rng: Callable[[], float]) -> float:
-    """Envoy ``JitteredExponentialBackOffStrategy``: uniform in [0, base*(2^n - 1)), capped.
-
-    Args:
-        retry_number: 1 for the first retry.
-        settings: the retry policy (base 25 ms, max 250 ms by default).
-        rng: uniform [0, 1) source.
-    """
-    upper_ms = min(settings.base_interval_ms * ((1 << retry_number) - 1), settings.max_interval_ms)
-    return rng() * upper_ms / 1000.0
-
-
-def _fmt_addr(addr: Address | None) -> str | None:
-    return f"{addr[0]}:{addr[1]}" if addr else None
-
-
-@dataclass
-class AccessRecord:
-    """Values of one access-log line (Istio's JSON keys; None prints as null / ``-``)."""
-
-    start_time_s: float
-    route_name: str | None
-    method: str | None
-    path: str | None
-    protocol: str | None
-    response_code: int
-    response_flags: str
-    response_code_details: str | None
-    connection_termination_details: str | None
-    upstream_transport_failure_reason: str | None
-    bytes_received: int
-    bytes_sent: int
-    duration_ms: int
-    upstream_service_time: str | None
-    x_forwarded_for: str | None
-    user_agent: str | None
-    request_id: str | None
-    authority: str | None
-    upstream_host: str | None
-    upstream_cluster: str | None
-    upstream_local_address: str | None
-    downstream_local_address: str | None
-    downstream_remote_address: str | None
-    requested_server_name: str | None = None
 
 
 @dataclass
@@ -280,9 +136,7 @@ class HttpStream:
         self._start = ctx.clock()
         self._request_complete: float | None = None
         self._attempt_start = 0.0
-        self.attempt = 0
-        self.retries_done = 0
-        self.tried: set[Address] = set()
+        self.retry = RetryState(ctx.retry, ctx.rng)
         self.body = bytearray()
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -295,11 +149,10 @@ class HttpStream:
         self.peer: PeerInfo | None = None
         self._finished = False
         self.request = request
-        self.method = self.path = self.authority = self.user_agent = None
-        self.xff = self.request_id = None
-        self.protocol: str | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._had_body_framing = False
+        unset: str | None = None  # request facts, set by _parse_request
+        self.method = self.path = self.protocol = self.authority = unset
+        self.user_agent = self.xff = self.request_id = unset
+        self._head: RequestHead | None = None
         self.http = ctx.stats.http(ctx.cluster.http_stat_prefix)
         self.cluster_stats = ctx.stats.cluster(ctx.cluster.name)
         self.http.downstream_rq_total.inc()
@@ -309,32 +162,15 @@ class HttpStream:
             self._parse_request(request)
 
     def _parse_request(self, request: h11.Request) -> None:
-        self.method = request.method.decode("latin-1")
-        self.path = request.target.decode("latin-1")
-        self.protocol = "HTTP/" + request.http_version.decode()
-        inbound = self.ctx.direction == "inbound"
-        for name, value in request.headers:
-            if name == b"host":
-                self.authority = value.decode("latin-1")
-            elif name == b"user-agent":
-                self.user_agent = value.decode("latin-1")
-            elif name == b"x-forwarded-for":
-                self.xff = value.decode("latin-1")
-            elif name == b"x-request-id":
-                self.request_id = value.decode("latin-1")
-            elif name in (b"content-length", b"transfer-encoding"):
-                self._had_body_framing = True
-            elif name == PEER_METADATA and inbound:
-                self.peer = decode_peer_metadata(value)
-            if name not in _REQ_DROP:
-                self._headers.append((name, value))
-        if self.request_id is None:  # HCM generate_request_id (UUID4)
-            self.request_id = str(uuid.uuid4())
-            self._headers.append((b"x-request-id", self.request_id.encode()))
-        if not any(n == b"x-forwarded-proto" for n, _ in self._headers):
-            self._headers.append((b"x-forwarded-proto", b"http"))
-        if not inbound and self.ctx.cluster.service is not None:
-            self._headers.append((PEER_METADATA, encode_peer_metadata(self.ctx.own_peer)))
+        ctx = self.ctx
+        inbound = ctx.direction == "inbound"
+        send_peer = ctx.own_peer if not inbound and ctx.cluster.service is not None else None
+        head = parse_request_head(request, inbound=inbound, send_peer=send_peer)
+        self._head = head
+        self.method, self.path, self.protocol = head.method, head.path, head.protocol
+        self.authority, self.user_agent, self.xff = head.authority, head.user_agent, head.xff
+        self.request_id = head.request_id
+        self.peer = head.peer
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -356,17 +192,15 @@ class HttpStream:
         return self._next_attempt()
 
     def _next_attempt(self) -> Action:
-        endpoint = self.ctx.router.pick(self.ctx.cluster, self.tried)
+        endpoint = self.ctx.router.pick(self.ctx.cluster, self.retry.tried)
         if endpoint is None:
             self.cluster_stats.upstream_cx_none_healthy.inc()  # type: ignore[attr-defined]
             return self.local_reply(NO_HEALTHY_UPSTREAM, charge_cluster=True)
-        self.attempt += 1
-        self.tried.add(endpoint)
+        attempt = self.retry.start_attempt(endpoint)
         self.upstream_host = endpoint
         self.phase = Phase.CONNECTING
         self._attempt_start = self.ctx.clock()
-        return Connect(endpoint, self.ctx.cluster.bind_ip, self.ctx.connect_timeout_s,
-                       self.attempt)
+        return Connect(endpoint, self.ctx.cluster.bind_ip, self.ctx.connect_timeout_s, attempt)
 
     def on_connected(self, local_address: Address | None) -> Action:
         """A connection to the chosen endpoint is ready: build the upstream request."""
@@ -374,13 +208,8 @@ class HttpStream:
         self.phase = Phase.WAITING
         self.cluster_stats.upstream_rq_total.inc()  # type: ignore[attr-defined]
         self.cluster_stats.upstream_rq_active.inc()
-        headers = list(self._headers)
-        headers.append((b"x-envoy-attempt-count", str(self.attempt).encode()))
-        if self.body or self._had_body_framing:
-            headers.append((b"content-length", str(len(self.body)).encode()))
-        assert self.request is not None
-        req = h11.Request(method=self.request.method, target=self.request.target,
-                          headers=headers, http_version=b"1.1")
+        assert self.request is not None and self._head is not None
+        req = upstream_request(self.request, self._head, self.retry.attempt, len(self.body))
         return SendRequest(req, bytes(self.body))
 
     def on_connect_failed(self, reason: ResetReason, transport_failure: str = "") -> Action:
@@ -404,26 +233,17 @@ class HttpStream:
 
     def _on_reset(self, reason: ResetReason, transport_failure: str, *,
                   before_request: bool) -> Action:
-        policy = self.ctx.retry
-        if policy is not None and self._retriable(reason, policy, before_request):
-            if self.retries_done < policy.num_retries:
-                self.retries_done += 1
-                self.cluster_stats.upstream_rq_retry.inc()  # type: ignore[attr-defined]
-                self.phase = Phase.BACKOFF
-                return Backoff(backoff_delay_s(self.retries_done, policy, self.ctx.rng))
+        delay_s = self.retry.retry_delay_s(reason, before_request=before_request)
+        if delay_s is not None:
+            self.cluster_stats.upstream_rq_retry.inc()  # type: ignore[attr-defined]
+            self.phase = Phase.BACKOFF
+            return Backoff(delay_s)
+        if self.retry.exhausted:
             self.flags.add(Flag.URX)
             self.cluster_stats.upstream_rq_retry_limit_exceeded.inc()  # type: ignore[attr-defined]
-        reply = upstream_reset_reply(reason, transport_failure, retried=self.retries_done > 0)
+        reply = upstream_reset_reply(reason, transport_failure,
+                                     retried=self.retry.retries_done > 0)
         return self.local_reply(reply, charge_cluster=True)
-
-    @staticmethod
-    def _retriable(reason: ResetReason, policy: RetrySettings, before_request: bool) -> bool:
-        on = policy.retry_on
-        if "reset" in on:
-            return True
-        if reason.is_connect_failure and ("connect-failure" in on or "reset-before-request" in on):
-            return True
-        return before_request and "reset-before-request" in on
 
     def on_backoff_elapsed(self) -> Action:
         """The retry backoff is over: next attempt."""
@@ -435,33 +255,22 @@ class HttpStream:
         """Upstream response headers arrived: rewrite and forward them."""
         now = self.ctx.clock()
         assert self._request_complete is not None
-        self.upstream_service_time_ms = int((now - self._request_complete) * 1000)
+        service_time_ms = int((now - self._request_complete) * 1000)
+        self.upstream_service_time_ms = service_time_ms
         self.response_code = response.status_code
         self.details = VIA_UPSTREAM
         self.phase = Phase.RESPONDING
         self.cluster_stats.charge_code(response.status_code)
-        if self.retries_done:
+        if self.retry.retries_done:
             self.cluster_stats.upstream_rq_retry_success.inc()  # type: ignore[attr-defined]
         outbound = self.ctx.direction == "outbound"
-        headers = []
-        has_date = False
-        for name, value in response.headers:
-            if name == PEER_METADATA and outbound:
-                self.peer = decode_peer_metadata(value)
-            if name in _RESP_DROP:
-                continue
-            if name == b"date":
-                has_date = True
-            headers.append((name, value))
-        if not has_date:
-            headers.append((b"date", http_date(self.ctx.wall())))
-        headers.append((b"server", self.ctx.server_name))
-        headers.append((b"x-envoy-upstream-service-time",
-                        str(self.upstream_service_time_ms).encode()))
-        if not outbound:
-            headers.append((PEER_METADATA, encode_peer_metadata(self.ctx.own_peer)))
-        return ForwardResponse(h11.Response(status_code=response.status_code, headers=headers,
-                                            reason=reason_phrase(response.status_code)))
+        rewritten, peer = rewrite_response(
+            response, outbound=outbound, server_name=self.ctx.server_name,
+            service_time_ms=service_time_ms,
+            send_peer=None if outbound else self.ctx.own_peer, now_s=self.ctx.wall())
+        if outbound:
+            self.peer = peer
+        return ForwardResponse(rewritten)
 
     def on_response_body(self, nbytes: int) -> None:
         """``nbytes`` of response body were written downstream."""
@@ -505,18 +314,11 @@ class HttpStream:
         self.details = reply.details
         if charge_cluster:
             self.cluster_stats.charge_code(reply.status)
-        body = reply.body.encode()
-        headers = [(b"content-length", str(len(body)).encode())]
-        if body:
-            headers.append((b"content-type", b"text/plain"))
-        headers += [(b"date", http_date(self.ctx.wall())), (b"server", self.ctx.server_name)]
-        if reply.close_connection:
-            headers.append((b"connection", b"close"))
+        response, body = local_reply_response(reply, server_name=self.ctx.server_name,
+                                              now_s=self.ctx.wall())
         self.bytes_sent += len(body)
         self.phase = Phase.DONE
-        return SendLocalReply(h11.Response(status_code=reply.status, headers=headers,
-                                           reason=reason_phrase(reply.status)),
-                              body, reply.close_connection)
+        return SendLocalReply(response, body, reply.close_connection)
 
     # -- end ----------------------------------------------------------------------------------
 
@@ -549,11 +351,11 @@ class HttpStream:
             upstream_service_time=(str(self.upstream_service_time_ms)
                                    if self.upstream_service_time_ms is not None else None),
             x_forwarded_for=self.xff, user_agent=self.user_agent, request_id=self.request_id,
-            authority=self.authority, upstream_host=_fmt_addr(self.upstream_host),
+            authority=self.authority, upstream_host=format_address(self.upstream_host),
             upstream_cluster=self.ctx.cluster.name,
-            upstream_local_address=_fmt_addr(self.upstream_local),
-            downstream_local_address=_fmt_addr(self.ctx.downstream_local),
-            downstream_remote_address=_fmt_addr(self.ctx.downstream_remote))
+            upstream_local_address=format_address(self.upstream_local),
+            downstream_local_address=format_address(self.ctx.downstream_local),
+            downstream_remote_address=format_address(self.ctx.downstream_remote))
 
     def _record_istio(self, duration_ms: int) -> None:
         ctx = self.ctx
@@ -579,7 +381,7 @@ class HttpStream:
 
     def __repr__(self) -> str:
         return (f"HttpStream({self.method} {self.path} phase={self.phase.value} "
-                f"attempt={self.attempt} code={self.response_code} flags={self.flags})")
+                f"attempt={self.retry.attempt} code={self.response_code} flags={self.flags})")
 
 
 def protocol_error_stream(ctx: StreamContext, status_hint: int) -> tuple[HttpStream, SendLocalReply]:

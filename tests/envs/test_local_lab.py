@@ -115,3 +115,28 @@ def test_broken_manifest_builds_nothing(tmp_path, lab_leftovers):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(folder / "zz.yaml") in lines[0] and "Frobnicator" in lines[0]
     assert lab_leftovers("bad") == {}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_suite_tears_down_and_keeps_partial_results(tmp_path, lab_leftovers, sig):
+    """Ctrl-C (or SIGTERM) in the middle of a suite: the lab is torn down and the run still
+    leaves its results.json and report."""
+    lab = "sig"
+    reports = tmp_path / "reports"
+    suite = Path(__file__).resolve().parents[2] / "suites" / "test_baseline.py"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", str(suite), "-p",
+                             "no:cacheprovider", f"--meshlab-lab={lab}",
+                             f"--meshlab-reports={reports}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _wait_for(lambda: list(reports.glob("*/load-*.json.stderr"))
+                         or list(reports.glob("*/load-*.json")), 40)
+    finally:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0, out
+    assert lab_leftovers(lab) == {}, out
+    runs = list(reports.glob("*/results.json"))
+    assert runs, out
+    journal = json.loads(runs[0].read_text())
+    assert journal["status"] in ("error", "failed") and (runs[0].parent / "report.html").exists()

@@ -9,25 +9,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlab.errors import ConfigError
+from meshlab.proxy import http_actions as actions
 from meshlab.proxy.accesslog import JSON_KEYS, format_json, format_text
 from meshlab.proxy.config import parse_config
 from meshlab.proxy.flags import Flag, ResetReason, ResponseFlags, upstream_reset_reply
-from meshlab.proxy.http_core import (
-    Backoff,
-    Connect,
-    Done,
-    ForwardResponse,
-    HttpStream,
-    ResetDownstream,
-    SendLocalReply,
-    SendRequest,
-    StreamContext,
-    backoff_delay_s,
-    protocol_error_stream,
-)
+from meshlab.proxy.http_core import HttpStream, StreamContext, protocol_error_stream
+from meshlab.proxy.http_retry import backoff_delay_s
 from meshlab.proxy.metrics import PeerInfo, ProxyStats
 from meshlab.proxy.router import Router
 from meshlab.proxy.stats import StatsMatcher, StatsStore
+from meshlab.proxy.stats_render import render_json, render_prometheus, render_text
 
 FQDN = "fortio-server-l2.mark.svc.cluster.local"
 CLUSTER = f"outbound|8080||{FQDN}"
@@ -87,9 +78,9 @@ def test_happy_path_headers_and_log(env):
     ctx, store, clock = env
     s = HttpStream(ctx(), request())
     act = s.on_request_complete()
-    assert isinstance(act, Connect) and act.address == ("10.244.2.2", 8080)
+    assert isinstance(act, actions.Connect) and act.address == ("10.244.2.2", 8080)
     act = s.on_connected(("10.244.1.2", 51000))
-    assert isinstance(act, SendRequest)
+    assert isinstance(act, actions.SendRequest)
     sent = dict(act.request.headers)
     assert sent[b"x-envoy-attempt-count"] == b"1"
     assert sent[b"x-forwarded-proto"] == b"http"
@@ -98,12 +89,12 @@ def test_happy_path_headers_and_log(env):
     clock.t += 0.003
     act = s.on_response_headers(h11.Response(status_code=200, headers=[
         (b"content-length", b"2"), (b"server", b"fortio")]))
-    assert isinstance(act, ForwardResponse)
+    assert isinstance(act, actions.ForwardResponse)
     resp = dict(act.response.headers)
     assert resp[b"server"] == b"envoy"
     assert resp[b"x-envoy-upstream-service-time"] == b"3"
     s.on_response_body(2)
-    assert isinstance(s.on_response_complete(), Done)
+    assert isinstance(s.on_response_complete(), actions.Done)
     rec = s.finish()
     line = json.loads(format_json(rec))
     assert list(line) == list(JSON_KEYS)
@@ -123,7 +114,7 @@ def test_inbound_server_header_is_istio_envoy(env):
     s = HttpStream(ctx(("10.244.1.2", 8080), "inbound", retry=None),
                    request(headers=[(b"x-request-id", b"abc")]))
     act = s.on_request_complete()
-    assert isinstance(act, Connect) and act.bind_ip == "127.0.0.6"
+    assert isinstance(act, actions.Connect) and act.bind_ip == "127.0.0.6"
     act = s.on_connected(("127.0.0.6", 40001))
     assert dict(act.request.headers)[b"x-request-id"] == b"abc"
     act = s.on_response_headers(h11.Response(status_code=503, headers=[]))
@@ -142,12 +133,12 @@ def test_connect_refused_retries_then_uf_urx(env):
     delays = []
     for _ in range(2):
         act = s.on_connect_failed(ResetReason.REMOTE_CONNECTION_FAILURE, tf)
-        assert isinstance(act, Backoff)
+        assert isinstance(act, actions.Backoff)
         delays.append(act.delay_s)
-        assert isinstance(s.on_backoff_elapsed(), Connect)
+        assert isinstance(s.on_backoff_elapsed(), actions.Connect)
     assert delays == [0.0125, 0.0375]  # rng 0.5 × 25 ms × (2^n - 1)
     act = s.on_connect_failed(ResetReason.REMOTE_CONNECTION_FAILURE, tf)
-    assert isinstance(act, SendLocalReply) and act.response.status_code == 503
+    assert isinstance(act, actions.SendLocalReply) and act.response.status_code == 503
     assert act.body == (b"upstream connect error or disconnect/reset before headers. retried and "
                         b"the latest reset reason: remote connection failure, transport failure "
                         b"reason: delayed connect error: Connection refused")
@@ -176,7 +167,7 @@ def test_upstream_close_mid_request_is_uc_95_bytes(env):
     s.on_request_complete()
     s.on_connected(("10.244.1.2", 5000))
     act = s.on_upstream_reset(ResetReason.CONNECTION_TERMINATION)  # not retried by Istio default
-    assert isinstance(act, SendLocalReply) and act.response.status_code == 503
+    assert isinstance(act, actions.SendLocalReply) and act.response.status_code == 503
     assert len(act.body) == 95
     rec = s.finish()
     assert (rec.response_flags, rec.bytes_sent) == ("UC", 95)
@@ -189,7 +180,8 @@ def test_upstream_close_after_headers_resets_downstream(env):
     s.on_request_complete()
     s.on_connected(None)
     s.on_response_headers(h11.Response(status_code=200, headers=[(b"content-length", b"10")]))
-    assert isinstance(s.on_upstream_reset(ResetReason.CONNECTION_TERMINATION), ResetDownstream)
+    act = s.on_upstream_reset(ResetReason.CONNECTION_TERMINATION)
+    assert isinstance(act, actions.ResetDownstream)
     rec = s.finish()
     assert (rec.response_code, rec.response_flags) == (200, "UC")
     assert rec.response_code_details.startswith("upstream_reset_after_response_started")
@@ -308,15 +300,15 @@ def test_stats_matcher_and_renderers(env):
     store.counter("cluster.outbound|9|ignored;.upstream_rq_total").inc()  # rejected by matcher
     assert store.get("cluster.outbound|9|ignored;.upstream_rq_total") is None
     store.flush()
-    text = store.render_text()
+    text = render_text(store)
     assert f"cluster.{CLUSTER};.upstream_rq_200: 2\n" in text
     assert "server.state: 0\n" in text and "listener_manager.workers_started: 1\n" in text
     lines = text.splitlines()
     hist = next(ln for ln in lines if ln.startswith(f"cluster.{CLUSTER};.upstream_rq_time:"))
     assert hist.count("P") == 10 and "P99.9(" in hist and "P100(" in hist
-    doc = json.loads(store.render_json())
+    doc = json.loads(render_json(store))
     assert doc["stats"][-1]["histograms"]["supported_quantiles"][-1] == 100
-    prom = store.render_prometheus()
+    prom = render_prometheus(store)
     assert (f'envoy_cluster_upstream_rq{{response_code="200",cluster_name="{CLUSTER}"}} 2'
             in prom)
     families = {f.name: f for f in text_string_to_metric_families(prom)}

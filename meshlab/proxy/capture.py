@@ -1,0 +1,67 @@
+"""Captured-connection plumbing: the original destination and the per-protocol handler contract.
+
+iptables REDIRECTs a pod's traffic to the capture listeners (15001 outbound, 15006 inbound);
+:func:`original_dst` recovers where the connection was going, and a
+:class:`ConnectionHandler` (HTTP or TCP) serves it once :class:`~meshlab.proxy.io.Sidecar` has
+routed it to a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from meshlab.proxy.accesslog import AccessLogWriter
+from meshlab.proxy.config import SidecarConfig
+from meshlab.proxy.metrics import PeerInfo, ProxyStats
+from meshlab.proxy.router import Address, Cluster, Router
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+
+
+def original_dst(sock: socket.socket) -> Address:
+    """The pre-REDIRECT destination of an accepted socket (``getsockopt(SOL_IP, SO_ORIGINAL_DST)``).
+
+    Raises:
+        OSError: the connection was not NATed (ENOENT).
+    """
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port = struct.unpack_from("!H", raw, 2)[0]
+    return socket.inet_ntoa(raw[4:8]), port
+
+
+class ConnectionHandler:
+    """Serves the captured connections of one protocol for a sidecar.
+
+    Args:
+        config: the sidecar configuration (timeouts, retry policies).
+        router: endpoint picker.
+        stats: stat trees.
+        own_peer: this pod's labels.
+        access_log: where each request's or connection's record goes.
+    """
+
+    def __init__(self, config: SidecarConfig, router: Router, stats: ProxyStats,
+                 own_peer: PeerInfo, access_log: AccessLogWriter) -> None:
+        self.config = config
+        self.router = router
+        self.stats = stats
+        self.own_peer = own_peer
+        self.access_log = access_log
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    cluster: Cluster, dst: Address, remote: Address) -> None:
+        """Serve one captured downstream connection until it ends (the caller closes it).
+
+        Args:
+            reader: downstream read side.
+            writer: downstream write side.
+            cluster: routing decision for the original destination.
+            dst: original destination (``%DOWNSTREAM_LOCAL_ADDRESS%``).
+            remote: the client address.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(pod={self.config.pod.name!r})"
