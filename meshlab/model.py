@@ -26,14 +26,15 @@ def protocol_for_port(name: str, app_protocol: str | None = None) -> str:
         app_protocol: the port's ``appProtocol``, if set.
 
     Returns:
-        One of ``"http"``, ``"http2"``, ``"grpc"``, ``"tcp"``.
+        One of ``"http"``, ``"grpc"``, ``"tcp"``. ``http2`` ports count as ``"http"``:
+        meshlab's sidecar proxies them as HTTP/1.1 (no h2c yet).
     """
     candidate = (app_protocol or name or "").lower()
     prefix = candidate.split("-", 1)[0]
-    if prefix in ("http", "http2", "grpc"):
-        return prefix
-    if prefix == "grpc-web":
+    if prefix in ("http", "http2"):
         return "http"
+    if prefix == "grpc":
+        return "grpc"
     return "tcp"
 
 

@@ -29,7 +29,7 @@ def test_layered_lab_topology():
 
 @pytest.mark.parametrize("name,expected", [("http", "http"), ("http-m", "http"),
                                            ("grpc", "grpc"), ("tcp-echo", "tcp"),
-                                           ("mysql", "tcp"), ("", "tcp"), ("http2", "http2")])
+                                           ("mysql", "tcp"), ("", "tcp"), ("http2", "http")])
 def test_protocol_from_port_name(name, expected):
     assert protocol_for_port(name) == expected
 

@@ -21,26 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.errors import ConfigError
+from meshlab.model import protocol_for_port
 
 #: Istio's default outbound retry_on (I:pilot/pkg/networking/core/route/retry/retry.go).
 ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 
-
-def protocol_from_port_name(name: str) -> str:
-    """Derive the protocol from a port name as Istio does (``http*`` → http, ``grpc*`` → grpc).
-
-    Args:
-        name: the Service / container port name.
-
-    Returns:
-        ``"http"``, ``"grpc"`` or ``"tcp"``.
-    """
-    lowered = name.lower()
-    if lowered.startswith("grpc"):
-        return "grpc"
-    if lowered.startswith("http"):  # also http2*
-        return "http"
-    return "tcp"
 
 
 @dataclass(frozen=True)
@@ -213,7 +198,7 @@ def _list(value: Any, where: str) -> list[Any]:
 def _protocol(obj: dict[str, Any], name: str, where: str) -> str:
     proto = obj.get("protocol")
     if proto is None:
-        return protocol_from_port_name(name)
+        return protocol_for_port(name)
     if proto not in ("http", "grpc", "tcp"):
         raise ConfigError(f"{_join(where, 'protocol')}: expected http, grpc or tcp, got {proto!r}")
     return str(proto)
