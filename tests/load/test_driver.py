@@ -108,7 +108,10 @@ def test_start_load_runs_in_background_while_the_test_continues(shell, target,
 def test_stop_ends_the_load_early_with_a_partial_result(shell, target, tmp_path: Path) -> None:
     spec = LoadSpec(url=target.url(), users=2, rate_per_s=100, duration_s=60, timeout_s=2)
     handle = start_load(shell, spec, tmp_path / "early.json")
-    time.sleep(2.0)
+    deadline = time.monotonic() + 10
+    while target.total <= 60 and time.monotonic() < deadline:  # poll: load is flowing
+        time.sleep(0.05)
+    assert target.total > 60
     result = handle.stop()
     assert result.elapsed_s < 5
     assert result.requests > 50

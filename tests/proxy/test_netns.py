@@ -276,8 +276,12 @@ def test_app_503_passes_through_without_flag(lab):
 
 
 def test_prometheus_and_admin_endpoints(lab):
-    time.sleep(0.3)  # one stats flush interval (0.2 s) so histograms are visible
-    prom = lab.get(lab.ns_a, A_IP, 15090, "/stats/prometheus")[0]
+    deadline = time.monotonic() + 5  # histograms appear after a stats flush (0.2 s here)
+    while True:
+        prom = lab.get(lab.ns_a, A_IP, 15090, "/stats/prometheus")[0]
+        if "istio_request_duration_milliseconds" in prom["body"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert prom["status"] == 200
     fams = {f.name: f for f in text_string_to_metric_families(prom["body"])}
     reqs = [s for s in fams["istio_requests"].samples if s.name == "istio_requests_total"]
