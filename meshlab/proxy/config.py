@@ -11,6 +11,7 @@ Optional keys beyond the contract (all with Istio defaults, ENVOY.md §8):
 - ``stats_delimited_tags``: name clusters ``cluster.<name>;.`` as Istio >= 1.23 (default true).
 - ``outbound_retry``: ``{"num_retries": 2, "retry_on": "connect-failure,..."}``.
 - ``inbound_retry``: same shape; default none (Istio <= 1.23 sets no inbound retry policy).
+- ``policies``: per-cluster / per-route traffic policy (:mod:`meshlab.proxy.policy`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from meshlab.errors import ConfigError
 from meshlab.model import protocol_for_port
+from meshlab.proxy.policy import Policies, parse_policies
 
 #: Istio's default outbound retry_on (I:pilot/pkg/networking/core/route/retry/retry.go).
 ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -137,6 +139,7 @@ class SidecarConfig:
     stats_delimited_tags: bool = True
     outbound_retry: RetrySettings | None = field(default_factory=RetrySettings)
     inbound_retry: RetrySettings | None = None
+    policies: Policies = field(default_factory=Policies)
 
     def inbound_port(self, port: int) -> InboundPort | None:
         """The declared inbound port ``port``, or None."""
@@ -320,6 +323,7 @@ def parse_config(doc: Any) -> SidecarConfig:
         stats_delimited_tags=delimited,
         outbound_retry=_retry(doc.get("outbound_retry", {}), "outbound_retry"),
         inbound_retry=_retry(doc.get("inbound_retry"), "inbound_retry"),
+        policies=parse_policies(doc.get("policies")),
     )
 
 

@@ -16,9 +16,15 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshlab.proxy.config import Service, ServicePort, SidecarConfig
+from meshlab.proxy.policy import (
+    DEFAULT_CLUSTER_POLICY,
+    DEFAULT_ROUTE_POLICY,
+    ClusterPolicy,
+    RoutePolicy,
+)
 
 INBOUND_BIND_IP = "127.0.0.6"  # InboundPassthroughBindIpv4 (ENVOY.md §6)
 PASSTHROUGH = "PassthroughCluster"
@@ -41,6 +47,8 @@ class Cluster:
         route_name: ``%ROUTE_NAME%`` (``default``, ``allow_any``; ``-`` for TCP).
         service: the Service, when known.
         service_port: the Service port, when known.
+        policy: cluster policy (DestinationRule; :mod:`meshlab.proxy.policy`).
+        route_policy: route policy (VirtualService) of the route to this cluster.
     """
 
     name: str
@@ -52,6 +60,8 @@ class Cluster:
     route_name: str = "default"
     service: Service | None = field(default=None, compare=False)
     service_port: ServicePort | None = field(default=None, compare=False)
+    policy: ClusterPolicy = field(default=DEFAULT_CLUSTER_POLICY, compare=False)
+    route_policy: RoutePolicy = field(default=DEFAULT_ROUTE_POLICY, compare=False)
 
     @property
     def is_http(self) -> bool:
@@ -96,6 +106,7 @@ class Router:
                     endpoints=tuple((e.ip, sp.target_port) for e in svc.endpoints),
                     route_name="default" if sp.protocol == "http" else "-",
                     service=svc, service_port=sp)
+                cluster = self._with_policy(cluster)
                 self._by_vip[(svc.cluster_ip, sp.port)] = cluster
                 for e in svc.endpoints:
                     self._by_endpoint.setdefault((e.ip, sp.target_port), cluster)
@@ -107,14 +118,23 @@ class Router:
                 for sp in svc.ports:
                     self._own_service.setdefault(sp.target_port, (svc, sp))
 
+    def _with_policy(self, cluster: Cluster) -> Cluster:
+        pol = self.config.policies
+        if cluster.name not in pol.clusters and cluster.name not in pol.routes:
+            return cluster
+        return replace(cluster, policy=pol.cluster(cluster.name),
+                       route_policy=pol.route(cluster.name))
+
     def outbound(self, dst: Address) -> Cluster:
         """The cluster for an outbound connection to original destination ``dst``."""
         cluster = self._by_vip.get(dst) or self._by_endpoint.get(dst)
         if cluster is not None:
             return cluster
         if dst[1] in self._http_ports:
-            return Cluster(PASSTHROUGH, "outbound", "http", dst[1], (dst,), route_name="allow_any")
-        return Cluster(PASSTHROUGH, "outbound", "tcp", dst[1], (dst,), route_name="-")
+            return self._with_policy(Cluster(PASSTHROUGH, "outbound", "http", dst[1], (dst,),
+                                             route_name="allow_any"))
+        return self._with_policy(Cluster(PASSTHROUGH, "outbound", "tcp", dst[1], (dst,),
+                                         route_name="-"))
 
     def inbound(self, dst: Address) -> Cluster:
         """The cluster for an inbound connection to ``dst`` (pod IP and app port)."""
@@ -124,10 +144,10 @@ class Router:
         if declared is None:
             return Cluster(INBOUND_PASSTHROUGH, "inbound", "tcp", dst[1], (dst,),
                            bind_ip=INBOUND_BIND_IP, route_name="-", service=svc, service_port=sp)
-        return Cluster(f"inbound|{dst[1]}||", "inbound", declared.protocol, dst[1], (dst,),
-                       bind_ip=INBOUND_BIND_IP,
-                       route_name="default" if declared.protocol == "http" else "-",
-                       service=svc, service_port=sp)
+        return self._with_policy(Cluster(
+            f"inbound|{dst[1]}||", "inbound", declared.protocol, dst[1], (dst,),
+            bind_ip=INBOUND_BIND_IP, route_name="default" if declared.protocol == "http" else "-",
+            service=svc, service_port=sp))
 
     def pick(self, cluster: Cluster, tried: frozenset[Address] | set[Address] = frozenset()
              ) -> Address | None:
