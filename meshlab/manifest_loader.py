@@ -4,7 +4,9 @@ Strict on purpose: an unsupported kind, an unknown field, or a missing required 
 fast with one line ``<file>: <Kind>/<name>.<field>: <problem>`` (:class:`ManifestError`), before
 anything is built. Fields that only matter to a real cluster's image pulls and restarts
 (``imagePullPolicy``, ``imagePullSecrets``, ``restartPolicy``, ``securityContext``, …) are accepted
-and ignored by the local env; the kube env (#6) applies them as they are.
+and ignored by the local env; the kube env (#6) applies them as they are. Istio's
+DestinationRule, VirtualService and EnvoyFilter are checked by :mod:`meshlab.istio_resources`
+and land in ``Topology.destination_rules`` / ``virtual_services`` / ``envoy_filters``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from typing import Any
 import yaml
 
 from meshlab.errors import ManifestError
+from meshlab.istio_envoy_filter import parse_envoy_filter
+from meshlab.istio_resources import (
+    API_VERSIONS,
+    ISTIO_KINDS,
+    ISTIO_SCHEMAS,
+    check_references,
+    parse_destination_rule,
+    parse_virtual_service,
+)
 from meshlab.model import (
     Container,
     ContainerPort,
@@ -26,7 +37,8 @@ from meshlab.model import (
     Workload,
 )
 
-SUPPORTED_KINDS = ("Namespace", "StatefulSet", "Deployment", "Service", "LabCluster")
+SUPPORTED_KINDS = ("Namespace", "StatefulSet", "Deployment", "Service", "LabCluster",
+                   *ISTIO_KINDS)
 
 # Schema: key -> nested schema (dict), list item schema ([dict]), or None (scalar/opaque, kept).
 _META = {"name": None, "namespace": None, "labels": None, "annotations": None}
@@ -50,6 +62,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "LabCluster": {"metadata": _META, "spec": {"underlayCIDR": None, "podCIDR": None,
                                                "serviceCIDR": None, "clusterDomain": None,
                                                "nodes": [{"name": None}]}},
+    **ISTIO_SCHEMAS,
 }
 
 
@@ -133,6 +146,9 @@ def read_documents(folder: Path) -> list[_Doc]:
             if doc.kind not in SUPPORTED_KINDS:
                 raise doc.fail("kind", f"unsupported kind {doc.kind!r} "
                                        f"(supported: {', '.join(SUPPORTED_KINDS)})")
+            if doc.kind in API_VERSIONS and body.get("apiVersion") not in API_VERSIONS[doc.kind]:
+                raise doc.fail("apiVersion", f"expected one of {', '.join(API_VERSIONS[doc.kind])}"
+                                             f", got {body.get('apiVersion')!r}")
             rest = {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
             _check_fields(doc, rest, _SCHEMAS[doc.kind], "")
             doc.get("metadata.name", kind=str)
@@ -235,6 +251,17 @@ def load_topology(folder: Path | str, default_namespace: str = "default") -> Top
             topo.workloads.append(_workload(doc, default_namespace))
         elif doc.kind == "Service":
             topo.services.append(_service(doc, default_namespace))
+    domain = topo.cluster.cluster_domain
+    istio = [d for d in docs if d.kind in ISTIO_KINDS]
+    for doc in istio:
+        ns = doc.get("metadata.namespace", default_namespace)
+        if doc.kind == "DestinationRule":
+            topo.destination_rules.append(parse_destination_rule(doc, ns, domain))
+        elif doc.kind == "VirtualService":
+            topo.virtual_services.append(parse_virtual_service(doc, ns, domain))
+        else:
+            topo.envoy_filters.append(parse_envoy_filter(doc, ns, domain))
+    check_references(istio, topo)
     node_names = {n.name for n in topo.cluster.nodes}
     for doc, wl in zip([d for d in docs if d.kind in ("StatefulSet", "Deployment")], topo.workloads):
         missing = [n for n in wl.node_names if n not in node_names]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from meshlab.proxy.policy import SocketOption, TcpKeepalive
+
 
 def protocol_for_port(name: str, app_protocol: str | None = None) -> str:
     """Return the mesh protocol of a Service/container port the way Istio selects it.
@@ -168,6 +170,8 @@ class Topology:
         workloads: StatefulSets/Deployments in manifest order.
         services: Services in manifest order.
         sources: the manifest files read.
+        destination_rules, virtual_services, envoy_filters: Istio traffic configuration
+            (``networking.istio.io``), hosts resolved to FQDNs.
     """
 
     cluster: LabCluster
@@ -175,6 +179,9 @@ class Topology:
     workloads: list[Workload] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    destination_rules: list[DestinationRule] = field(default_factory=list)
+    virtual_services: list[VirtualService] = field(default_factory=list)
+    envoy_filters: list[EnvoyFilter] = field(default_factory=list)
 
     def is_meshed(self, workload: Workload) -> bool:
         """Whether Istio would inject a sidecar into this workload's pods."""
@@ -216,3 +223,151 @@ class Topology:
             if svc.name == name:
                 return svc
         raise KeyError(name)
+
+
+# -- Istio traffic configuration (networking.istio.io; parsed by meshlab.istio_resources) --------
+# Socket options and keepalive reuse the sidecar contract's Envoy types (meshlab.proxy.policy).
+
+@dataclass(frozen=True)
+class ConnectionPoolSpec:
+    """DR ``trafficPolicy.connectionPool`` as written (0 / None = unset, Istio's FIXME semantics).
+
+    Attributes:
+        max_connections: ``tcp.maxConnections``.
+        connect_timeout_s: ``tcp.connectTimeout``.
+        tcp_keepalive: ``tcp.tcpKeepalive``.
+        tcp_idle_timeout_s: ``tcp.idleTimeout``.
+        http1_max_pending_requests: ``http.http1MaxPendingRequests``.
+        http2_max_requests: ``http.http2MaxRequests``.
+        max_requests_per_connection: ``http.maxRequestsPerConnection``.
+        max_retries: ``http.maxRetries``.
+        http_idle_timeout_s: ``http.idleTimeout``.
+    """
+
+    max_connections: int = 0
+    connect_timeout_s: float | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    tcp_idle_timeout_s: float | None = None
+    http1_max_pending_requests: int = 0
+    http2_max_requests: int = 0
+    max_requests_per_connection: int = 0
+    max_retries: int = 0
+    http_idle_timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class OutlierSpec:
+    """DR ``trafficPolicy.outlierDetection`` as written (None / 0 = unset)."""
+
+    consecutive_5xx_errors: int | None = None
+    consecutive_gateway_errors: int | None = None
+    interval_s: float | None = None
+    base_ejection_time_s: float | None = None
+    max_ejection_percent: int = 0
+    min_health_percent: int = 0
+
+
+@dataclass(frozen=True)
+class TrafficPolicySpec:
+    """A DR ``trafficPolicy`` (or one ``portLevelSettings`` entry)."""
+
+    connection_pool: ConnectionPoolSpec | None = None
+    outlier_detection: OutlierSpec | None = None
+
+
+@dataclass(frozen=True)
+class DestinationRule:
+    """``networking.istio.io`` DestinationRule: ``host`` (FQDN) and its traffic policy.
+
+    ``port_policies`` maps a port number to its ``portLevelSettings`` entry.
+    """
+
+    name: str
+    namespace: str
+    host: str
+    traffic_policy: TrafficPolicySpec
+    port_policies: dict[int, TrafficPolicySpec] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class HttpRouteSpec:
+    """One VS ``http[]`` entry with its single destination.
+
+    Attributes:
+        host: destination FQDN.
+        port: destination port, or None (every port of the host).
+        timeout_s: ``timeout``; None = unset, 0 = disabled.
+        retry_attempts: ``retries.attempts`` (None = no ``retries`` block).
+        retry_on: ``retries.retryOn`` ("" = unset).
+        per_try_timeout_s: ``retries.perTryTimeout``.
+        abort_status: ``fault.abort.httpStatus``; abort_percent its ``percentage.value``.
+        delay_s: ``fault.delay.fixedDelay``; delay_percent its ``percentage.value``.
+    """
+
+    host: str
+    port: int | None = None
+    timeout_s: float | None = None
+    retry_attempts: int | None = None
+    retry_on: str = ""
+    per_try_timeout_s: float | None = None
+    abort_status: int | None = None
+    abort_percent: float = 100.0
+    delay_s: float | None = None
+    delay_percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class VirtualService:
+    """``networking.istio.io`` VirtualService: ``hosts`` (FQDNs) and its HTTP route."""
+
+    name: str
+    namespace: str
+    hosts: tuple[str, ...]
+    http: tuple[HttpRouteSpec, ...]
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class EnvoyFilterPatch:
+    """One ``configPatches[]`` entry (``operation: MERGE``).
+
+    Attributes:
+        apply_to: ``LISTENER`` or ``CLUSTER``.
+        context: ``SIDECAR_INBOUND``, ``SIDECAR_OUTBOUND`` or ``ANY``.
+        port: ``match.listener.portNumber`` / ``match.cluster.portNumber``, or None.
+        service: ``match.cluster.service`` (FQDN), or None.
+        socket_options: listener ``socket_options`` / cluster
+            ``upstream_bind_config.socket_options``.
+        tcp_keepalive: cluster ``upstream_connection_options.tcp_keepalive``.
+    """
+
+    apply_to: str
+    context: str
+    port: int | None = None
+    service: str | None = None
+    socket_options: tuple[SocketOption, ...] = ()
+    tcp_keepalive: TcpKeepalive | None = None
+
+
+@dataclass(frozen=True)
+class EnvoyFilter:
+    """``networking.istio.io`` EnvoyFilter; ``workload_labels`` None selects every workload of
+    the namespace (every namespace for the root namespace ``istio-system``)."""
+
+    name: str
+    namespace: str
+    workload_labels: dict[str, str] | None
+    patches: tuple[EnvoyFilterPatch, ...]
+    source: str = ""
+
+    def selects(self, namespace: str, labels: dict[str, str]) -> bool:
+        """Whether this filter applies to a pod in ``namespace`` with ``labels``."""
+        if self.namespace not in (namespace, ISTIO_ROOT_NAMESPACE):
+            return False
+        sel = self.workload_labels or {}
+        return all(labels.get(k) == v for k, v in sel.items())
+
+
+#: Istio's config root namespace: its EnvoyFilters apply mesh-wide.
+ISTIO_ROOT_NAMESPACE = "istio-system"

@@ -16,14 +16,44 @@ fi
 APT_PACKAGES="iproute2 iptables conntrack procps psmisc util-linux curl ca-certificates \
 python3 python3-venv python3-dev chromium"
 
-missing=""
-for pkg in $APT_PACKAGES; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
-done
+# missing_of LIST: the packages of LIST that are not installed yet (space-separated)
+missing_of() {
+  local pkg out=""
+  for pkg in $1; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || out="$out $pkg"
+  done
+  echo "$out"
+}
+apt_install() {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing="$(missing_of "$APT_PACKAGES")"
 if [ -n "$missing" ]; then
   echo "setup.sh: installing apt packages:$missing"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  apt_install $missing
+fi
+
+# nginx: the peer L7 proxy (and the app) of benchmarks/sidecar.py, which runs its own instances
+# from a temp config inside lab namespaces; wrk: its closed-loop load. The Debian package would
+# start a system nginx on the host's port 80: a temporary policy-rc.d (exit 101) forbids that,
+# and the service is disabled so a reboot does not start it either.
+BENCH_PACKAGES="nginx wrk"
+missing="$(missing_of "$BENCH_PACKAGES")"
+if [ -n "$missing" ]; then
+  echo "setup.sh: installing apt packages (services not started):$missing"
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  apt_install $missing
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now nginx >/dev/null 2>&1 || true
+  fi
 fi
 
 VENV=.venv

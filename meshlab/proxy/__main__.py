@@ -13,16 +13,10 @@ import asyncio
 import os
 import signal
 import sys
-import time
 
 from meshlab.errors import ConfigError
 from meshlab.proxy.accesslog import AccessLogWriter
-from meshlab.proxy.admin import (
-    admin_response,
-    agent_response,
-    prometheus_listener_response,
-    start_handler_server,
-)
+from meshlab.proxy.admin_server import start_admin
 from meshlab.proxy.config import SidecarConfig, load_config
 from meshlab.proxy.io import Sidecar
 from meshlab.proxy.metrics import ProxyStats
@@ -63,25 +57,7 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     stats = ProxyStats(store, delimited=config.stats_delimited_tags)
     access_log = AccessLogWriter(config.access_log_path, config.access_log_encoding)
     sidecar = Sidecar(config, stats, access_log)
-    start_s = time.time()
-    ports = config.ports
-    listeners = tuple(f"{name}::0.0.0.0:{port}" for name, port in
-                      (("virtualOutbound", ports.outbound), ("virtualInbound", ports.inbound),
-                       (f"0.0.0.0_{ports.prometheus}", ports.prometheus)))
-
-    def admin(method: str, target: str):  # type: ignore[no-untyped-def]
-        return admin_response(method, target, store, on_quit=stop.set, start_s=start_s,
-                              listeners=listeners)
-
-    servers = [
-        await start_handler_server("127.0.0.1", ports.admin, admin, None),
-        await start_handler_server("0.0.0.0", ports.prometheus,
-                                   lambda m, t: prometheus_listener_response(m, t, store),
-                                   b"envoy"),
-        await start_handler_server("0.0.0.0", ports.agent,
-                                   lambda m, t: agent_response(m, t, store, on_quit=stop.set),
-                                   None),
-    ]
+    admin = await start_admin(config, stats, sidecar, stop.set)
     await sidecar.start()
     if drop_to is not None:
         drop_privileges(*drop_to)
@@ -89,15 +65,14 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     async def flusher() -> None:
         while True:
             await asyncio.sleep(config.stats_flush_interval_s)
-            store.flush()
+            admin.flush()
 
     flush_task = asyncio.ensure_future(flusher())
     try:
         await stop.wait()
     finally:
         flush_task.cancel()
-        for server in servers:
-            server.close()
+        admin.close()
         await sidecar.close()
         access_log.close()
 

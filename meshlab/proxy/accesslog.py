@@ -5,7 +5,9 @@ JSON follows Istio's ``EnvoyJSONLogFormatIstio`` (I:pilot/pkg/model/telemetry_lo
 ``upstream_transport_failure_reason`` last. Envoy's ``json_format`` keeps the native type of a
 value that is a single command operator: numbers for codes, bytes and durations, ``null`` for a
 missing value, strings otherwise (``%RESP(...)%`` headers stay strings). TEXT is Istio's
-``EnvoyTextLogFormat`` (``-`` for missing values).
+``EnvoyTextLogFormat`` of the ``%UPSTREAM_CLUSTER_RAW%`` era (Istio >= 1.24; ``-`` for missing
+values) and is the default encoding, as in Istio when ``accessLogEncoding`` is unset.
+:mod:`meshlab.collectors.accesslog` parses both back into the same records.
 """
 
 from __future__ import annotations
@@ -130,10 +132,10 @@ class AccessLogWriter:
 
     Args:
         path: log file (its directory must be writable); None disables logging.
-        encoding: ``JSON`` or ``TEXT``.
+        encoding: ``TEXT`` (Istio's default) or ``JSON``.
     """
 
-    def __init__(self, path: str | None, encoding: str = "JSON") -> None:
+    def __init__(self, path: str | None, encoding: str = "TEXT") -> None:
         self.path = path
         self.encoding = encoding
         self._format = format_json if encoding == "JSON" else format_text

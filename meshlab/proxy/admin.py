@@ -1,7 +1,9 @@
 """Admin (127.0.0.1:15000), Envoy Prometheus (15090) and agent (15020) endpoints (ENVOY.md §4, §5).
 
-Request routing is a pure function (:func:`admin_response` etc.) so it is unit-testable; the
-asyncio part is a tiny keep-alive HTTP/1.1 server over h11.
+Request routing is a pure function (:func:`admin_response` over an :class:`AdminContext`) so
+it is unit-testable; page bodies come from :mod:`.stats_render`, :mod:`.admin_clusters`,
+:mod:`.admin_config`, :mod:`.admin_logging` and :mod:`.admin_state`. The asyncio part is a tiny
+keep-alive HTTP/1.1 server over h11.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -18,14 +20,25 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 
 from meshlab import __version__
+from meshlab.proxy.admin_clusters import (
+    render_clusters_json,
+    render_clusters_text,
+    render_listeners,
+)
+from meshlab.proxy.admin_config import config_dump, node
+from meshlab.proxy.admin_state import ServerState
+from meshlab.proxy.config import SidecarConfig
 from meshlab.proxy.http_headers import http_date
+from meshlab.proxy.metrics import ProxyStats
 from meshlab.proxy.stats import StatsStore
 from meshlab.proxy.stats_render import render_json, render_prometheus, render_text
 
 PROM_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+JSON_CONTENT_TYPE = b"application/json"
 _POST_ONLY = ("/quitquitquit", "/reset_counters", "/healthcheck/fail", "/healthcheck/ok",
               "/drain_listeners", "/logging")
-_GET = ("/stats", "/stats/prometheus", "/ready", "/server_info", "/listeners")
+_GET = ("/stats", "/stats/prometheus", "/ready", "/server_info", "/listeners", "/clusters",
+        "/config_dump")
 
 
 @dataclass(frozen=True)
@@ -37,80 +50,156 @@ class Reply:
     content_type: bytes = b"text/plain; charset=UTF-8"
 
 
+@dataclass
+class AdminContext:
+    """What the admin endpoints read and act on.
+
+    Attributes:
+        stats: the sidecar's stat trees (``.store`` is the stats store).
+        config: the sidecar config (``/config_dump``, ``/clusters``, ``/listeners``).
+        server: health / drain / logging state.
+        on_quit: called on ``POST /quitquitquit``.
+        on_drain: ``(inbound_only, graceful)`` called on ``POST /drain_listeners``.
+    """
+
+    stats: ProxyStats
+    config: SidecarConfig
+    server: ServerState
+    on_quit: Callable[[], None] | None = None
+    on_drain: Callable[[bool, bool], None] | None = None
+
+    @property
+    def store(self) -> StatsStore:
+        """The stats store."""
+        return self.stats.store
+
+
 def _usage() -> bytes:
     cmds = "".join(f"  {p}\n" for p in sorted(_GET + _POST_ONLY))
     return f"invalid path. admin commands are:\n{cmds}".encode()
 
 
-def admin_response(method: str, target: str, store: StatsStore, *, server_state: int = 0,
-                   on_quit: Callable[[], None] | None = None, start_s: float = 0.0,
-                   listeners: tuple[str, ...] = ()) -> Reply:
-    """Answer one request to the Envoy admin port.
+def _mutate(path: str, query: dict[str, list[str]], ctx: AdminContext) -> Reply:
+    if path == "/quitquitquit":
+        if ctx.on_quit is not None:
+            ctx.on_quit()
+        return Reply(200, b"OK\n")
+    if path == "/reset_counters":
+        ctx.stats.reset_counters()
+        return Reply(200, b"OK\n")
+    if path in ("/healthcheck/fail", "/healthcheck/ok"):
+        ctx.server.fail_healthcheck(path.endswith("fail"))
+        return Reply(200, b"OK\n")
+    if path == "/drain_listeners":
+        if ctx.on_drain is not None:
+            ctx.on_drain("inboundonly" in query, "graceful" in query)
+        return Reply(200, b"OK\n")
+    status, body = ctx.server.logging.handle(query)  # /logging
+    return Reply(status, body.encode())
+
+
+def _stats(path: str, query: dict[str, list[str]], ctx: AdminContext) -> Reply:
+    filt = query.get("filter", [None])[0]
+    used_only = "usedonly" in query
+    fmt = "prometheus" if path == "/stats/prometheus" else query.get("format", ["text"])[0]
+    if filt:
+        try:
+            re.compile(filt)
+        except re.error as exc:
+            return Reply(400, f"Invalid re2 regex: {exc}\n".encode())
+    store = ctx.store
+    if fmt == "json":
+        return Reply(200, render_json(store, filt, used_only).encode(), JSON_CONTENT_TYPE)
+    if fmt == "prometheus":
+        return Reply(200, render_prometheus(store, used_only, filt).encode(), PROM_CONTENT_TYPE)
+    if fmt != "text":
+        return Reply(404, f"usage: /stats?format=(json|prometheus|text), got {fmt}\n".encode())
+    return Reply(200, render_text(store, filt, used_only).encode())
+
+
+def _server_info(ctx: AdminContext) -> Reply:
+    srv = ctx.server
+    up = f"{srv.uptime_s}s"
+    doc = {"version": f"meshlab/{__version__}/Clean/RELEASE/BoringSSL", "state": srv.state_name,
+           "hot_restart_version": "disabled",
+           "command_line_options": {
+               "concurrency": 1, "log_level": srv.logging.level("main"),
+               "component_log_level": "misc:error", "drain_time": f"{int(srv.drain_time_s)}s",
+               "drain_strategy": "Immediate", "parent_shutdown_time": "60s", "mode": "Serve",
+               "local_address_ip_version": "v4", "service_cluster": node(ctx.config)["cluster"],
+               "service_node": node(ctx.config)["id"]},
+           "node": node(ctx.config), "uptime_current_epoch": up, "uptime_all_epochs": up}
+    return Reply(200, json.dumps(doc, indent=2).encode(), JSON_CONTENT_TYPE)
+
+
+def admin_response(method: str, target: str, ctx: AdminContext) -> Reply:
+    """Answer one request to the Envoy admin port (ENVOY.md §5).
+
+    Mutating endpoints need POST: any other method gets 400 and changes nothing.
 
     Args:
         method: HTTP method.
         target: request target (path and query).
-        store: the stats store.
-        server_state: ``server.state`` (0 LIVE).
-        on_quit: called on ``POST /quitquitquit``.
-        start_s: process start (epoch seconds) for ``/server_info``.
-        listeners: ``name::address`` lines for ``/listeners``.
+        ctx: what the endpoints read and act on.
     """
     url = urlsplit(target)
     path, query = url.path, parse_qs(url.query, keep_blank_values=True)
     if path in _POST_ONLY:
         if method != "POST":
-            return Reply(400, b"Method GET not allowed, POST required.\n")
-        if path == "/quitquitquit":
-            if on_quit is not None:
-                on_quit()
-            return Reply(200, b"OK\n")
-        if path == "/reset_counters":
-            store.reset_counters()
-            return Reply(200, b"OK\n")
-        return Reply(200, b"OK\n")
+            return Reply(400, f"Method {method} not allowed, POST required.\n".encode())
+        return _mutate(path, query, ctx)
     if method not in ("GET", "HEAD", "POST"):
         return Reply(405, b"")
-    filt = query.get("filter", [None])[0]
-    used_only = "usedonly" in query
-    if path == "/stats":
-        fmt = query.get("format", ["text"])[0]
-        if fmt == "json":
-            return Reply(200, render_json(store, filt, used_only).encode(), b"application/json")
-        if fmt == "prometheus":
-            return Reply(200, render_prometheus(store, used_only).encode(), PROM_CONTENT_TYPE)
-        return Reply(200, render_text(store, filt, used_only).encode())
-    if path == "/stats/prometheus":
-        return Reply(200, render_prometheus(store, used_only).encode(), PROM_CONTENT_TYPE)
+    if path in ("/stats", "/stats/prometheus"):
+        return _stats(path, query, ctx)
     if path == "/ready":
-        names = {0: "LIVE", 1: "DRAINING", 2: "PRE_INITIALIZING", 3: "INITIALIZING"}
-        state = names.get(server_state, "LIVE")
-        return Reply(200 if server_state == 0 else 503, f"{state}\n".encode())
+        srv = ctx.server
+        return Reply(200 if srv.state == 0 else 503, f"{srv.state_name}\n".encode())
     if path == "/server_info":
-        doc = {"version": f"meshlab/{__version__}/Clean/RELEASE/BoringSSL",
-               "state": "LIVE" if server_state == 0 else "DRAINING",
-               "uptime_current_epoch": f"{int(time.time() - start_s)}s",
-               "uptime_all_epochs": f"{int(time.time() - start_s)}s",
-               "hot_restart_version": "disabled", "command_line_options": {}, "node": {}}
-        return Reply(200, json.dumps(doc, indent=2).encode(), b"application/json")
+        return _server_info(ctx)
+    fmt = query.get("format", ["text"])[0]
     if path == "/listeners":
-        return Reply(200, "".join(line + "\n" for line in listeners).encode())
+        body = render_listeners(ctx.config, fmt)
+        return Reply(200, body.encode(), JSON_CONTENT_TYPE if fmt == "json" else Reply.content_type)
+    if path == "/clusters":
+        if fmt == "json":
+            return Reply(200, render_clusters_json(ctx.config, ctx.stats).encode(),
+                         JSON_CONTENT_TYPE)
+        return Reply(200, render_clusters_text(ctx.config, ctx.stats).encode())
+    if path == "/config_dump":
+        try:
+            status, body = config_dump(ctx.config, ctx.store.matcher,
+                                       resource=query.get("resource", [None])[0] or None,
+                                       name_regex=query.get("name_regex", [None])[0] or None,
+                                       include_eds="include_eds" in query)
+        except re.error as exc:
+            return Reply(400, f"Error while parsing name_regex: {exc}\n".encode())
+        return Reply(status, body.encode(), JSON_CONTENT_TYPE)
     return Reply(404, _usage())
 
 
 def prometheus_listener_response(method: str, target: str, store: StatsStore) -> Reply:
     """15090: only ``/stats/prometheus`` is routed (to the admin); anything else → 404 NR."""
-    if urlsplit(target).path.startswith("/stats/prometheus"):
-        return admin_response("GET", target, store)
+    url = urlsplit(target)
+    if url.path.startswith("/stats/prometheus"):
+        query = parse_qs(url.query, keep_blank_values=True)
+        return Reply(200, render_prometheus(store, "usedonly" in query,
+                                            query.get("filter", [None])[0]).encode(),
+                     PROM_CONTENT_TYPE)
     return Reply(404, b"")
 
 
 def agent_response(method: str, target: str, store: StatsStore, *, ready: bool = True,
                    on_quit: Callable[[], None] | None = None) -> Reply:
-    """15020 (pilot-agent): merged ``/stats/prometheus`` and ``/metrics``, ``/healthz/ready``."""
+    """15020 (pilot-agent): merged ``/stats/prometheus`` and ``/metrics``, ``/healthz/ready``.
+
+    The merged output is the agent's own metrics (none here), then Envoy's 15090 output with
+    the query string passed through, then the app's (not scraped here; ENVOY.md §4).
+    """
     path = urlsplit(target).path
     if path in ("/stats/prometheus", "/metrics"):
-        return Reply(200, render_prometheus(store).encode(), PROM_CONTENT_TYPE)
+        return prometheus_listener_response("GET", "/stats/prometheus" + (
+            "?" + urlsplit(target).query if urlsplit(target).query else ""), store)
     if path == "/healthz/ready":
         return Reply(200 if ready else 503, b"" if ready else b"not ready\n")
     if path == "/quitquitquit":

@@ -12,6 +12,12 @@ Optional keys beyond the contract (all with Istio defaults, ENVOY.md §8):
 - ``outbound_retry``: ``{"num_retries": 2, "retry_on": "connect-failure,..."}``.
 - ``inbound_retry``: same shape; default none (Istio <= 1.23 sets no inbound retry policy).
 - ``policies``: per-cluster / per-route traffic policy (:mod:`meshlab.proxy.policy`).
+- ``max_request_headers_kb`` (60), ``max_headers_count`` (100), ``delayed_close_timeout_s`` (1.0):
+  HCM limits (ENVOY.md §8).
+- ``access_log_encoding``: ``TEXT`` (Istio's default when absent) or ``JSON``.
+- ``outbound_traffic_policy``: ``ALLOW_ANY`` (default) or ``REGISTRY_ONLY`` (Istio
+  ``meshConfig.outboundTrafficPolicy.mode``; unknown destinations → ``BlackHoleCluster``).
+- ``tcp_stats_update_period_s``: tcp_stats ``update_period``; null (default) = only at close.
 """
 
 from __future__ import annotations
@@ -109,11 +115,16 @@ class RetrySettings:
         num_retries: retries after the first attempt.
         retry_on: Envoy retry conditions.
         base_interval_ms: backoff base (Envoy default 25 ms); max is 10x base.
+        per_try_timeout_s: per-attempt timeout (VS ``perTryTimeout``); None = none.
+        retriable_status_codes: codes ``retriable-status-codes`` retries (Istio puts the
+            numeric entries of a VS ``retryOn`` here).
     """
 
     num_retries: int = 2
     retry_on: frozenset[str] = frozenset(ISTIO_DEFAULT_RETRY_ON.split(","))
     base_interval_ms: float = 25.0
+    per_try_timeout_s: float | None = None
+    retriable_status_codes: frozenset[int] = frozenset()
 
     @property
     def max_interval_ms(self) -> float:
@@ -132,7 +143,7 @@ class SidecarConfig:
     services: tuple[Service, ...] = ()
     connect_timeout_s: float = 10.0
     access_log_path: str | None = None
-    access_log_encoding: str = "JSON"
+    access_log_encoding: str = "TEXT"  # Istio's default (meshConfig.accessLogEncoding)
     stats_inclusion_regexps: tuple[str, ...] = ()
     route_timeout_s: float | None = None
     stats_flush_interval_s: float = 5.0
@@ -140,6 +151,11 @@ class SidecarConfig:
     outbound_retry: RetrySettings | None = field(default_factory=RetrySettings)
     inbound_retry: RetrySettings | None = None
     policies: Policies = field(default_factory=Policies)
+    max_request_headers_kb: int = 60  # HCM default; over it → 431 DPE (ENVOY.md §8)
+    max_headers_count: int = 100  # HCM common_http_protocol_options default
+    delayed_close_timeout_s: float = 1.0  # HCM default; 0 disables
+    outbound_traffic_policy: str = "ALLOW_ANY"  # meshConfig.outboundTrafficPolicy.mode
+    tcp_stats_update_period_s: float | None = None  # tcp_stats update_period; None = at close
 
     def inbound_port(self, port: int) -> InboundPort | None:
         """The declared inbound port ``port``, or None."""
@@ -179,6 +195,12 @@ def _num(value: Any, where: str, *, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise ConfigError(f"{where}: expected a number >= {minimum}, got {value!r}")
     return float(value)
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _ip(value: Any, where: str) -> str:
@@ -284,7 +306,7 @@ def parse_config(doc: Any) -> SidecarConfig:
             cluster_ip=_ip(_req(s, "cluster_ip", w), f"{w}.cluster_ip"),
             ports=tuple(sports), endpoints=tuple(eps)))
 
-    encoding = doc.get("access_log_encoding", "JSON")
+    encoding = doc.get("access_log_encoding", "TEXT")
     if encoding not in ("JSON", "TEXT"):
         raise ConfigError(f"access_log_encoding: expected JSON or TEXT, got {encoding!r}")
     regexps = tuple(_str(r, f"stats_inclusion_regexps[{i}]") for i, r in
@@ -324,6 +346,17 @@ def parse_config(doc: Any) -> SidecarConfig:
         outbound_retry=_retry(doc.get("outbound_retry", {}), "outbound_retry"),
         inbound_retry=_retry(doc.get("inbound_retry"), "inbound_retry"),
         policies=parse_policies(doc.get("policies")),
+        max_request_headers_kb=int(_num(doc.get("max_request_headers_kb", 60),
+                                        "max_request_headers_kb", minimum=1)),
+        max_headers_count=int(_num(doc.get("max_headers_count", 100), "max_headers_count",
+                                   minimum=1)),
+        delayed_close_timeout_s=_num(doc.get("delayed_close_timeout_s", 1.0),
+                                     "delayed_close_timeout_s"),
+        outbound_traffic_policy=_choice(doc.get("outbound_traffic_policy", "ALLOW_ANY"),
+                                        "outbound_traffic_policy", ("ALLOW_ANY", "REGISTRY_ONLY")),
+        tcp_stats_update_period_s=(None if doc.get("tcp_stats_update_period_s") is None else
+                                   _num(doc["tcp_stats_update_period_s"],
+                                        "tcp_stats_update_period_s", minimum=0.001)),
     )
 
 

@@ -10,8 +10,11 @@ Rules:
   ``upstream connect error or disconnect/reset before headers. [retried and the latest ]reset
   reason: <r>[, transport failure reason: <t>]`` and details
   ``upstream_reset_before_response_started{<r>[|<t>]}`` with spaces replaced by ``_``.
-- ``UH`` → 503 ``no healthy upstream``; ``UT`` → 504 ``upstream request timeout``; ``NR`` → 404
-  with an empty body; ``DPE`` → 400 ``Bad Request`` (431 for oversized headers).
+- ``UH`` → 503 ``no healthy upstream``; ``UT`` → 504 ``upstream request timeout`` (204 empty
+  with ``x-envoy-upstream-rq-timeout-alt-response``); ``NR`` → 404 with an empty body; ``UPE`` →
+  502; ``UO`` → 503 plus ``x-envoy-overloaded: true``; ``DPE`` → 400 ``Bad Request`` (431 for
+  oversized headers, :mod:`meshlab.proxy.http_limits`); ``FI`` → the configured status with
+  ``fault filter abort`` (:mod:`meshlab.proxy.fault_filter`).
 - A status the app itself returned (even 503) carries no flag and details ``via_upstream``.
 """
 
@@ -208,6 +211,24 @@ def upstream_reset_after_start_details(reason: ResetReason, transport_failure: s
 
 NO_HEALTHY_UPSTREAM = LocalReply(503, "no healthy upstream", "no_healthy_upstream", Flag.UH)
 UPSTREAM_TIMEOUT = LocalReply(504, "upstream request timeout", "response_timeout", Flag.UT)
+PER_TRY_TIMEOUT_DETAILS = "upstream_per_try_timeout"
+
+
+def upstream_timeout_reply(*, per_try: bool = False, alt_response: bool = False) -> LocalReply:
+    """The router's ``UT`` reply (``onUpstreamTimeoutAbort``).
+
+    Args:
+        per_try: the last attempt's per-try timeout fired (details ``upstream_per_try_timeout``)
+            rather than the route timeout (``response_timeout``).
+        alt_response: the request carried ``x-envoy-upstream-rq-timeout-alt-response``: 204 with
+            an empty body instead of 504 ``upstream request timeout``.
+    """
+    details = PER_TRY_TIMEOUT_DETAILS if per_try else UPSTREAM_TIMEOUT.details
+    if alt_response:
+        return LocalReply(204, "", details, Flag.UT)
+    return LocalReply(504, UPSTREAM_TIMEOUT.body, details, Flag.UT)
+
+
 NO_ROUTE = LocalReply(404, "", "route_not_found", Flag.NR)
 CLUSTER_NOT_FOUND = LocalReply(503, "", "cluster_not_found", Flag.NC)
 DOWNSTREAM_DISCONNECT_DETAILS = "downstream_remote_disconnect"

@@ -25,7 +25,17 @@ class Connect:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Wait ``delay_s`` before the next attempt (Envoy retry backoff, full jitter)."""
+    """Wait ``delay_s`` before the next attempt (Envoy retry backoff, full jitter).
+
+    A connection the failed attempt still holds is reset (HTTP/1 stream reset).
+    """
+
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class FaultDelay:
+    """Hold the request ``delay_s`` (fault filter delay), then report ``on_fault_delay_elapsed``."""
 
     delay_s: float
 
@@ -64,4 +74,5 @@ class Done:
     """Nothing more to send for this stream."""
 
 
-Action = Connect | Backoff | SendRequest | ForwardResponse | SendLocalReply | ResetDownstream | Done
+Action = (Connect | Backoff | FaultDelay | SendRequest | ForwardResponse | SendLocalReply
+          | ResetDownstream | Done)

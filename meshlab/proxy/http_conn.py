@@ -1,9 +1,16 @@
 """HTTP/1.1 downstream connections: drive :class:`~meshlab.proxy.http_core.HttpStream` actions.
 
-One :class:`HttpProxy` serves every captured HTTP connection of a sidecar: h11 parses the
-downstream bytes, each request gets a stream, and the actions the stream returns are executed
-here (pooled upstream connections, backoff sleeps, response pumping, local replies) while a
-pending downstream read watches for the client going away and the route deadline runs.
+One :class:`HttpProxy` serves every captured HTTP connection of a sidecar (each connection is its
+own asyncio task, so a slow or half-sent request never blocks another connection): h11 parses
+the downstream bytes under Envoy's head limits (:mod:`~meshlab.proxy.http_limits`), each request
+gets a stream, and the actions the stream returns are executed here (fault delays, pooled
+upstream connections, backoff sleeps, response pumping, local replies) while a pending
+downstream read watches for the client going away and the route and per-try deadlines run.
+
+Deadlines (ENVOY.md §8): the route timeout runs from the router's start (after any fault delay)
+to the end of the response; the per-try timeout from each attempt's connection ready. A local
+reply that closes the connection is followed by ``delayed_close_timeout``
+(:func:`~meshlab.proxy.http_downstream.delayed_close`).
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ import h11
 from meshlab.proxy import http_actions as actions
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.capture import ConnectionHandler
+from meshlab.proxy.circuit import CircuitRegistry
 from meshlab.proxy.config import SidecarConfig
 from meshlab.proxy.flags import ResetReason
 from meshlab.proxy.http_core import HttpStream, StreamContext, protocol_error_stream
-from meshlab.proxy.http_headers import MAX_REQUEST_HEADERS_BYTES
+from meshlab.proxy.http_downstream import DownstreamReader, delayed_close
+from meshlab.proxy.http_limits import HeadLimitExceeded, HeadMeter, codec_error_reply
+from meshlab.proxy.http_route import route_defaults
 from meshlab.proxy.metrics import PeerInfo, ProxyStats
 from meshlab.proxy.pool import (
     READ_CHUNK,
@@ -31,6 +41,9 @@ from meshlab.proxy.pool import (
 )
 from meshlab.proxy.router import Address, Cluster, Router
 
+#: ``serve`` outcomes of one request: keep the connection, close it, or close after the delay.
+KEEP, CLOSE, LINGER = "keep", "close", "linger"
+
 
 def reset_reason(exc: UpstreamClosed | UpstreamProtocolError) -> ResetReason:
     """The Envoy reset reason of an upstream failure while a request used the connection."""
@@ -39,59 +52,33 @@ def reset_reason(exc: UpstreamClosed | UpstreamProtocolError) -> ResetReason:
     return ResetReason.CONNECTION_TERMINATION
 
 
-class DownstreamReader:
-    """Single reader of the downstream socket; lets a pending read double as a close watcher."""
+class Deadlines:
+    """The route and per-try deadlines of one stream (event-loop time, None = not running)."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
-        self._task: asyncio.Task[bytes] | None = None
-        self._stash = bytearray()
-        self.eof = False
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.route: float | None = None
+        self.per_try: float | None = None
+        self._route_started = False
 
-    def unread(self, data: bytes) -> None:
-        """Keep ``data`` (pipelined bytes seen while watching) for the next :meth:`read`."""
-        self._stash += data
+    def start_route(self, timeout_s: float | None) -> None:
+        """Arm the route deadline once (at the router's first attempt)."""
+        if not self._route_started:
+            self._route_started = True
+            self.route = self._loop.time() + timeout_s if timeout_s else None
 
-    def pending(self) -> asyncio.Task[bytes]:
-        """The outstanding read (started if needed)."""
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._read())
-        return self._task
+    def start_per_try(self, timeout_s: float | None) -> None:
+        """Arm (or clear) the per-try deadline for the attempt whose connection is ready."""
+        self.per_try = self._loop.time() + timeout_s if timeout_s else None
 
-    async def _read(self) -> bytes:
-        try:
-            return await self._reader.read(READ_CHUNK)
-        except (ConnectionError, OSError):
-            return b""
+    def next(self) -> tuple[float | None, str]:
+        """(the earliest deadline or None, ``"per_try"`` or ``"route"``)."""
+        if self.per_try is not None and (self.route is None or self.per_try < self.route):
+            return self.per_try, "per_try"
+        return self.route, "route"
 
-    async def read(self) -> bytes:
-        """Next chunk (b"" at EOF)."""
-        if self._stash:
-            data = bytes(self._stash)
-            self._stash.clear()
-            return data
-        task = self.pending()
-        data = await task
-        self._task = None
-        if not data:
-            self.eof = True
-        return data
-
-    def take(self) -> bytes | None:
-        """Result of a finished pending read, or None if still pending."""
-        if self._task is None or not self._task.done():
-            return None
-        data = self._task.result()
-        self._task = None
-        if not data:
-            self.eof = True
-        return data
-
-    def cancel(self) -> None:
-        """Drop the pending read."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+    def __repr__(self) -> str:
+        return f"Deadlines(route={self.route}, per_try={self.per_try})"
 
 
 class HttpProxy(ConnectionHandler):
@@ -107,49 +94,73 @@ class HttpProxy(ConnectionHandler):
                  own_peer: PeerInfo, access_log: AccessLogWriter, pool: ConnectionPool) -> None:
         super().__init__(config, router, stats, own_peer, access_log)
         self.pool = pool
+        self.circuits = CircuitRegistry()  # per-cluster circuit breakers (ENVOY.md §8)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     cluster: Cluster, dst: Address, remote: Address) -> None:
         """Serve requests on one downstream connection until it closes."""
         cfg = self.config
-        retry = cfg.outbound_retry if cluster.direction == "outbound" else cfg.inbound_retry
+        rd = route_defaults(cfg, cluster)
         ctx = StreamContext(cluster=cluster, router=self.router, stats=self.stats,
-                            own_peer=self.own_peer, connect_timeout_s=cfg.connect_timeout_s,
-                            route_timeout_s=cfg.route_timeout_s, retry=retry,
+                            own_peer=self.own_peer, connect_timeout_s=rd.connect_timeout_s,
+                            route_timeout_s=rd.route_timeout_s, retry=rd.retry,
                             downstream_local=dst, downstream_remote=remote)
         hstats = self.stats.http(cluster.http_stat_prefix)
         hstats.downstream_cx_total.inc()
         hstats.downstream_cx_http1_total.inc()
         hstats.downstream_cx_active.inc()
-        codec = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEADERS_BYTES)
+        max_bytes = cfg.max_request_headers_kb * 1024
+        # h11's own limit sits above Envoy's so the HeadMeter decides (ENVOY.md §8)
+        codec = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes + READ_CHUNK)
+        meter = HeadMeter(max_bytes, cfg.max_headers_count)
         down = DownstreamReader(reader)
+        outcome = CLOSE
         try:
             while True:
                 try:
-                    event = await self._next_request_event(codec, down)
-                except h11.RemoteProtocolError as exc:
+                    event = await self._next_request_event(codec, down, meter)
+                except (h11.RemoteProtocolError, HeadLimitExceeded) as exc:
+                    reply = exc.reply if isinstance(exc, HeadLimitExceeded) \
+                        else codec_error_reply(exc)
                     hstats.downstream_cx_protocol_error.inc()
-                    stream, reply = protocol_error_stream(ctx, exc.error_status_hint)
-                    await self._write_local_reply(codec, writer, reply)
+                    stream, local = protocol_error_stream(ctx, reply)
+                    await self._write_local_reply(codec, writer, local)
                     self.access_log.write(stream.finish())
+                    outcome = LINGER
                     return
+                meter.reset()
                 if not isinstance(event, h11.Request):
                     return  # ConnectionClosed or EOF between requests
-                keep_going = await self._handle_request(ctx, codec, down, writer, event)
-                if not keep_going or codec.our_state is not h11.DONE or \
+                outcome = await self._handle_request(ctx, codec, down, writer, event)
+                if outcome != KEEP or codec.our_state is not h11.DONE or \
                         codec.their_state is not h11.DONE:
                     return
                 codec.start_next_cycle()
         finally:
+            if outcome == LINGER:
+                await delayed_close(down, cfg.delayed_close_timeout_s)
             down.cancel()
             hstats.downstream_cx_active.dec()
             hstats.downstream_cx_destroy.inc()
 
-    async def _next_request_event(self, codec: h11.Connection, down: DownstreamReader) -> h11.Event:
+    async def _next_request_event(self, codec: h11.Connection, down: DownstreamReader,
+                                  meter: HeadMeter | None = None) -> h11.Event:
+        """The next h11 event; while a head is pending, ``meter`` enforces Envoy's limits.
+
+        Raises:
+            h11.RemoteProtocolError: unparseable bytes.
+            HeadLimitExceeded: the head went over ``max_request_headers_kb`` or
+                ``max_headers_count``.
+        """
         while True:
             event = codec.next_event()
             if event is h11.NEED_DATA:
-                codec.receive_data(await down.read())
+                data = await down.read()
+                if meter is not None:
+                    over = meter.feed(data)
+                    if over is not None:
+                        raise HeadLimitExceeded(over)
+                codec.receive_data(data)
                 continue
             if event is h11.PAUSED:
                 return h11.ConnectionClosed()
@@ -157,9 +168,10 @@ class HttpProxy(ConnectionHandler):
 
     async def _handle_request(self, ctx: StreamContext, codec: h11.Connection,
                               down: DownstreamReader, writer: asyncio.StreamWriter,
-                              request: h11.Request) -> bool:
-        """Serve one request; returns False when the downstream connection must close."""
+                              request: h11.Request) -> str:
+        """Serve one request; returns KEEP, CLOSE or LINGER (close after the delay)."""
         stream = HttpStream(ctx, request)
+        stream.limits = self.circuits.get(ctx.cluster, self.stats)
         try:
             if codec.they_are_waiting_for_100_continue:
                 writer.write(codec.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -168,76 +180,91 @@ class HttpProxy(ConnectionHandler):
                     event = await self._next_request_event(codec, down)
                 except h11.RemoteProtocolError:
                     stream.on_downstream_closed()
-                    return False
+                    return CLOSE
                 if isinstance(event, h11.Data):
                     stream.on_request_body(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 else:  # closed mid-request
                     stream.on_downstream_closed()
-                    return False
+                    return CLOSE
             action = stream.on_request_complete()
             return await self._drive(stream, action, codec, down, writer)
         finally:
             self.access_log.write(stream.finish())
 
     async def _drive(self, stream: HttpStream, action: actions.Action, codec: h11.Connection,
-                     down: DownstreamReader, writer: asyncio.StreamWriter) -> bool:
-        """Execute ``stream``'s actions until it is done; False → close downstream."""
+                     down: DownstreamReader, writer: asyncio.StreamWriter) -> str:
+        """Execute ``stream``'s actions until it is done; returns KEEP, CLOSE or LINGER."""
         ctx = stream.ctx
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ctx.route_timeout_s if ctx.route_timeout_s else None
+        dl = Deadlines(asyncio.get_running_loop())
         conn: UpstreamConnection | None = None
         bind_ip = ctx.cluster.bind_ip
         try:
             while True:
-                if isinstance(action, actions.Connect):
+                if isinstance(action, actions.FaultDelay):
+                    outcome, value = await self._race(asyncio.sleep(action.delay_s), down, dl)
+                    if outcome == "ok":
+                        action = stream.on_fault_delay_elapsed()
+                        continue
+                elif isinstance(action, actions.Connect):
+                    dl.start_route(stream.timeouts.timeout_s)
+                    dl.start_per_try(None)
                     outcome, value = await self._race(
                         self.pool.acquire(action.address, action.bind_ip, action.timeout_s,
-                                          stream.cluster_stats), down, deadline)
+                                          stream.cluster_stats, policy=ctx.cluster.policy,
+                                          limits=stream.limits), down, dl)
                     if outcome == "ok":
-                        conn, _reused = value
+                        conn, _reused = value  # type: ignore[misc]
+                        assert conn is not None
+                        dl.start_per_try(stream.timeouts.per_try_timeout_s)
                         action = stream.on_connected(conn.local_address)
                         continue
                 elif isinstance(action, actions.Backoff):
-                    outcome, value = await self._race(asyncio.sleep(action.delay_s), down,
-                                                      deadline)
+                    dl.start_per_try(None)
+                    if conn is not None:  # retried after a response: reset that stream
+                        conn.abort()
+                        conn = None
+                    outcome, value = await self._race(asyncio.sleep(action.delay_s), down, dl)
                     if outcome == "ok":
                         action = stream.on_backoff_elapsed()
                         continue
                 elif isinstance(action, actions.SendRequest):
                     assert conn is not None
                     outcome, value = await self._race(self._exchange_head(conn, action),
-                                                      down, deadline)
+                                                      down, dl)
                     if outcome == "ok":
-                        action = stream.on_response_headers(value)
+                        action = stream.on_response_headers(value)  # type: ignore[arg-type]
                         continue
                     conn.abort()
                     conn = None
                 elif isinstance(action, actions.ForwardResponse):
                     assert conn is not None
-                    ok = await self._pump_response(stream, action, conn, codec, writer, deadline)
+                    ok = await self._pump_response(stream, action, conn, codec, writer, dl)
                     if ok:
-                        self.pool.release(conn, bind_ip)
+                        self.pool.release(conn, bind_ip,
+                                          idle_timeout_s=ctx.cluster.policy.http_idle_timeout_s,
+                                          max_requests=ctx.cluster.policy.max_requests_per_connection)
                     else:
                         conn.abort()
                     conn = None
-                    return ok
+                    return KEEP if ok else CLOSE
                 elif isinstance(action, actions.SendLocalReply):
                     await self._write_local_reply(codec, writer, action)
-                    return not action.close
+                    return LINGER if action.close else KEEP
                 elif isinstance(action, actions.ResetDownstream):
                     writer.transport.abort()
-                    return False
+                    return CLOSE
                 elif isinstance(action, actions.Done):
-                    return True
+                    return KEEP
                 else:  # pragma: no cover
                     raise TypeError(f"unknown action {action!r}")
                 if outcome == "closed":
                     stream.on_downstream_closed()
-                    return False
+                    return CLOSE
                 if outcome == "timeout":
-                    action = stream.on_route_timeout()
+                    action = (stream.on_per_try_timeout() if value == "per_try"
+                              else stream.on_route_timeout())
                 else:
                     action = self._failed(stream, value)
         finally:
@@ -263,13 +290,14 @@ class HttpProxy(ConnectionHandler):
         return event
 
     async def _race(self, coro, down: DownstreamReader,  # type: ignore[no-untyped-def]
-                    deadline: float | None) -> tuple[str, object]:
-        """Run ``coro`` against downstream close and the route deadline.
+                    dl: Deadlines) -> tuple[str, object]:
+        """Run ``coro`` against downstream close and the stream's deadlines.
 
         Returns:
-            ("ok", result) | ("error", exc) | ("timeout", None) | ("closed", None).
+            ("ok", result) | ("error", exc) | ("timeout", "route" | "per_try") | ("closed", None).
         """
         task = asyncio.ensure_future(coro)
+        deadline, kind = dl.next()
         while True:
             watch = down.pending()
             timeout = None
@@ -292,17 +320,18 @@ class HttpProxy(ConnectionHandler):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            return ("timeout", None)
+            return ("timeout", kind)
 
     async def _pump_response(self, stream: HttpStream, action: actions.ForwardResponse,
                              conn: UpstreamConnection, codec: h11.Connection,
-                             writer: asyncio.StreamWriter, deadline: float | None) -> bool:
+                             writer: asyncio.StreamWriter, dl: Deadlines) -> bool:
         try:
             writer.write(codec.send(action.response))
         except h11.LocalProtocolError:
             stream.on_downstream_closed()
             return False
         loop = asyncio.get_running_loop()
+        deadline, kind = dl.next()
         while True:
             try:
                 if deadline is None:
@@ -311,7 +340,10 @@ class HttpProxy(ConnectionHandler):
                     event = await asyncio.wait_for(conn.next_event(),
                                                    max(0.0, deadline - loop.time()))
             except TimeoutError:
-                stream.on_route_timeout()
+                if kind == "per_try":
+                    stream.on_per_try_timeout()
+                else:
+                    stream.on_route_timeout()
                 writer.transport.abort()
                 return False
             except (UpstreamClosed, UpstreamProtocolError) as exc:

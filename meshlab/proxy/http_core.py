@@ -2,47 +2,46 @@
 
 The asyncio layer parses bytes with h11, creates one :class:`HttpStream` per request, feeds it
 events and executes the action (:mod:`~meshlab.proxy.http_actions`) each call returns. The
-stream owns routing, retries, header rewriting, local replies, response flags, stats and the
-access-log record.
+stream owns fault injection, routing, retries, header rewriting, local replies, response flags
+and stats; :mod:`~meshlab.proxy.http_record` turns it into the access-log record.
 
 Rules (event → phase → action)::
 
-    request_complete   REQUEST              → CONNECTING   Connect | LocalReply(NR, UH)
-    connected          CONNECTING           → WAITING      SendRequest
+    request_complete   REQUEST              → FAULT_DELAY  FaultDelay     (VS fault delay: DI)
+                                            → DONE         LocalReply(NR, FI abort, 426)
+                                            → CONNECTING   Connect | LocalReply UH
+    fault_delay_elapsed FAULT_DELAY         → DONE/CONNECTING  LocalReply FI | Connect
+    connected          CONNECTING           → WAITING      SendRequest    (per-try timer starts)
     connect_failed     CONNECTING           → BACKOFF      Backoff        (retry_on matches, retries left)
                                             → DONE         LocalReply UF  (+URX when retries exhausted)
     backoff_elapsed    BACKOFF              → CONNECTING   Connect (prefers a host not tried yet)
-    upstream_reset     WAITING              → BACKOFF/DONE Backoff | LocalReply UC (503, 95 B)
-    response_headers   WAITING              → RESPONDING   ForwardResponse (via_upstream, no flag)
+    upstream_reset     WAITING              → BACKOFF/DONE Backoff | LocalReply UC 503 (95 B) / UPE 502
+    response_headers   WAITING              → BACKOFF      Backoff        (status retriable, retries left)
+                                            → RESPONDING   ForwardResponse (via_upstream; +URX if exhausted)
     response_complete  RESPONDING           → DONE         -
     upstream_reset     RESPONDING           → DONE         ResetDownstream (UC, after_response_started)
-    route_timeout      CONNECTING..WAITING  → DONE         LocalReply UT 504
-    route_timeout      RESPONDING           → DONE         ResetDownstream (UT)
+    per_try_timeout    WAITING              → BACKOFF/DONE Backoff | LocalReply UT 504 upstream_per_try_timeout
+    route_timeout      CONNECTING..WAITING  → DONE         LocalReply UT 504 response_timeout (204 alt)
+    *_timeout          RESPONDING           → DONE         ResetDownstream (UT)
     downstream_closed  any but DONE         → DONE         Done (DC, code 0 if nothing was sent)
 
-Istio specifics followed here (it plays istio-proxy, not plain Envoy): the default outbound retry
-policy is ``num_retries 2`` on ``connect-failure,refused-stream,unavailable,cancelled`` (503
-excluded; :mod:`~meshlab.proxy.http_retry`); HTTP/1.0 is refused with 426 as Envoy does without
-``accept_http_10``. Header rewriting lives in :mod:`~meshlab.proxy.http_headers`.
+Istio specifics (it plays istio-proxy): default outbound retry 2 × ``connect-failure,…`` (503
+excluded) unless a VS sets ``retries`` (:mod:`~.http_retry`, :mod:`~.http_route`); VS ``fault``
+acts on the client side (:mod:`~.fault_filter`); HTTP/1.0 gets 426 (no ``accept_http_10``).
 """
 
 from __future__ import annotations
 
-import enum
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import h11
 
-from meshlab.proxy.accesslog import AccessRecord, format_address
-from meshlab.proxy.config import RetrySettings
+from meshlab.proxy import fault_filter
+from meshlab.proxy.accesslog import AccessRecord
 from meshlab.proxy.flags import (
     DOWNSTREAM_DISCONNECT_DETAILS,
     NO_HEALTHY_UPSTREAM,
     NO_ROUTE,
-    UPSTREAM_TIMEOUT,
     VIA_UPSTREAM,
     Flag,
     LocalReply,
@@ -51,17 +50,20 @@ from meshlab.proxy.flags import (
     downstream_protocol_error,
     upstream_reset_after_start_details,
     upstream_reset_reply,
+    upstream_timeout_reply,
 )
 from meshlab.proxy.http_actions import (
     Action,
     Backoff,
     Connect,
     Done,
+    FaultDelay,
     ForwardResponse,
     ResetDownstream,
     SendLocalReply,
     SendRequest,
 )
+from meshlab.proxy.http_context import Phase, StreamContext
 from meshlab.proxy.http_headers import (
     RequestHead,
     local_reply_response,
@@ -69,64 +71,24 @@ from meshlab.proxy.http_headers import (
     rewrite_response,
     upstream_request,
 )
+from meshlab.proxy.http_record import close_stream
 from meshlab.proxy.http_retry import RetryState
-from meshlab.proxy.metrics import DestinationService, PeerInfo, ProxyStats
-from meshlab.proxy.router import Address, Cluster, Router
+from meshlab.proxy.http_route import RequestTimeouts, request_settings
+from meshlab.proxy.metrics import PeerInfo
+from meshlab.proxy.router import Address
 
+if TYPE_CHECKING:  # pragma: no cover
+    from meshlab.proxy.circuit import ClusterResources
 
-class Phase(enum.Enum):
-    """Where a stream is in the rules table."""
-
-    REQUEST = "request"
-    CONNECTING = "connecting"
-    BACKOFF = "backoff"
-    WAITING = "waiting"
-    RESPONDING = "responding"
-    DONE = "done"
-
-
-@dataclass
-class StreamContext:
-    """Per-connection facts a stream needs (built once per downstream connection).
-
-    Attributes:
-        cluster: routing decision for the connection's original destination.
-        router: endpoint picker.
-        stats: stat trees.
-        own_peer: this pod's labels.
-        connect_timeout_s: cluster connect timeout.
-        route_timeout_s: route timeout, None = disabled (Istio default).
-        retry: the route's retry policy, or None.
-        downstream_local: original destination (``%DOWNSTREAM_LOCAL_ADDRESS%``).
-        downstream_remote: the client address.
-    """
-
-    cluster: Cluster
-    router: Router
-    stats: ProxyStats
-    own_peer: PeerInfo
-    connect_timeout_s: float
-    route_timeout_s: float | None
-    retry: RetrySettings | None
-    downstream_local: Address
-    downstream_remote: Address
-    rng: Callable[[], float] = field(default=random.random)
-    clock: Callable[[], float] = field(default=time.monotonic)
-    wall: Callable[[], float] = field(default=time.time)
-
-    @property
-    def direction(self) -> str:
-        """``outbound`` or ``inbound``."""
-        return self.cluster.direction
-
-    @property
-    def server_name(self) -> bytes:
-        """HCM ``server_name`` Istio configures for this direction."""
-        return b"istio-envoy" if self.cluster.direction == "inbound" else b"envoy"
+__all__ = ["HttpStream", "Phase", "StreamContext", "protocol_error_stream"]
 
 
 class HttpStream:
-    """One request/response exchange (see the module rules table)."""
+    """One request/response exchange (see the module rules table).
+
+    Attributes read by the I/O layer: :attr:`timeouts` (route and per-try timeouts of this
+    request) and :attr:`phase`.
+    """
 
     def __init__(self, ctx: StreamContext, request: h11.Request | None) -> None:
         self.ctx = ctx
@@ -137,6 +99,8 @@ class HttpStream:
         self._request_complete: float | None = None
         self._attempt_start = 0.0
         self.retry = RetryState(ctx.retry, ctx.rng)
+        self.timeouts = RequestTimeouts(ctx.route_timeout_s, None)
+        self.limits: ClusterResources | None = None  # circuit breakers, set by the I/O layer
         self.body = bytearray()
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -155,6 +119,8 @@ class HttpStream:
         self._head: RequestHead | None = None
         self.http = ctx.stats.http(ctx.cluster.http_stat_prefix)
         self.cluster_stats = ctx.stats.cluster(ctx.cluster.name)
+        self.fault = fault_filter.FaultState(ctx.cluster.route_policy, ctx.rng, ctx.stats.store,
+                                             self.http.prefix)
         self.http.downstream_rq_total.inc()
         self.http.downstream_rq_http1_total.inc()
         self.http.downstream_rq_active.inc()
@@ -171,6 +137,8 @@ class HttpStream:
         self.authority, self.user_agent, self.xff = head.authority, head.user_agent, head.xff
         self.request_id = head.request_id
         self.peer = head.peer
+        self.timeouts, policy = request_settings(head.envoy, ctx.route_timeout_s, ctx.retry)
+        self.retry = RetryState(policy, ctx.rng)
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -180,21 +148,41 @@ class HttpStream:
         self.bytes_received += len(data)
 
     def on_request_complete(self) -> Action:
-        """The whole request is in: route it."""
+        """The whole request is in: apply faults, then route it."""
         self._request_complete = self.ctx.clock()
-        if self.protocol == "HTTP/1.0":
+        if self.protocol != "HTTP/1.1":  # Envoy's codec treats every other version as 1.0
             return self.local_reply(LocalReply(426, "Upgrade Required", "http1.low_version",
                                                Flag.DPE, close_connection=True))
         if self.method == "CONNECT":  # no route has a connect_matcher
             self.http.no_route.inc()
             return self.local_reply(NO_ROUTE)
-        self.http.rq_total.inc()
+        delay_s = self.fault.delay_s()
+        if delay_s is not None:
+            self.flags.add(Flag.DI)
+            self.phase = Phase.FAULT_DELAY
+            return FaultDelay(delay_s)
+        return self._after_delay()
+
+    def on_fault_delay_elapsed(self) -> Action:
+        """The fault filter's delay is over: maybe abort, else route."""
+        self.fault.end_delay()
+        return self._after_delay()
+
+    def _after_delay(self) -> Action:
+        abort = self.fault.abort_reply()
+        if abort is not None:
+            return self.local_reply(abort)
+        self.http.rq_total.inc()  # the router starts here (after the fault filter)
+        self._request_complete = self.ctx.clock()  # route timeout / service time origin
+        if self.ctx.cluster.route_name == "block_all":  # Istio REGISTRY_ONLY (I:route.go)
+            self.http.counter("rq_direct_response").inc()
+            return self.local_reply(LocalReply(502, "", "direct_response", None))
         return self._next_attempt()
 
     def _next_attempt(self) -> Action:
         endpoint = self.ctx.router.pick(self.ctx.cluster, self.retry.tried)
         if endpoint is None:
-            self.cluster_stats.upstream_cx_none_healthy.inc()  # type: ignore[attr-defined]
+            self.cluster_stats.upstream_cx_none_healthy.inc()
             return self.local_reply(NO_HEALTHY_UPSTREAM, charge_cluster=True)
         attempt = self.retry.start_attempt(endpoint)
         self.upstream_host = endpoint
@@ -206,15 +194,17 @@ class HttpStream:
         """A connection to the chosen endpoint is ready: build the upstream request."""
         self.upstream_local = local_address
         self.phase = Phase.WAITING
-        self.cluster_stats.upstream_rq_total.inc()  # type: ignore[attr-defined]
+        self.cluster_stats.upstream_rq_total.inc()
         self.cluster_stats.upstream_rq_active.inc()
         assert self.request is not None and self._head is not None
         req = upstream_request(self.request, self._head, self.retry.attempt, len(self.body))
         return SendRequest(req, bytes(self.body))
 
     def on_connect_failed(self, reason: ResetReason, transport_failure: str = "") -> Action:
-        """Connecting failed (refused, timeout, unreachable)."""
+        """Connecting failed (refused, timeout, unreachable, overflow)."""
         self.transport_failure = transport_failure or None
+        self.ctx.router.outliers.report_reset(self.ctx.cluster, self.upstream_host, reason,
+                                              self.ctx.stats)
         return self._on_reset(reason, transport_failure, before_request=True)
 
     def on_upstream_reset(self, reason: ResetReason, transport_failure: str = "", *,
@@ -229,18 +219,33 @@ class HttpStream:
             return ResetDownstream()
         if self.phase is Phase.WAITING:
             self.cluster_stats.upstream_rq_active.dec()
+        self.ctx.router.outliers.report_reset(self.ctx.cluster, self.upstream_host, reason,
+                                              self.ctx.stats)
         return self._on_reset(reason, transport_failure, before_request=before_request)
 
-    def _on_reset(self, reason: ResetReason, transport_failure: str, *,
-                  before_request: bool) -> Action:
-        delay_s = self.retry.retry_delay_s(reason, before_request=before_request)
+    def _retry_or(self, delay_s: float | None) -> Backoff | None:
+        """Backoff when a retry was granted; else note ``URX`` if retries ran out.
+
+        A granted retry also needs a circuit-breaker ``max_retries`` slot; without one it is
+        skipped with ``UO`` (Envoy ``RetryStatus::NoOverflow``; :meth:`RetryState.take_slot`).
+        """
+        delay_s = self.retry.take_slot(delay_s, self.limits)
+        if self.retry.overflowed:
+            self.flags.add(Flag.UO)
         if delay_s is not None:
-            self.cluster_stats.upstream_rq_retry.inc()  # type: ignore[attr-defined]
+            self.cluster_stats.upstream_rq_retry.inc()
             self.phase = Phase.BACKOFF
             return Backoff(delay_s)
         if self.retry.exhausted:
             self.flags.add(Flag.URX)
-            self.cluster_stats.upstream_rq_retry_limit_exceeded.inc()  # type: ignore[attr-defined]
+            self.cluster_stats.upstream_rq_retry_limit_exceeded.inc()
+        return None
+
+    def _on_reset(self, reason: ResetReason, transport_failure: str, *,
+                  before_request: bool) -> Action:
+        backoff = self._retry_or(self.retry.retry_delay_s(reason, before_request=before_request))
+        if backoff is not None:
+            return backoff
         reply = upstream_reset_reply(reason, transport_failure,
                                      retried=self.retry.retries_done > 0)
         return self.local_reply(reply, charge_cluster=True)
@@ -252,17 +257,28 @@ class HttpStream:
     # -- response side --------------------------------------------------------------------------
 
     def on_response_headers(self, response: h11.Response) -> Action:
-        """Upstream response headers arrived: rewrite and forward them."""
+        """Upstream response headers arrived: retry on a retriable status, else forward them."""
+        code = response.status_code
+        self.ctx.router.outliers.report(self.ctx.cluster, self.upstream_host, code,
+                                        self.ctx.stats)
+        delay_s = self.retry.status_retry_delay_s(code)
+        if delay_s is not None:  # the I/O layer resets this attempt's connection
+            self.cluster_stats.charge_code(code, retry=True, host=self.upstream_host)
+            self.cluster_stats.upstream_rq_active.dec()
+            backoff = self._retry_or(delay_s)
+            assert backoff is not None
+            return backoff
+        self._retry_or(None)
         now = self.ctx.clock()
         assert self._request_complete is not None
         service_time_ms = int((now - self._request_complete) * 1000)
         self.upstream_service_time_ms = service_time_ms
-        self.response_code = response.status_code
+        self.response_code = code
         self.details = VIA_UPSTREAM
         self.phase = Phase.RESPONDING
-        self.cluster_stats.charge_code(response.status_code)
+        self.cluster_stats.charge_code(code, host=self.upstream_host)
         if self.retry.retries_done:
-            self.cluster_stats.upstream_rq_retry_success.inc()  # type: ignore[attr-defined]
+            self.cluster_stats.upstream_rq_retry_success.inc()
         outbound = self.ctx.direction == "outbound"
         rewritten, peer = rewrite_response(
             response, outbound=outbound, server_name=self.ctx.server_name,
@@ -283,22 +299,49 @@ class HttpStream:
         self.phase = Phase.DONE
         return Done()
 
-    def on_route_timeout(self) -> Action:
-        """The route timeout (from request completion) fired."""
-        self.cluster_stats.upstream_rq_timeout.inc()  # type: ignore[attr-defined]
+    def _timed_out(self) -> Action | None:
+        """Common part of both timeouts; returns the action when the response already started."""
+        if self.upstream_host is not None:
+            self.cluster_stats.host(self.upstream_host).rq_timeout += 1
+        if self.phase is Phase.WAITING:  # LocalOriginTimeout
+            self.ctx.router.outliers.report(self.ctx.cluster, self.upstream_host, 504,
+                                            self.ctx.stats)
         if self.phase in (Phase.WAITING, Phase.RESPONDING):
             self.cluster_stats.upstream_rq_active.dec()
         if self.phase is Phase.RESPONDING:
             self.flags.add(Flag.UT)
             self.phase = Phase.DONE
             return ResetDownstream()
-        return self.local_reply(UPSTREAM_TIMEOUT, charge_cluster=True)
+        return None
+
+    def on_per_try_timeout(self) -> Action:
+        """The attempt's per-try timeout (from connection ready) fired: retry or ``UT``."""
+        self.cluster_stats.upstream_rq_per_try_timeout.inc()
+        started = self._timed_out()
+        if started is not None:
+            return started
+        backoff = self._retry_or(self.retry.retry_delay_s(ResetReason.LOCAL_RESET,
+                                                          before_request=False))
+        if backoff is not None:
+            return backoff
+        return self.local_reply(upstream_timeout_reply(
+            per_try=True, alt_response=self.timeouts.alt_response), charge_cluster=True)
+
+    def on_route_timeout(self) -> Action:
+        """The route timeout (from request completion) fired."""
+        self.cluster_stats.upstream_rq_timeout.inc()
+        started = self._timed_out()
+        if started is not None:
+            return started
+        return self.local_reply(upstream_timeout_reply(alt_response=self.timeouts.alt_response),
+                                charge_cluster=True)
 
     def on_downstream_closed(self) -> Action:
         """The client went away before the response completed."""
+        self.fault.end_delay()
         if self.phase in (Phase.WAITING, Phase.RESPONDING):
             self.cluster_stats.upstream_rq_active.dec()
-            self.cluster_stats.upstream_rq_cancelled.inc()  # type: ignore[attr-defined]
+            self.cluster_stats.upstream_rq_cancelled.inc()
         self.flags.add(Flag.DC)
         self.http.downstream_rq_rx_reset.inc()
         if self.phase is not Phase.RESPONDING:
@@ -313,9 +356,9 @@ class HttpStream:
         self.response_code = reply.status
         self.details = reply.details
         if charge_cluster:
-            self.cluster_stats.charge_code(reply.status)
-        response, body = local_reply_response(reply, server_name=self.ctx.server_name,
-                                              now_s=self.ctx.wall())
+            self.cluster_stats.charge_code(reply.status, host=self.upstream_host)
+        response, body = local_reply_response(  # adds x-envoy-overloaded to UO replies
+            reply, server_name=self.ctx.server_name, now_s=self.ctx.wall())
         self.bytes_sent += len(body)
         self.phase = Phase.DONE
         return SendLocalReply(response, body, reply.close_connection)
@@ -332,65 +375,26 @@ class HttpStream:
         if self._finished:
             raise RuntimeError("stream already finished")
         self._finished = True
-        duration_ms = self.duration_ms
-        http = self.http
-        http.downstream_rq_active.dec()
-        if self.response_code:
-            http.charge_code(self.response_code)
-        http.downstream_rq_completed.inc()
-        http.downstream_rq_time.record(duration_ms)
-        self._record_istio(duration_ms)
-        tf = self.transport_failure.replace(" ", "_") if self.transport_failure else None
-        return AccessRecord(
-            start_time_s=self.start_wall_s, route_name=self.ctx.cluster.route_name,
-            method=self.method, path=self.path, protocol=self.protocol,
-            response_code=self.response_code, response_flags=str(self.flags),
-            response_code_details=self.details, connection_termination_details=None,
-            upstream_transport_failure_reason=tf, bytes_received=self.bytes_received,
-            bytes_sent=self.bytes_sent, duration_ms=duration_ms,
-            upstream_service_time=(str(self.upstream_service_time_ms)
-                                   if self.upstream_service_time_ms is not None else None),
-            x_forwarded_for=self.xff, user_agent=self.user_agent, request_id=self.request_id,
-            authority=self.authority, upstream_host=format_address(self.upstream_host),
-            upstream_cluster=self.ctx.cluster.name,
-            upstream_local_address=format_address(self.upstream_local),
-            downstream_local_address=format_address(self.ctx.downstream_local),
-            downstream_remote_address=format_address(self.ctx.downstream_remote))
-
-    def _record_istio(self, duration_ms: int) -> None:
-        ctx = self.ctx
-        c = ctx.cluster
-        peer = self.peer or PeerInfo()
-        if ctx.direction == "outbound":
-            reporter, source, dest, policy = "source", ctx.own_peer, peer, "unknown"
-            if c.service is None:
-                svc = DestinationService(self.authority or c.name, c.name, "unknown")
-            else:
-                svc = DestinationService(c.destination_service, c.destination_service_name,
-                                         c.destination_service_namespace)
-        else:
-            reporter, source, dest, policy = "destination", peer, ctx.own_peer, "none"
-            svc = DestinationService(c.destination_service if c.service else
-                                     (self.authority or "unknown").split(":")[0],
-                                     c.destination_service_name if c.service else "unknown",
-                                     c.destination_service_namespace)
-        protocol = "grpc" if c.protocol == "grpc" else "http"
-        tags = ctx.stats.istio.labels(reporter, source, dest, svc, protocol, self.response_code,
-                                      str(self.flags), policy)
-        ctx.stats.istio.record_request(tags, duration_ms, self.bytes_received, self.bytes_sent)
+        self.fault.end_delay()
+        self.retry.release_slot(self.limits)
+        return close_stream(self, self.duration_ms)
 
     def __repr__(self) -> str:
         return (f"HttpStream({self.method} {self.path} phase={self.phase.value} "
                 f"attempt={self.retry.attempt} code={self.response_code} flags={self.flags})")
 
 
-def protocol_error_stream(ctx: StreamContext, status_hint: int) -> tuple[HttpStream, SendLocalReply]:
-    """A stream for a request h11 could not parse (``DPE``), with its local reply.
+def protocol_error_stream(ctx: StreamContext, reply: LocalReply | int
+                          ) -> tuple[HttpStream, SendLocalReply]:
+    """A stream for a request the codec rejected (``DPE``), with its local reply.
 
     Args:
         ctx: the connection's context.
-        status_hint: h11's ``error_status_hint`` (431 for oversized headers, else 400).
+        reply: the codec's reply (:mod:`~meshlab.proxy.http_limits`), or an h11
+            ``error_status_hint`` (431 for oversized headers, else 400).
     """
+    if isinstance(reply, int):
+        reply = downstream_protocol_error(reply)
     stream = HttpStream(ctx, None)
     stream.protocol = "HTTP/1.1"
-    return stream, stream.local_reply(downstream_protocol_error(status_hint))
+    return stream, stream.local_reply(reply)

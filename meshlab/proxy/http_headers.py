@@ -20,7 +20,8 @@ from http import HTTPStatus
 
 import h11
 
-from meshlab.proxy.flags import LocalReply
+from meshlab.proxy.flags import Flag, LocalReply
+from meshlab.proxy.http_route import CONSUMED_HEADERS
 from meshlab.proxy.metrics import PeerInfo
 
 #: Envoy ``max_request_headers_kb`` default (60 KiB); h11 reports larger heads with hint 431.
@@ -29,8 +30,8 @@ PEER_METADATA = b"x-envoy-peer-metadata"
 PEER_METADATA_ID = b"x-envoy-peer-metadata-id"
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                          b"te", b"upgrade", b"trailer", b"proxy-authenticate"})
-_REQ_DROP = _HOP_BY_HOP | {b"x-envoy-attempt-count", b"expect", b"content-length",
-                           PEER_METADATA, PEER_METADATA_ID}
+_REQ_DROP = _HOP_BY_HOP | CONSUMED_HEADERS | {b"x-envoy-attempt-count", b"expect",
+                                              b"content-length", PEER_METADATA, PEER_METADATA_ID}
 _RESP_DROP = _HOP_BY_HOP | {b"server", b"x-envoy-upstream-service-time", PEER_METADATA,
                             PEER_METADATA_ID}
 
@@ -92,6 +93,8 @@ class RequestHead:
         peer: downstream workload from inbound peer metadata, else None.
         headers: the rewritten headers to send upstream (without attempt count and length).
         had_body_framing: the request carried ``content-length`` or ``transfer-encoding``.
+        envoy: the router-consumed ``x-envoy-*`` request headers (:mod:`~.http_route`), which
+            are not forwarded.
     """
 
     method: str
@@ -104,6 +107,7 @@ class RequestHead:
     peer: PeerInfo | None
     headers: list[tuple[bytes, bytes]]
     had_body_framing: bool
+    envoy: dict[bytes, bytes]
 
 
 def parse_request_head(request: h11.Request, *, inbound: bool,
@@ -119,6 +123,7 @@ def parse_request_head(request: h11.Request, *, inbound: bool,
     peer: PeerInfo | None = None
     had_body_framing = False
     headers: list[tuple[bytes, bytes]] = []
+    envoy: dict[bytes, bytes] = {}
     for name, value in request.headers:
         if name == b"host":
             authority = value.decode("latin-1")
@@ -132,6 +137,8 @@ def parse_request_head(request: h11.Request, *, inbound: bool,
             had_body_framing = True
         elif name == PEER_METADATA and inbound:
             peer = decode_peer_metadata(value)
+        elif name in CONSUMED_HEADERS:
+            envoy[name] = value
         if name not in _REQ_DROP:
             headers.append((name, value))
     if request_id is None:  # HCM generate_request_id (UUID4)
@@ -145,7 +152,7 @@ def parse_request_head(request: h11.Request, *, inbound: bool,
                        path=request.target.decode("latin-1"),
                        protocol="HTTP/" + request.http_version.decode(), authority=authority,
                        user_agent=user_agent, xff=xff, request_id=request_id, peer=peer,
-                       headers=headers, had_body_framing=had_body_framing)
+                       headers=headers, had_body_framing=had_body_framing, envoy=envoy)
 
 
 def upstream_request(request: h11.Request, head: RequestHead, attempt: int,
@@ -206,12 +213,18 @@ def rewrite_response(response: h11.Response, *, outbound: bool, server_name: byt
 
 def local_reply_response(reply: LocalReply, *, server_name: bytes,
                          now_s: float) -> tuple[h11.Response, bytes]:
-    """Response head and body of a generated reply (``connection: close`` when it closes)."""
+    """Response head and body of a generated reply (``connection: close`` when it closes).
+
+    ``x-envoy-overloaded: true`` is added to ``UO`` replies (router ``onUpstreamReset`` on an
+    overflow, ENVOY.md §9). A 204 carries no ``content-length``.
+    """
     body = reply.body.encode()
-    headers = [(b"content-length", str(len(body)).encode())]
+    headers = [] if reply.status == 204 else [(b"content-length", str(len(body)).encode())]
     if body:
         headers.append((b"content-type", b"text/plain"))
     headers += [(b"date", http_date(now_s)), (b"server", server_name)]
+    if reply.flag is Flag.UO:
+        headers.append((b"x-envoy-overloaded", b"true"))
     if reply.close_connection:
         headers.append((b"connection", b"close"))
     return (h11.Response(status_code=reply.status, headers=headers,

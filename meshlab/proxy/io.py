@@ -21,7 +21,9 @@ from meshlab.proxy.http_conn import HttpProxy
 from meshlab.proxy.metrics import PeerInfo, ProxyStats
 from meshlab.proxy.pool import READ_CHUNK, ConnectionPool
 from meshlab.proxy.router import Router
+from meshlab.proxy.sockopts import listen_socket
 from meshlab.proxy.tcp_proxy import TcpProxy
+from meshlab.proxy.tcp_stats import TcpStatsTracker
 
 
 class Sidecar:
@@ -36,24 +38,45 @@ class Sidecar:
         self.pool = ConnectionPool()
         self.own_peer = PeerInfo.from_pod(config.pod)
         self.servers: list[asyncio.base_events.Server] = []
+        self.listening: dict[int, asyncio.base_events.Server] = {}  # port → accepting server
         self._tasks: set[asyncio.Task[None]] = set()
         parts = (config, self.router, stats, self.own_peer, access_log)
         self.http = HttpProxy(*parts, self.pool)
         self.tcp = TcpProxy(*parts)
+        self.tcp_stats = TcpStatsTracker(stats.store, config.tcp_stats_update_period_s)
 
     async def start(self, bind_ip: str = "0.0.0.0") -> None:
         """Start the 15001 and 15006 capture listeners."""
         ports = self.config.ports
         for port, handler in ((ports.outbound, self._on_outbound), (ports.inbound, self._on_inbound)):
-            server = await asyncio.start_server(handler, bind_ip, port, reuse_address=True,
-                                                backlog=1024, limit=READ_CHUNK * 4)
+            # EnvoyFilter LISTENER socket options (PREBIND/BOUND/LISTENING; ENVOY.md §8)
+            sock = listen_socket(bind_ip, port, self.config.policies.listener_options(port))
+            server = await asyncio.start_server(handler, sock=sock, limit=READ_CHUNK * 4)
             self.servers.append(server)
+            self.listening[port] = server
+        self.tcp_stats.start()
+
+    def stop_listeners(self, inbound_only: bool = False) -> int:
+        """Admin ``POST /drain_listeners``: close the listening sockets (ENVOY.md §5).
+
+        ``inbound_only`` stops only virtualInbound (15006, traffic_direction INBOUND).
+        Accepted connections carry on. Returns how many listeners were stopped now.
+        """
+        ports = [self.config.ports.inbound] + ([] if inbound_only else [self.config.ports.outbound])
+        stopped = 0
+        for port in ports:
+            server = self.listening.pop(port, None)
+            if server is not None:
+                server.close()
+                stopped += 1
+        return stopped
 
     async def close(self) -> None:
         """Stop listening and close pooled connections."""
         for server in self.servers:
             server.close()
         self.pool.close_all()
+        self.tcp_stats.stop()
 
     # -- accept ---------------------------------------------------------------------------------
 
@@ -71,6 +94,7 @@ class Sidecar:
         lstats = self.stats.listener(f"0.0.0.0_{listen_port}")
         lstats.downstream_cx_total.inc()
         lstats.downstream_cx_active.inc()
+        self.tcp_stats.watch_transport(writer.transport, f"listener.0.0.0.0_{listen_port}.")
         start = time.monotonic()
         try:
             try:

@@ -1,8 +1,9 @@
-"""Envoy stat trees and Istio standard metrics on top of :mod:`meshlab.proxy.stats` (sans-IO).
+"""Istio standard metrics and the sidecar's stat trees (sans-IO; ENVOY.md §3, §4).
 
-Names follow ENVOY.md §3 (cluster, ``http.<prefix>``, listener, server) and §4 (Istio metrics,
-25 labels in ``tags_`` push order). Stats objects are resolved once per cluster / prefix and
-cached so the per-request cost is a few attribute increments.
+:class:`ProxyStats` creates the Envoy trees of :mod:`meshlab.proxy.stats_trees` lazily per
+cluster / HCM prefix / listener; :class:`IstioMetrics` keeps the ``istiocustom`` metrics with
+the 25 labels in ``tags_`` push order, ``istio_build``, and the periodic TCP byte reports.
+Stats objects are resolved once and cached so the per-request cost is a few increments.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshlab.proxy.config import PodInfo
-from meshlab.proxy.stats import Counter, Gauge, Histogram, StatsStore, Tags, tagged_name
+from meshlab.proxy.stats import Counter, Histogram, StatsStore, Tags, tagged_name
+from meshlab.proxy.stats_trees import ClusterStats, HttpStats, ListenerStats, StatTree
+
+__all__ = ["ClusterStats", "DestinationService", "HttpStats", "IstioMetrics", "ListenerStats",
+           "PeerInfo", "ProxyStats", "StatTree", "TcpReport"]
 
 ISTIO_REQUESTS_TOTAL = "istiocustom.istio_requests_total"
 ISTIO_REQUEST_DURATION = "istiocustom.istio_request_duration_milliseconds"
@@ -21,95 +26,9 @@ ISTIO_TCP_CLOSED = "istiocustom.istio_tcp_connections_closed_total"
 ISTIO_TCP_SENT = "istiocustom.istio_tcp_sent_bytes_total"
 ISTIO_TCP_RECEIVED = "istiocustom.istio_tcp_received_bytes_total"
 
-_CLUSTER_COUNTERS = (
-    "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
-    "upstream_cx_destroy", "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
-    "upstream_cx_destroy_with_active_rq", "upstream_cx_http1_total", "upstream_cx_rx_bytes_total",
-    "upstream_cx_tx_bytes_total", "upstream_cx_none_healthy", "upstream_rq_total",
-    "upstream_rq_completed", "upstream_rq_retry", "upstream_rq_retry_success",
-    "upstream_rq_retry_limit_exceeded", "upstream_rq_timeout", "upstream_rq_cancelled",
-    "upstream_rq_pending_total", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
-    "upstream_rq_pending_failure_eject",
-)
-
-
-class ClusterStats:
-    """``cluster.<name>.*`` for one cluster (names use ``<name>;`` when delimited)."""
-
-    def __init__(self, store: StatsStore, cluster_name: str, delimited: bool = True) -> None:
-        self.name = cluster_name
-        self.prefix = f"cluster.{cluster_name};." if delimited else f"cluster.{cluster_name}."
-        self._store = store
-        for n in _CLUSTER_COUNTERS:
-            setattr(self, n, store.counter(self.prefix + n))
-        self.upstream_cx_active: Gauge = store.gauge(self.prefix + "upstream_cx_active")
-        self.upstream_rq_active: Gauge = store.gauge(self.prefix + "upstream_rq_active")
-        self.upstream_rq_time: Histogram = store.histogram(self.prefix + "upstream_rq_time")
-        self.upstream_cx_connect_ms: Histogram = store.histogram(
-            self.prefix + "upstream_cx_connect_ms")
-        self.upstream_cx_length_ms: Histogram = store.histogram(
-            self.prefix + "upstream_cx_length_ms")
-
-    def counter(self, stat: str) -> Counter:
-        """Any other counter under this cluster, e.g. ``upstream_rq_503``."""
-        return self._store.counter(self.prefix + stat)
-
-    def charge_code(self, code: int) -> None:
-        """``upstream_rq_<code>``, ``upstream_rq_<N>xx`` and ``upstream_rq_completed``."""
-        self._store.counter(f"{self.prefix}upstream_rq_{code}").inc()
-        self._store.counter(f"{self.prefix}upstream_rq_{code // 100}xx").inc()
-        self.upstream_rq_completed.inc()  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:
-        return f"ClusterStats({self.name!r})"
-
-
-class HttpStats:
-    """``http.<stat_prefix>.*`` of one HTTP connection manager."""
-
-    def __init__(self, store: StatsStore, stat_prefix: str, delimited: bool = True) -> None:
-        self.prefix = f"http.{stat_prefix};." if delimited else f"http.{stat_prefix}."
-        self._store = store
-        c, g = store.counter, store.gauge
-        self.downstream_cx_total = c(self.prefix + "downstream_cx_total")
-        self.downstream_cx_http1_total = c(self.prefix + "downstream_cx_http1_total")
-        self.downstream_cx_destroy = c(self.prefix + "downstream_cx_destroy")
-        self.downstream_cx_protocol_error = c(self.prefix + "downstream_cx_protocol_error")
-        self.downstream_cx_active = g(self.prefix + "downstream_cx_active")
-        self.downstream_rq_total = c(self.prefix + "downstream_rq_total")
-        self.downstream_rq_http1_total = c(self.prefix + "downstream_rq_http1_total")
-        self.downstream_rq_completed = c(self.prefix + "downstream_rq_completed")
-        self.downstream_rq_rx_reset = c(self.prefix + "downstream_rq_rx_reset")
-        self.downstream_rq_tx_reset = c(self.prefix + "downstream_rq_tx_reset")
-        self.downstream_rq_active = g(self.prefix + "downstream_rq_active")
-        self.downstream_rq_time = store.histogram(self.prefix + "downstream_rq_time")
-        self.no_route = c(self.prefix + "no_route")
-        self.rq_total = c(self.prefix + "rq_total")
-        self._xx = {n: c(f"{self.prefix}downstream_rq_{n}xx") for n in range(1, 6)}
-
-    def charge_code(self, code: int) -> None:
-        """``downstream_rq_<N>xx`` (no per-code counters in the HCM)."""
-        counter = self._xx.get(code // 100)
-        if counter is not None:
-            counter.inc()
-
-    def __repr__(self) -> str:
-        return f"HttpStats({self.prefix!r})"
-
-
-class ListenerStats:
-    """``listener.<address>.*`` (address written ``0.0.0.0_15006``)."""
-
-    def __init__(self, store: StatsStore, address: str) -> None:
-        prefix = f"listener.{address}."
-        self.downstream_cx_total = store.counter(prefix + "downstream_cx_total")
-        self.downstream_cx_destroy = store.counter(prefix + "downstream_cx_destroy")
-        self.downstream_cx_active = store.gauge(prefix + "downstream_cx_active")
-        self.no_filter_chain_match = store.counter(prefix + "no_filter_chain_match")
-        self.downstream_cx_length_ms = store.histogram(prefix + "downstream_cx_length_ms")
-
-    def __repr__(self) -> str:
-        return f"ListenerStats({self.downstream_cx_total.name!r})"
+ISTIO_BUILD = "istiocustom.istio_build"
+#: ``tag`` label of ``istio_build`` (the Istio release whose proxy meshlab plays).
+ISTIO_VERSION = "1.23.0"
 
 
 @dataclass(frozen=True)
@@ -159,6 +78,9 @@ class IstioMetrics:
         self._store = store
         self._cache: dict[tuple[object, ...], tuple[Counter, Histogram, Histogram, Histogram]] = {}
         self._tcp_cache: dict[tuple[object, ...], tuple[Counter, Counter, Counter, Counter]] = {}
+        self._open_tcp: set[TcpReport] = set()
+        build = (("component", "proxy"), ("tag", ISTIO_VERSION))
+        store.gauge(tagged_name(ISTIO_BUILD, build), build).set(1)
 
     @staticmethod
     def labels(reporter: str, source: PeerInfo, dest: PeerInfo, svc: DestinationService,
@@ -216,9 +138,10 @@ class IstioMetrics:
         stats = self._tcp_cache.get(tags)
         if stats is None:
             s = self._store
-            stats = tuple(s.counter(tagged_name(n, tags), tags) for n in  # type: ignore[assignment]
-                          (ISTIO_TCP_OPENED, ISTIO_TCP_CLOSED, ISTIO_TCP_SENT, ISTIO_TCP_RECEIVED))
-            self._tcp_cache[tags] = stats  # type: ignore[assignment]
+            opened_c, closed_c, sent_c, received_c = (
+                s.counter(tagged_name(n, tags), tags) for n in
+                (ISTIO_TCP_OPENED, ISTIO_TCP_CLOSED, ISTIO_TCP_SENT, ISTIO_TCP_RECEIVED))
+            stats = self._tcp_cache[tags] = (opened_c, closed_c, sent_c, received_c)
         if opened:
             stats[0].inc()
         if closed:
@@ -228,8 +151,51 @@ class IstioMetrics:
         if received_bytes:
             stats[3].inc(received_bytes)
 
+    def open_tcp(self, tags: Tags) -> TcpReport:
+        """A TCP connection opened: count it and track its bytes for periodic reports.
+
+        The proxy adds to the returned report's ``sent``/``received`` as bytes flow, and calls
+        :meth:`close_tcp` at the end; :meth:`report_tcp` runs every ``tcp_reporting_duration``
+        (Istio default 5 s, ENVOY.md §4) so long connections show bytes before they close.
+        """
+        self.record_tcp(tags, opened=True)
+        rep = TcpReport(tags)
+        self._open_tcp.add(rep)
+        return rep
+
+    def report_tcp(self) -> None:
+        """Push the byte deltas of every open TCP connection (the 5 s reporting timer)."""
+        for rep in list(self._open_tcp):
+            self._push(rep)
+
+    def close_tcp(self, rep: TcpReport) -> None:
+        """Final report of a closed connection (``istio_tcp_connections_closed_total``)."""
+        self._open_tcp.discard(rep)
+        self._push(rep)
+        self.record_tcp(rep.tags, closed=True)
+
+    def _push(self, rep: TcpReport) -> None:
+        sent, received = rep.sent - rep.reported_sent, rep.received - rep.reported_received
+        if sent or received:
+            rep.reported_sent, rep.reported_received = rep.sent, rep.received
+            self.record_tcp(rep.tags, sent_bytes=sent, received_bytes=received)
+
     def __repr__(self) -> str:
-        return f"IstioMetrics(series={len(self._cache) + len(self._tcp_cache)})"
+        return (f"IstioMetrics(series={len(self._cache) + len(self._tcp_cache)}, "
+                f"open_tcp={len(self._open_tcp)})")
+
+
+class TcpReport:
+    """Byte counts of one open TCP connection (``sent`` = toward the downstream peer)."""
+
+    __slots__ = ("received", "reported_received", "reported_sent", "sent", "tags")
+
+    def __init__(self, tags: Tags) -> None:
+        self.tags = tags
+        self.sent = self.received = self.reported_sent = self.reported_received = 0
+
+    def __repr__(self) -> str:
+        return f"TcpReport(sent={self.sent}, received={self.received})"
 
 
 class ProxyStats:
@@ -260,6 +226,20 @@ class ProxyStats:
         if hs is None:
             hs = self._http[stat_prefix] = HttpStats(self.store, stat_prefix, self.delimited)
         return hs
+
+    def clusters(self) -> list[ClusterStats]:
+        """Every cluster's stats created so far."""
+        return list(self._clusters.values())
+
+    def listeners(self) -> list[ListenerStats]:
+        """Every listener's stats created so far."""
+        return list(self._listeners.values())
+
+    def reset_counters(self) -> None:
+        """Admin ``POST /reset_counters``: every counter in the store and every host counter."""
+        self.store.reset_counters()
+        for cs in self._clusters.values():
+            cs.hosts.reset_counters()
 
     def listener(self, address: str) -> ListenerStats:
         """Stats of the listener at ``address`` (e.g. ``0.0.0.0_15006``)."""

@@ -30,8 +30,15 @@ the value istio-proxy runs with when no DestinationRule/VirtualService applies.
                     "delay": {"fixed_delay_s": 1.0, "percent": 100.0}}
       }},
       "listener_socket_options": [{"level": 6, "name": 18, "int_value": 5000,
-                                   "state": "STATE_LISTENING"}]  # EnvoyFilter listener options
+                                   "state": "STATE_LISTENING"}], # both capture listeners
+      "listeners": {"15001": {"socket_options": [...]}}         # one capture listener only
     }
+
+The local istiod writes ``listeners`` for EnvoyFilter LISTENER patches (``SIDECAR_OUTBOUND`` →
+15001, ``SIDECAR_INBOUND`` → 15006); ``listener_socket_options`` applies to both.
+In ``outlier_detection`` a threshold of 0 disables that detector (Istio sets
+``enforcing_*`` to 0 then). In ``retry.retry_on`` numeric entries are retriable status codes
+(Istio ``parseRetryOn``).
 
 Errors: :class:`~meshlab.errors.ConfigError` naming the dotted field, e.g.
 ``policies.clusters["outbound|8080||a"].outlier_detection.interval_s: expected a number >= 0``.
@@ -182,6 +189,11 @@ class Policies:
     clusters: dict[str, ClusterPolicy] = field(default_factory=dict)
     routes: dict[str, RoutePolicy] = field(default_factory=dict)
     listener_socket_options: tuple[SocketOption, ...] = ()
+    listeners: dict[int, tuple[SocketOption, ...]] = field(default_factory=dict)
+
+    def listener_options(self, port: int) -> tuple[SocketOption, ...]:
+        """Socket options of the capture listener on ``port`` (15001 / 15006)."""
+        return self.listener_socket_options + self.listeners.get(port, ())
 
     def cluster(self, name: str) -> ClusterPolicy:
         """The policy of cluster ``name`` (defaults when none is configured)."""
@@ -356,11 +368,20 @@ def parse_policies(value: Any, where: str = "policies") -> Policies:
     if value is None:
         return Policies()
     o = _obj(value, where)
-    _known(o, {"clusters", "routes", "listener_socket_options"}, where)
+    _known(o, {"clusters", "routes", "listener_socket_options", "listeners"}, where)
     clusters = {name: _cluster_policy(doc, f'{where}.clusters["{name}"]')
                 for name, doc in _obj(o.get("clusters", {}), f"{where}.clusters").items()}
     routes = {name: _route_policy(doc, f'{where}.routes["{name}"]')
               for name, doc in _obj(o.get("routes", {}), f"{where}.routes").items()}
     listener_opts = _socket_options(o.get("listener_socket_options", []),
                                     f"{where}.listener_socket_options", "STATE_LISTENING")
-    return Policies(clusters=clusters, routes=routes, listener_socket_options=listener_opts)
+    listeners: dict[int, tuple[SocketOption, ...]] = {}
+    for port, doc in _obj(o.get("listeners", {}), f"{where}.listeners").items():
+        w = f'{where}.listeners["{port}"]'
+        if not str(port).isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"{w}: expected a port number as key")
+        _known(_obj(doc, w), {"socket_options"}, w)
+        listeners[int(port)] = _socket_options(doc.get("socket_options", []),
+                                               f"{w}.socket_options", "STATE_PREBIND")
+    return Policies(clusters=clusters, routes=routes, listener_socket_options=listener_opts,
+                    listeners=listeners)

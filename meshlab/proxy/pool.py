@@ -9,7 +9,12 @@ Rules:
   increments ``upstream_cx_connect_fail`` (and ``upstream_cx_connect_timeout`` on timeout).
 - Connect errors become :class:`ConnectFailure` carrying Envoy's reset reason and transport
   failure reason (``delayed connect error: Connection refused``).
-- :meth:`ConnectionPool.release` keeps a connection only if both h11 sides are DONE (keep-alive).
+- With the cluster's circuit breakers (:mod:`~meshlab.proxy.circuit`) ``acquire`` delegates to
+  its resource manager (pending queue, ``max_connections``/``max_requests``); new sockets get the
+  cluster's socket options and keepalive before connect (:mod:`~meshlab.proxy.sockopts`).
+- :meth:`ConnectionPool.release` keeps a connection only if both h11 sides are DONE (keep-alive),
+  it is under the cluster's ``max_requests_per_connection`` (else ``upstream_cx_max_requests``),
+  and closes it after the pool ``idle_timeout`` unused (``upstream_cx_idle_timeout``; ENVOY.md §8).
 """
 
 from __future__ import annotations
@@ -20,12 +25,19 @@ import os
 import socket
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import h11
 
+from meshlab.proxy import sockopts
 from meshlab.proxy.flags import ResetReason
 from meshlab.proxy.metrics import ClusterStats
+from meshlab.proxy.policy import DEFAULT_CLUSTER_POLICY, ClusterPolicy
 from meshlab.proxy.router import Address
+from meshlab.proxy.tcp_stats import watch_upstream
+
+if TYPE_CHECKING:  # pragma: no cover
+    from meshlab.proxy.circuit import ClusterResources
 
 READ_CHUNK = 65536
 
@@ -65,6 +77,11 @@ class UpstreamConnection:
         self.created_s = time.monotonic()
         self.requests = 0
         self.closed = False
+        self.rq_open = False  # a request stream is active (host rq_active, *_with_active_rq)
+        self.peer_closed = False  # EOF/reset seen from the upstream
+        self.idle_timer: asyncio.TimerHandle | None = None  # pool idle_timeout while pooled
+        self.limits: ClusterResources | None = None  # circuit breakers counting this connection
+        self.limits_rq = False  # holds a max_requests slot
         sockname = writer.get_extra_info("sockname")
         self.local_address: Address | None = (sockname[0], sockname[1]) if sockname else None
 
@@ -83,6 +100,10 @@ class UpstreamConnection:
             UpstreamClosed: the write failed.
         """
         self.requests += 1
+        hs = self.stats.host(self.endpoint)
+        hs.rq_total += 1
+        hs.rq_active += 1
+        self.rq_open = True
         data = self.codec.send(request)
         if body:
             data += self.codec.send(h11.Data(data=body))
@@ -91,6 +112,7 @@ class UpstreamConnection:
             self.writer.write(data)
             await self.writer.drain()
         except (ConnectionError, OSError) as exc:
+            self.peer_closed = True
             raise UpstreamClosed(str(exc)) from None
         self.stats.upstream_cx_tx_bytes_total.inc(len(data))  # type: ignore[attr-defined]
 
@@ -105,16 +127,22 @@ class UpstreamConnection:
             try:
                 event = self.codec.next_event()
             except h11.RemoteProtocolError as exc:
+                if self.peer_closed:  # EOF mid-response: connection termination, not garbage
+                    raise UpstreamClosed(str(exc)) from None
                 raise UpstreamProtocolError(str(exc)) from None
             if event is h11.NEED_DATA:
                 try:
                     data = await self.reader.read(READ_CHUNK)
                 except (ConnectionError, OSError) as exc:
+                    self.peer_closed = True
                     raise UpstreamClosed(str(exc)) from None
                 self.stats.upstream_cx_rx_bytes_total.inc(len(data))  # type: ignore[attr-defined]
+                if not data:
+                    self.peer_closed = True
                 self.codec.receive_data(data)
                 continue
             if isinstance(event, h11.ConnectionClosed):
+                self.peer_closed = True
                 raise UpstreamClosed("connection closed")
             if isinstance(event, h11.InformationalResponse):
                 continue  # 1xx: Envoy answers 100-continue itself
@@ -125,15 +153,26 @@ class UpstreamConnection:
         if self.closed:
             return
         self.closed = True
-        s = self.stats
-        s.upstream_cx_active.dec()
-        s.upstream_cx_destroy.inc()  # type: ignore[attr-defined]
-        (s.upstream_cx_destroy_remote if remote else s.upstream_cx_destroy_local).inc()  # type: ignore[attr-defined]
-        s.upstream_cx_length_ms.record((time.monotonic() - self.created_s) * 1000)
+        self.stats.connection_closed(self.endpoint, remote=remote or self.peer_closed,
+                                     with_active_rq=self.rq_open,
+                                     length_ms=(time.monotonic() - self.created_s) * 1000)
+        self.end_request()
+        if self.limits is not None:
+            self.limits.connection_closed(self)
         try:
             self.writer.close()
         except (ConnectionError, OSError, RuntimeError):
             pass
+
+    def end_request(self) -> None:
+        """The request stream on this connection ended (host ``rq_active``)."""
+        if self.limits_rq:
+            self.limits_rq = False
+            assert self.limits is not None
+            self.limits.request_done()
+        if self.rq_open:
+            self.rq_open = False
+            self.stats.host(self.endpoint).rq_active -= 1
 
     def abort(self) -> None:
         """Close with RST (stream reset on HTTP/1 closes the connection)."""
@@ -158,19 +197,29 @@ def _transport_failure(exc: OSError) -> tuple[ResetReason, str]:
     return ResetReason.REMOTE_CONNECTION_FAILURE, f"delayed connect error: {text}"
 
 
-async def open_upstream(endpoint: Address, bind_ip: str | None, timeout_s: float, stats: ClusterStats
+async def open_upstream(endpoint: Address, bind_ip: str | None, timeout_s: float, stats: ClusterStats,
+                        policy: ClusterPolicy = DEFAULT_CLUSTER_POLICY
                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to ``endpoint`` (optionally from ``bind_ip``), updating connect stats.
+    """Connect to ``endpoint`` (optionally from ``bind_ip``), updating connect stats; the
+    cluster ``policy``'s socket options and keepalive are set before connect.
 
     Raises:
         ConnectFailure: refused, unreachable, bind failure or connect timeout.
     """
     stats.upstream_cx_total.inc()  # type: ignore[attr-defined]
     stats.upstream_cx_active.inc()
+    host = stats.host(endpoint)
+    host.cx_total += 1
+    host.cx_active += 1
     start = time.monotonic()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setblocking(False)
     try:
+        try:
+            sockopts.prepare_upstream(sock, policy)
+        except sockopts.SocketOptionError as exc:
+            raise ConnectFailure(ResetReason.LOCAL_CONNECTION_FAILURE,
+                                 f"failed to apply socket options: {exc.strerror}") from None
         if bind_ip:
             try:
                 sock.bind((bind_ip, 0))
@@ -191,60 +240,142 @@ async def open_upstream(endpoint: Address, bind_ip: str | None, timeout_s: float
         sock.close()
         stats.upstream_cx_connect_fail.inc()  # type: ignore[attr-defined]
         stats.upstream_cx_active.dec()
+        host.cx_connect_fail += 1
+        host.cx_active -= 1
         raise
     except BaseException:
         sock.close()
         stats.upstream_cx_active.dec()
+        host.cx_active -= 1
         raise
     stats.upstream_cx_connect_ms.record((time.monotonic() - start) * 1000)
+    watch_upstream(writer.transport, stats.prefix, stats._store)  # cluster.<n>;.tcp_stats.
     return reader, writer
 
 
+#: (cluster name, endpoint, bind ip) of a pooled connection.
+PoolKey = tuple[str | None, Address, str | None]
+
+
 class ConnectionPool:
-    """Idle keep-alive connections keyed by (endpoint, bind ip)."""
+    """Idle keep-alive connections keyed by (cluster, endpoint, bind ip).
+
+    Envoy keeps one pool per cluster and host, so two clusters with the same endpoint (two
+    Services, one pod) never share a connection or its stats and idle timeout.
+    """
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[Address, str | None], deque[UpstreamConnection]] = {}
+        self._idle: dict[PoolKey, deque[UpstreamConnection]] = {}
         self.reused = 0
         self.created = 0
 
     async def acquire(self, endpoint: Address, bind_ip: str | None, timeout_s: float,
-                      stats: ClusterStats) -> tuple[UpstreamConnection, bool]:
+                      stats: ClusterStats, *, policy: ClusterPolicy = DEFAULT_CLUSTER_POLICY,
+                      limits: ClusterResources | None = None) -> tuple[UpstreamConnection, bool]:
         """A usable connection to ``endpoint`` and whether it was reused.
 
+        Args:
+            endpoint, bind_ip, timeout_s, stats: where to, from where, connect timeout, stats.
+            policy: the cluster policy (socket options, keepalive, pool idle timeout).
+            limits: the cluster's circuit breakers; None = unlimited.
+
         Raises:
-            ConnectFailure: a new connection could not be made.
+            ConnectFailure: a new connection could not be made, or
+                :class:`~meshlab.proxy.circuit.Overflow` (a subclass) from ``limits``.
         """
-        idle = self._idle.get((endpoint, bind_ip))
+        if limits is not None:
+            return await limits.acquire(self, endpoint, bind_ip, timeout_s, stats, policy)
+        conn = self.take_idle(endpoint, bind_ip, stats)
+        if conn is not None:
+            return conn, True
+        return await self.connect(endpoint, bind_ip, timeout_s, stats, policy), False
+
+    def take_idle(self, endpoint: Address, bind_ip: str | None,
+                  stats: ClusterStats | None = None) -> UpstreamConnection | None:
+        """The most recently pooled usable connection of ``stats``' cluster to ``endpoint``."""
+        idle = self._idle.get((getattr(stats, "name", None), endpoint, bind_ip))
         while idle:
             conn = idle.pop()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
             if conn.is_usable():
                 self.reused += 1
-                return conn, True
+                return conn
             conn.close(remote=True)  # the upstream closed it while idle
-        reader, writer = await open_upstream(endpoint, bind_ip, timeout_s, stats)
+        return None
+
+    async def connect(self, endpoint: Address, bind_ip: str | None, timeout_s: float,
+                      stats: ClusterStats, policy: ClusterPolicy = DEFAULT_CLUSTER_POLICY
+                      ) -> UpstreamConnection:
+        """A new connection (see :func:`open_upstream`).
+
+        Raises:
+            ConnectFailure: refused, unreachable, bind or socket-option failure, timeout.
+        """
+        reader, writer = await open_upstream(endpoint, bind_ip, timeout_s, stats, policy)
         stats.upstream_cx_http1_total.inc()  # type: ignore[attr-defined]
         self.created += 1
-        return UpstreamConnection(endpoint, reader, writer, stats), False
+        return UpstreamConnection(endpoint, reader, writer, stats)
 
-    def release(self, conn: UpstreamConnection, bind_ip: str | None) -> None:
-        """Return ``conn`` after a complete exchange; keeps it only if keep-alive is possible."""
+    def release(self, conn: UpstreamConnection, bind_ip: str | None, *,
+                idle_timeout_s: float = 3600.0, max_requests: int = 0) -> None:
+        """Return ``conn`` after a complete exchange; keeps it only if keep-alive is possible.
+
+        Args:
+            conn: the connection whose exchange completed.
+            bind_ip: its source address key.
+            idle_timeout_s: the cluster's HTTP pool ``idle_timeout`` (Envoy default 1 h, DR
+                ``http.idleTimeout``); a pooled connection idle that long is closed
+                (``upstream_cx_idle_timeout``); 0 disables it.
+            max_requests: DR ``maxRequestsPerConnection``; a connection that served that many
+                requests is closed (``upstream_cx_max_requests``); 0 = unlimited.
+        """
         codec = conn.codec
+        conn.end_request()
         if conn.closed or codec.our_state is not h11.DONE or codec.their_state is not h11.DONE:
             conn.close(remote=codec.their_state is h11.CLOSED)
+            return
+        if max_requests and conn.requests >= max_requests:
+            conn.stats.upstream_cx_max_requests.inc()
+            conn.close()
             return
         try:
             codec.start_next_cycle()
         except h11.LocalProtocolError:
             conn.close()
             return
-        self._idle.setdefault((conn.endpoint, bind_ip), deque()).append(conn)
+        self.park(conn, bind_ip, idle_timeout_s)
+
+    def park(self, conn: UpstreamConnection, bind_ip: str | None,
+             idle_timeout_s: float = 3600.0) -> None:
+        """Pool an open, idle connection; a request waiting for its host gets it first."""
+        if conn.limits is not None and conn.limits.hand_off(conn, bind_ip):
+            return
+        key = (getattr(conn.stats, "name", None), conn.endpoint, bind_ip)
+        self._idle.setdefault(key, deque()).append(conn)
+        if idle_timeout_s > 0:
+            conn.idle_timer = asyncio.get_running_loop().call_later(
+                idle_timeout_s, self._idle_expired, key, conn)
+
+    def _idle_expired(self, key: PoolKey, conn: UpstreamConnection) -> None:
+        """Envoy's pool ``idle_timeout`` fired for a pooled connection: close it locally."""
+        conn.idle_timer = None
+        idle = self._idle.get(key)
+        if idle is None or conn not in idle:
+            return
+        idle.remove(conn)
+        conn.stats.upstream_cx_idle_timeout.inc()
+        conn.close()
 
     def close_all(self) -> None:
         """Close every idle connection."""
         for idle in self._idle.values():
             while idle:
-                idle.pop().close()
+                conn = idle.pop()
+                if conn.idle_timer is not None:
+                    conn.idle_timer.cancel()
+                conn.close()
 
     def __repr__(self) -> str:
         idle = sum(len(d) for d in self._idle.values())

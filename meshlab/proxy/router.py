@@ -8,6 +8,8 @@ Rules:
 - An unknown IP on a port where some known Service speaks HTTP goes through that port's HTTP
   listener and the ``allow_any`` route to ``PassthroughCluster`` (as Istio's ``0.0.0.0_<port>``
   listener does); any other unknown destination is TCP-proxied to ``PassthroughCluster``.
+  With ``outbound_traffic_policy: REGISTRY_ONLY`` both go to ``BlackHoleCluster`` instead (HTTP:
+  Istio's ``block_all`` route, a direct 502; TCP: closed at once with ``UH``).
 - Inbound (``virtualInbound``, 15006): a declared pod port selects ``inbound|<port>||`` with the
   upstream bound to 127.0.0.6; undeclared ports go to ``InboundPassthroughCluster`` (TCP).
 - Endpoints are picked round robin per cluster; retries prefer hosts not tried yet
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from meshlab.proxy.config import Service, ServicePort, SidecarConfig
+from meshlab.proxy.outlier import OutlierRegistry
 from meshlab.proxy.policy import (
     DEFAULT_CLUSTER_POLICY,
     DEFAULT_ROUTE_POLICY,
@@ -29,6 +32,7 @@ from meshlab.proxy.policy import (
 INBOUND_BIND_IP = "127.0.0.6"  # InboundPassthroughBindIpv4 (ENVOY.md §6)
 PASSTHROUGH = "PassthroughCluster"
 INBOUND_PASSTHROUGH = "InboundPassthroughCluster"
+BLACKHOLE = "BlackHoleCluster"  # STATIC, no endpoints (ENVOY.md §7)
 
 Address = tuple[str, int]
 
@@ -98,6 +102,7 @@ class Router:
         self._by_endpoint: dict[Address, Cluster] = {}
         self._http_ports: set[int] = set()
         self._rr: dict[str, int] = {}
+        self.outliers = OutlierRegistry()  # ejected hosts are skipped by pick (ENVOY.md §8)
         for svc in config.services:
             for sp in svc.ports:
                 cluster = Cluster(
@@ -130,6 +135,12 @@ class Router:
         cluster = self._by_vip.get(dst) or self._by_endpoint.get(dst)
         if cluster is not None:
             return cluster
+        if self.config.outbound_traffic_policy == "REGISTRY_ONLY":
+            # Istio REGISTRY_ONLY: HTTP ports get the ``block_all`` route (direct 502), other
+            # traffic the ``virtualOutbound-blackhole`` chain; BlackHoleCluster has no endpoints.
+            http = dst[1] in self._http_ports
+            return Cluster(BLACKHOLE, "outbound", "http" if http else "tcp", dst[1], (),
+                           route_name="block_all" if http else "-")
         if dst[1] in self._http_ports:
             return self._with_policy(Cluster(PASSTHROUGH, "outbound", "http", dst[1], (dst,),
                                              route_name="allow_any"))
@@ -154,9 +165,12 @@ class Router:
         """Next endpoint of ``cluster`` by round robin, avoiding ``tried`` when possible.
 
         Returns:
-            An address, or None when the cluster has no endpoints (→ ``UH``).
+            An address, or None when the cluster has no endpoints or every one is ejected by
+            outlier detection outside panic mode (→ ``UH``).
         """
         eps = cluster.endpoints
+        if cluster.policy.outlier_detection is not None:
+            eps = self.outliers.healthy(cluster)
         if not eps:
             return None
         n = len(eps)

@@ -11,13 +11,13 @@ Rules:
   ``stats_flush_interval``, 5 s), as in Envoy.
 - Names carry Istio's tag layout: ``cluster.<name>;.<stat>`` and ``http.<prefix>;.<stat>`` when
   delimited tags are on (Istio >= 1.23).
-- Histograms keep 2-significant-digit bins (like Envoy's circllhist) for quantiles, plus exact
-  Envoy default bucket counts for Prometheus.
+- Histograms keep 2-significant-digit bins (like Envoy's circllhist) for quantiles and the
+  Prometheus counts per Envoy default bucket (bins entirely below the bound, as circllhist's
+  ``hist_approx_count_below``). Flushing is O(1) per active histogram.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -38,22 +38,41 @@ ISTIO_INCLUSION_REGEXPS = (r"vhost\..*\.route\..*",)
 
 
 class StatsMatcher:
-    """Istio's proxy stats matcher: default inclusion list plus extra full-match regexps."""
+    """Istio's proxy stats matcher (Envoy ``stats_matcher.inclusion_list``; ENVOY.md §3).
 
-    def __init__(self, regexps: Iterable[str] = (), *, include_all: bool = False) -> None:
+    A name is kept when it starts with one of Istio's required prefixes or ``prefixes``, ends
+    with one of the required suffixes or ``suffixes``, or full-matches the required regex or one
+    of ``regexps`` (Envoy ``safe_regex`` is a full match). Istio builds the extra lists from the
+    ``sidecar.istio.io/statsInclusion{Prefixes,Suffixes,Regexps}`` annotations, else from
+    ``proxy.istio.io/config`` ``proxyStatsMatcher`` (``I:pkg/bootstrap/config.go``).
+
+    Args:
+        regexps: extra full-match regexps.
+        prefixes: extra prefixes.
+        suffixes: extra suffixes.
+        include_all: keep every stat (plain Envoy without a matcher).
+
+    Raises:
+        re.error: a regexp does not compile.
+    """
+
+    def __init__(self, regexps: Iterable[str] = (), *, prefixes: Iterable[str] = (),
+                 suffixes: Iterable[str] = (), include_all: bool = False) -> None:
         self.include_all = include_all
         self.regexps = tuple(regexps)
+        self.prefixes = (*ISTIO_INCLUSION_PREFIXES, *prefixes)
+        self.suffixes = (*ISTIO_INCLUSION_SUFFIXES, *suffixes)
         self._compiled = [re.compile(r) for r in (*ISTIO_INCLUSION_REGEXPS, *self.regexps)]
 
     def accepts(self, name: str) -> bool:
         """True when a stat called ``name`` would be created."""
-        if self.include_all or name.startswith(ISTIO_INCLUSION_PREFIXES) or \
-                name.endswith(ISTIO_INCLUSION_SUFFIXES):
+        if self.include_all or name.startswith(self.prefixes) or name.endswith(self.suffixes):
             return True
         return any(rx.fullmatch(name) for rx in self._compiled)
 
     def __repr__(self) -> str:
-        return f"StatsMatcher(regexps={self.regexps!r}, include_all={self.include_all})"
+        return (f"StatsMatcher(prefixes={self.prefixes!r}, suffixes={self.suffixes!r}, "
+                f"regexps={self.regexps!r}, include_all={self.include_all})")
 
 
 class Counter:
@@ -113,20 +132,12 @@ def _bin_of(value: float) -> tuple[float, float]:
 
 
 class _HistData:
-    __slots__ = ("bins", "buckets", "count", "sum")
+    __slots__ = ("bins", "count", "sum")
 
     def __init__(self) -> None:
         self.bins: dict[tuple[float, float], int] = {}
         self.count = 0
         self.sum = 0.0
-        self.buckets = [0] * len(DEFAULT_BUCKETS)  # disjoint counts per bucket (+Inf dropped)
-
-    def merge(self, other: _HistData) -> None:
-        for k, v in other.bins.items():
-            self.bins[k] = self.bins.get(k, 0) + v
-        self.count += other.count
-        self.sum += other.sum
-        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
 
     def quantile(self, q: float) -> float:
         """Approximate quantile (circllhist-like interpolation inside a bin)."""
@@ -143,11 +154,19 @@ class _HistData:
         lower, width = items[-1][0]
         return lower + width
 
+    def count_below(self, bound: float) -> int:
+        """Samples in bins entirely <= ``bound`` (circllhist ``hist_approx_count_below``)."""
+        return sum(n for (lower, width), n in self.bins.items() if lower + width <= bound)
+
 
 class Histogram:
-    """Histogram of non-negative samples (unit in the name, e.g. ``_time`` in ms)."""
+    """Histogram of non-negative samples (unit in the name, e.g. ``_time`` in ms).
 
-    __slots__ = ("_cumulative", "_interval", "_pending", "name", "tags", "used")
+    A sample goes into the open interval and, at once, into the cumulative data, so closing an
+    interval at :meth:`flush` is a pointer swap (no merge on the event loop).
+    """
+
+    __slots__ = ("_cumulative", "_interval", "_pending", "_visible", "name", "tags", "used")
     kind = "histogram"
 
     def __init__(self, name: str, tags: Tags | None = None) -> None:
@@ -155,48 +174,62 @@ class Histogram:
         self._pending = _HistData()
         self._interval = _HistData()
         self._cumulative = _HistData()
+        self._visible = (0, 0.0)  # cumulative (count, sum) as of the last flush
 
     def record(self, value: float) -> None:
         """Add one sample to the current interval."""
         value = max(0.0, float(value))
-        data = self._pending
         key = _bin_of(value)
-        data.bins[key] = data.bins.get(key, 0) + 1
-        data.count += 1
-        data.sum += value
-        idx = bisect.bisect_left(DEFAULT_BUCKETS, value)
-        if idx < len(DEFAULT_BUCKETS):
-            data.buckets[idx] += 1
+        for data in (self._pending, self._cumulative):
+            data.bins[key] = data.bins.get(key, 0) + 1
+            data.count += 1
+            data.sum += value
         self.used = True
 
     def flush(self) -> None:
-        """Close the interval: it becomes the "interval" view and is merged into "cumulative"."""
-        self._interval = self._pending
-        self._cumulative.merge(self._pending)
+        """Close the interval: it becomes the "interval" view; "cumulative" includes it.
+
+        An idle histogram (nothing in this interval nor the last) costs one attribute test.
+        """
+        pending = self._pending
+        if not pending.count:
+            if self._interval.count:
+                self._interval = _HistData()  # empty: the interval view shows nan again
+            return
+        self._interval = pending
         self._pending = _HistData()
+        self._visible = (self._cumulative.count, self._cumulative.sum)
 
     @property
     def count(self) -> int:
-        """Cumulative (flushed) sample count."""
-        return self._cumulative.count
+        """Cumulative sample count as of the last flush."""
+        return self._visible[0]
 
     @property
     def sum(self) -> float:
-        """Cumulative (flushed) sample sum."""
-        return self._cumulative.sum
+        """Cumulative sample sum as of the last flush."""
+        return self._visible[1]
+
+    def _flushed_cumulative(self) -> _HistData:
+        """Cumulative data without the still-open interval (what Envoy shows)."""
+        cum, pending = self._cumulative, self._pending
+        if not pending.count:
+            return cum
+        out = _HistData()
+        out.bins = {k: n - pending.bins.get(k, 0) for k, n in cum.bins.items()}
+        out.count, out.sum = cum.count - pending.count, cum.sum - pending.sum
+        return out
 
     def quantiles(self) -> list[tuple[float, float]]:
         """``(interval, cumulative)`` for each of :data:`SUPPORTED_QUANTILES` (nan when empty)."""
-        return [(self._interval.quantile(q), self._cumulative.quantile(q))
-                for q in SUPPORTED_QUANTILES]
+        cum = self._flushed_cumulative()
+        return [(self._interval.quantile(q), cum.quantile(q)) for q in SUPPORTED_QUANTILES]
 
     def cumulative_buckets(self) -> list[int]:
-        """Cumulative counts for each of :data:`DEFAULT_BUCKETS` (``le`` semantics)."""
-        out, running = [], 0
-        for n in self._cumulative.buckets:
-            running += n
-            out.append(running)
-        return out
+        """Cumulative counts for each of :data:`DEFAULT_BUCKETS` (``le``; bin-approximate as
+        Envoy's ``computed_buckets``)."""
+        cum = self._flushed_cumulative()
+        return [cum.count_below(b) for b in DEFAULT_BUCKETS]
 
     def __repr__(self) -> str:
         return f"Histogram({self.name!r}, count={self.count}, pending={self._pending.count})"
@@ -236,7 +269,7 @@ def tagged_name(base: str, tags: Sequence[tuple[str, str]]) -> str:
 
 
 class StatsStore:
-    """All stats of one sidecar (a later issue adds full trees and ``tcp_stats``).
+    """All stats of one sidecar: a name → stat map filtered by :class:`StatsMatcher`.
 
     Args:
         matcher: decides which stat names exist (Istio defaults when None).
@@ -247,6 +280,7 @@ class StatsStore:
         self.matcher = matcher or StatsMatcher()
         self.delimited_tags = delimited_tags
         self._stats: dict[str, Stat] = {}
+        self._histograms: list[Histogram] = []
         self._rejected: set[str] = set()
 
     def _get(self, name: str, cls: type, null: Stat, tags: Tags | None) -> Stat:
@@ -260,6 +294,8 @@ class StatsStore:
             return null
         stat = cls(name, tags)
         self._stats[name] = stat
+        if cls is Histogram:
+            self._histograms.append(stat)  # type: ignore[arg-type]
         return stat
 
     def counter(self, name: str, tags: Tags | None = None) -> Counter:
@@ -291,9 +327,8 @@ class StatsStore:
 
     def flush(self) -> None:
         """End the histogram interval (call every ``stats_flush_interval_s``)."""
-        for stat in self._stats.values():
-            if isinstance(stat, Histogram):
-                stat.flush()
+        for hist in self._histograms:
+            hist.flush()
 
     def reset_counters(self) -> None:
         """Admin ``POST /reset_counters``: zero every counter."""

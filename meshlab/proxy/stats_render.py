@@ -45,6 +45,11 @@ _TAGS_LEGACY: tuple[tuple[str, str], ...] = (
 )
 
 
+def stats_tags(delimited: bool = True) -> list[tuple[str, str]]:
+    """Istio's ``stats_config.stats_tags`` as ``(tag_name, regex)`` (for ``/config_dump``)."""
+    return list(_TAGS_DELIMITED if delimited else _TAGS_LEGACY)
+
+
 class TagExtractor:
     """Turns a raw stat name into (tag-extracted name, tags) like Envoy's ``TagProducerImpl``.
 
@@ -102,7 +107,7 @@ def render_text(store: StatsStore, filter_regex: str | None = None, used_only: b
         if not h.count:
             lines.append(f"{h.name}: No recorded values")
             continue
-        parts = [f"P{_fmt(q * 100)}({_fmt(i)},{_fmt(c)})"
+        parts = [f"P{_fmt(q * 100)}({fmt_double(i)},{fmt_double(c)})"
                  for q, (i, c) in zip(SUPPORTED_QUANTILES, h.quantiles())]
         lines.append(f"{h.name}: {' '.join(parts)}")
     return "".join(line + "\n" for line in lines)
@@ -119,8 +124,10 @@ def render_json(store: StatsStore, filter_regex: str | None = None, used_only: b
         values = [{"interval": None if math.isnan(i) else i,
                    "cumulative": None if math.isnan(c) else c} for i, c in h.quantiles()]
         computed.append({"name": h.name, "values": values})
-    out.append({"histograms": {"supported_quantiles": [q * 100 for q in SUPPORTED_QUANTILES],
-                               "computed_quantiles": computed}})
+    if computed:
+        quantiles = [q * 100 for q in SUPPORTED_QUANTILES]
+        out.append({"histograms": {"supported_quantiles": quantiles,
+                                   "computed_quantiles": computed}})
     return json.dumps({"stats": out}, indent=1)
 
 
@@ -136,10 +143,16 @@ def prometheus_identity(store: StatsStore, stat: Stat) -> tuple[str, Tags]:
     return "envoy_" + _sanitize(extracted), tags
 
 
-def render_prometheus(store: StatsStore, used_only: bool = False) -> str:
-    """``GET /stats/prometheus``: Prometheus text format 0.0.4."""
+def render_prometheus(store: StatsStore, used_only: bool = False,
+                      filter_regex: str | None = None) -> str:
+    """``GET /stats/prometheus``: Prometheus text format 0.0.4.
+
+    One ``# TYPE`` line per tag-extracted metric name, then its series sorted by labels;
+    histograms as cumulative ``_bucket{…,le=…}`` lines over :data:`DEFAULT_BUCKETS` plus
+    ``+Inf``, ``_sum`` and ``_count``. ``filter_regex`` is searched in the raw stat name.
+    """
     groups: dict[str, tuple[str, list[tuple[Tags, Stat]]]] = {}
-    for stat in store.select(None, used_only):
+    for stat in store.select(filter_regex, used_only):
         metric, tags = prometheus_identity(store, stat)
         groups.setdefault(metric, (stat.kind, []))[1].append((tags, stat))
     lines: list[str] = []
@@ -176,6 +189,45 @@ def _labels(tags: Tags, extra: tuple[str, str] | None = None) -> str:
     if not items:
         return ""
     return "{" + ",".join(f'{_sanitize(k)}="{_escape(v)}"' for k, v in items) + "}"
+
+
+def fmt_double(value: float) -> str:
+    """A double as Envoy's ``fmt::format("{}")`` prints it: shortest round-trip digits, in
+    scientific form only when that is strictly shorter (``1e+05``, ``0.001``, ``nan``)."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == 0:
+        return "0"
+    digits, exp = _shortest(value)
+    sign = "-" if value < 0 else ""
+    point = exp + 1  # position of the decimal point after the first digit
+    if point <= 0:
+        fixed = "0." + "0" * -point + digits
+    elif point >= len(digits):
+        fixed = digits + "0" * (point - len(digits))
+    else:
+        fixed = digits[:point] + "." + digits[point:]
+    mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    sci = f"{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return sign + (sci if len(sci) < len(fixed) else fixed)
+
+
+def _shortest(value: float) -> tuple[str, int]:
+    """(significant digits, decimal exponent of the first digit) of ``repr(abs(value))``."""
+    text = repr(abs(value))
+    if "e" in text:
+        m, _, ex = text.partition("e")
+        digits = m.replace(".", "").rstrip("0") or "0"
+        return digits, int(ex)
+    whole, _, frac = text.partition(".")
+    raw = (whole + frac).lstrip("0")
+    if whole.strip("0"):
+        exp = len(whole.lstrip("0")) - 1
+    else:
+        exp = -(len(frac) - len(frac.lstrip("0")) + 1)
+    return raw.rstrip("0") or "0", exp
 
 
 def _fmt(value: float) -> str:

@@ -2,6 +2,9 @@
 
 GET /echo → JSON {"headers": {...}, "peer": "ip:port"}; GET /status/<n> → status n;
 GET /peers → JSON list of distinct peer addresses seen (to count upstream connections).
+Any path takes ``?delay=<seconds>`` (answer late) and ``?fail_on=<ip>`` (answer 503 when the
+connection arrived on that local address, e.g. a second IP of the pod). GET /close → close without answering (FIN);
+GET /reset → abort with RST; GET /garbage → answer bytes that are not HTTP, then close.
 """
 
 import json
@@ -18,15 +21,43 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
+    def _misbehave(self, route):
+        """The /close, /reset and /garbage endpoints; True when one was served."""
+        import socket
+        import struct
+
+        if route == "/garbage":
+            self.wfile.write(b"THIS IS NOT HTTP\r\n\r\n")
+            self.wfile.flush()
+        elif route == "/reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+        elif route != "/close":
+            return False
+        self.close_connection = True
+        return True
+
     def do_GET(self):
+        import time
+        from urllib.parse import parse_qs, urlsplit
+
         peer = f"{self.client_address[0]}:{self.client_address[1]}"
         if peer not in PEERS:
             PEERS.append(peer)
+        url = urlsplit(self.path)
+        delay = parse_qs(url.query).get("delay")
+        if delay:
+            time.sleep(min(float(delay[0]), 30.0))
+        if self._misbehave(url.path):
+            return
         status = 200
+        fail_on = parse_qs(url.query).get("fail_on")  # 503 when called on that local IP
+        if fail_on and self.connection.getsockname()[0] == fail_on[0]:
+            status = 503
         if self.path == "/peers":
             body = json.dumps(PEERS).encode()
-        elif self.path.startswith("/status/"):
-            status = int(self.path.rsplit("/", 1)[1])
+        elif url.path.startswith("/status/"):
+            status = int(url.path.rsplit("/", 1)[1])
             body = b"app says %d" % status
         else:
             body = json.dumps({"headers": {k.lower(): v for k, v in self.headers.items()},
@@ -39,7 +70,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def tcp_echo(port):
-    """Echo everything back; close after the peer's FIN."""
+    """Echo everything back; close after the peer's FIN.
+
+    A connection whose data starts with ``LINGER`` instead answers ``after-eof\\n`` after the
+    peer's FIN and then keeps its socket open (CLOSE-WAIT), for the half-close tests.
+    """
     import socket
     import threading
 
@@ -47,8 +82,13 @@ def tcp_echo(port):
 
     def serve(conn):
         with conn:
+            head = b""
             while data := conn.recv(65536):
+                head = (head + data)[:6] if len(head) < 6 else head
                 conn.sendall(data)
+            if head == b"LINGER":  # half-close tests: answer after EOF, then stay half-open
+                conn.sendall(b"after-eof\n")
+                threading.Event().wait(3600)
 
     while True:
         conn, _ = srv.accept()

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from meshlab.envs.local.netns import delete_netns
+from meshlab.envs.local.veth_pair import VethPair, build_veth_pair, install_capture
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = str(ROOT / ".venv" / "bin" / "python")
 HERE = Path(__file__).resolve().parent
@@ -34,35 +37,6 @@ FQDN = "fortio-server.mark.svc.cluster.local"
 CLUSTER = f"outbound|8080||{FQDN}"
 A_IP, B_IP = "10.244.1.2", "10.244.1.3"
 
-ISTIO_NAT = """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:ISTIO_INBOUND - [0:0]
-:ISTIO_IN_REDIRECT - [0:0]
-:ISTIO_OUTPUT - [0:0]
-:ISTIO_REDIRECT - [0:0]
--A PREROUTING -p tcp -j ISTIO_INBOUND
--A OUTPUT -j ISTIO_OUTPUT
--A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
--A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
--A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
--A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
--A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
--A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
--A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
--A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
--A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
--A ISTIO_OUTPUT -j ISTIO_REDIRECT
--A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
-COMMIT
-"""
 
 
 def _run(argv: list[str], input_text: str | None = None, timeout_s: float = 30) -> str:
@@ -165,19 +139,10 @@ def pair_lab(overrides: dict | None = None, *, app_ports: tuple[int, ...] = (808
     workdir = Path(tempfile.mkdtemp(prefix=f"mltest-proxy-{tag}-"))
     workdir.chmod(0o755)
     procs: list[subprocess.Popen] = []
-    created: list[str] = []
     try:
+        build_veth_pair(VethPair(ns_a, ns_b, A_IP, B_IP))
         for ns in (ns_a, ns_b):
-            _run(["ip", "netns", "add", ns])
-            created.append(ns)
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", ns_a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-              "netns", ns_b])
-        for ns, ip in ((ns_a, A_IP), (ns_b, B_IP)):
-            _run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0"])
-            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-            _run(["ip", "-n", ns, "route", "add", "10.96.0.0/16", "dev", "eth0"])
-            _run(["ip", "netns", "exec", ns, "iptables-restore"], input_text=ISTIO_NAT)
+            install_capture(ns)
         for sub, ns, pod, ip, wl in (("a", ns_a, "fortio-client-0", A_IP, "fortio-client"),
                                      ("b", ns_b, "fortio-server-0", B_IP, "fortio-server")):
             d = workdir / sub
@@ -215,15 +180,8 @@ def pair_lab(overrides: dict | None = None, *, app_ports: tuple[int, ...] = (808
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
-        for ns in created:  # anything still inside was started by us
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                                  check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        for ns in (ns_a, ns_b):  # anything still inside was started by us
+            delete_netns(ns)
         for d in ("a", "b"):
             err = workdir / d / "sidecar.err"
             if err.exists() and err.read_text().strip():
