@@ -60,6 +60,7 @@ class AdminContext:
         server: health / drain / logging state.
         on_quit: called on ``POST /quitquitquit``.
         on_drain: ``(inbound_only, graceful)`` called on ``POST /drain_listeners``.
+        is_ejected: ``(cluster, (ip, port)) -> bool`` from outlier detection (``/clusters``).
     """
 
     stats: ProxyStats
@@ -67,6 +68,7 @@ class AdminContext:
     server: ServerState
     on_quit: Callable[[], None] | None = None
     on_drain: Callable[[bool, bool], None] | None = None
+    is_ejected: Callable[[str, tuple[str, int]], bool] | None = None
 
     @property
     def store(self) -> StatsStore:
@@ -163,9 +165,9 @@ def admin_response(method: str, target: str, ctx: AdminContext) -> Reply:
         return Reply(200, body.encode(), JSON_CONTENT_TYPE if fmt == "json" else Reply.content_type)
     if path == "/clusters":
         if fmt == "json":
-            return Reply(200, render_clusters_json(ctx.config, ctx.stats).encode(),
+            return Reply(200, render_clusters_json(ctx.config, ctx.stats, ctx.is_ejected).encode(),
                          JSON_CONTENT_TYPE)
-        return Reply(200, render_clusters_text(ctx.config, ctx.stats).encode())
+        return Reply(200, render_clusters_text(ctx.config, ctx.stats, ctx.is_ejected).encode())
     if path == "/config_dump":
         try:
             status, body = config_dump(ctx.config, ctx.store.matcher,

@@ -16,6 +16,7 @@ created (as Envoy does); EDS/STATIC clusters their configured endpoints.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshlab.proxy.config import SidecarConfig
@@ -29,6 +30,12 @@ XDS_PIPE = "./etc/istio/proxy/XDS"
 SDS_PIPE = "./var/run/secrets/workload-spiffe-uds/socket"
 
 HostAddr = tuple[str, int] | str  # (ip, port) or a unix pipe path
+#: ``(cluster name, (ip, port)) -> ejected?`` (``OutlierRegistry.is_ejected``).
+EjectedFn = Callable[[str, tuple[str, int]], bool]
+
+
+def _ejected(fn: EjectedFn | None, cluster: str, host: HostAddr) -> bool:
+    return fn is not None and isinstance(host, tuple) and fn(cluster, host)
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,13 @@ def _addr(host: HostAddr) -> str:
     return host if isinstance(host, str) else f"{host[0]}:{host[1]}"
 
 
-def render_clusters_text(config: SidecarConfig, stats: ProxyStats) -> str:
-    """``GET /clusters``: one ``<cluster>::<fact>::<value>`` line per fact."""
+def render_clusters_text(config: SidecarConfig, stats: ProxyStats,
+                         is_ejected: EjectedFn | None = None) -> str:
+    """``GET /clusters``: one ``<cluster>::<fact>::<value>`` line per fact.
+
+    ``is_ejected`` marks outlier-ejected hosts ``health_flags::/failed_outlier_check``
+    (Envoy ``HostUtility::healthFlagsToString``).
+    """
     lines: list[str] = []
     for info in cluster_inventory(config):
         c = info.name
@@ -120,7 +132,8 @@ def render_clusters_text(config: SidecarConfig, stats: ProxyStats) -> str:
         for host, hs in _hosts(info, stats):
             a = _addr(host)
             lines.extend(f"{c}::{a}::{k}::{v}" for k, v in hs.items())
-            for k, v in (("hostname", ""), ("health_flags", "healthy"), ("weight", "1"),
+            health = "/failed_outlier_check" if _ejected(is_ejected, c, host) else "healthy"
+            for k, v in (("hostname", ""), ("health_flags", health), ("weight", "1"),
                          ("region", ""), ("zone", ""), ("sub_zone", ""), ("canary", "false"),
                          ("priority", "0"), ("success_rate", "-1"),
                          ("local_origin_success_rate", "-1")):
@@ -141,8 +154,12 @@ def _thresholds(cb: CircuitBreakers, priority: str | None) -> dict[str, object]:
     return out
 
 
-def render_clusters_json(config: SidecarConfig, stats: ProxyStats) -> str:
-    """``GET /clusters?format=json``: ``admin.v3.Clusters`` (proto JSON: zero values omitted)."""
+def render_clusters_json(config: SidecarConfig, stats: ProxyStats,
+                         is_ejected: EjectedFn | None = None) -> str:
+    """``GET /clusters?format=json``: ``admin.v3.Clusters`` (proto JSON: zero values omitted).
+
+    An outlier-ejected host has ``health_status.failed_outlier_check: true``.
+    """
     statuses = []
     for info in cluster_inventory(config):
         default, high = info.breakers
@@ -160,8 +177,11 @@ def render_clusters_json(config: SidecarConfig, stats: ProxyStats) -> str:
                         for k, v in hs.items() if k not in HOST_GAUGES]
             gauges = [{"name": k, "type": "GAUGE", **({"value": str(v)} if v else {})}
                       for k, v in hs.items() if k in HOST_GAUGES]
+            health: dict[str, object] = {"eds_health_status": "HEALTHY"}
+            if _ejected(is_ejected, info.name, host):
+                health["failed_outlier_check"] = True
             hosts.append({"address": _socket_address(host), "stats": counters + gauges,
-                          "health_status": {"eds_health_status": "HEALTHY"}, "weight": 1,
+                          "health_status": health, "weight": 1,
                           "locality": {}})
         if hosts:
             doc["host_statuses"] = hosts

@@ -132,6 +132,7 @@ async def start_admin(config: SidecarConfig, stats: ProxyStats, sidecar: Sidecar
 
     state = ServerState(stats.store, clusters=clusters, listeners=listeners,
                         connections=connections)
-    runtime = AdminRuntime(AdminContext(stats, config, state, on_quit=on_quit), sidecar)
+    runtime = AdminRuntime(AdminContext(stats, config, state, on_quit=on_quit,
+                                        is_ejected=sidecar.router.outliers.is_ejected), sidecar)
     await runtime.start(on_quit)
     return runtime

@@ -102,6 +102,9 @@ def test_outlier_ejects_the_failing_endpoint(lab):
     assert stats[p + "ejections_detected_consecutive_5xx"] == 1
     lines = [x for x in lab.log_lines("a") if x["upstream_cluster"] == OD]
     assert {x["upstream_host"] for x in lines[-5:]} == {f"{B_IP}:8080"}
+    clusters = lab.get(lab.ns_a, "127.0.0.1", 15000, "/clusters")[0]["body"].splitlines()
+    assert f"{OD}::{B2_IP}:8080::health_flags::/failed_outlier_check" in clusters
+    assert f"{OD}::{B_IP}:8080::health_flags::healthy" in clusters
 
 
 def _ss_upstream(lab, dst: str) -> str:
