@@ -67,7 +67,7 @@ def proxy_config(workdir: Path, port: int, upstream: str, bind_ip: str | None = 
     """nginx.conf of an L7 proxy: listen ``port``, forward to ``upstream`` (``ip:port``).
 
     HTTP/1.1 upstream with a keep-alive pool (64 idle connections), access log on (combined
-    format, one write per request — like the sidecar's line-flushed access log), and
+    format, one write per request — the sidecar writes its lines once per event-loop pass), and
     ``proxy_bind bind_ip`` when given (the inbound side binds 127.0.0.6 as Envoy does, so
     Istio's capture rules let the connection through to the app).
     """

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         "duration_s": args.duration_s, "max_s": args.max_s,
                         "response_bytes": _nginx.BODY_BYTES, "proxy_cpu": PROXY_CPU,
                         "client_and_app_cpu": CLIENT_CPU, "app": "nginx return 200 (1 KB)",
-                        "access_logs": "on (sidecar TEXT, nginx combined; file, one write/request)"},
+                        "access_logs": "on (sidecar TEXT, nginx combined; file; nginx one write per request, sidecar one write per loop pass)"},
            "modes": modes, "targets": TARGETS}
     doc["summary"] = summarise(doc)
     if profile:

@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from meshlab.errors import ConfigError
 from meshlab.proxy.accesslog import AccessLogWriter
@@ -77,6 +78,16 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
         access_log.close()
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``uvloop``'s event loop when installed (libuv: a cheaper loop and transports), else None
+    (asyncio's default). The sidecar relies only on the asyncio API, so either works."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m meshlab.proxy",
@@ -95,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meshlab.proxy: invalid config: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(config, drop_to=drop_to))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(run(config, drop_to=drop_to))
     except OSError as exc:
         print(f"meshlab.proxy: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -158,28 +158,45 @@ class ClusterResources:
             Overflow: pending or request limit reached.
             ConnectFailure: a new connection could not be made.
         """
+        conn = self.acquire_idle(pool, endpoint, bind_ip, stats, policy)
+        if conn is not None:
+            return conn, True
+        if not self.pending.can_create():
+            self.pending_overflow.inc()
+            raise Overflow("max_pending_requests")
+        self.pending.inc()
+        self.pending_total.inc()
+        self.pending_active.inc()
+        try:
+            conn, reused = await self._wait_or_connect(pool, endpoint, bind_ip, timeout_s,
+                                                       stats, policy)
+        finally:
+            self.pending.dec()
+            self.pending_active.dec()
+        return self._attach_to(pool, conn, bind_ip, policy), reused
+
+    def acquire_idle(self, pool: ConnectionPool, endpoint: Address, bind_ip: str | None,
+                     stats: object, policy: ClusterPolicy) -> UpstreamConnection | None:
+        """:meth:`acquire` without waiting: an idle pooled connection attached to a new request,
+        or None when none is pooled (then call :meth:`acquire`).
+
+        Raises:
+            Overflow: request limit reached (the connection goes back to the pool).
+        """
         conn = pool.take_idle(endpoint, bind_ip, stats)  # type: ignore[arg-type]
-        reused = conn is not None
         if conn is None:
-            if not self.pending.can_create():
-                self.pending_overflow.inc()
-                raise Overflow("max_pending_requests")
-            self.pending.inc()
-            self.pending_total.inc()
-            self.pending_active.inc()
-            try:
-                conn, reused = await self._wait_or_connect(pool, endpoint, bind_ip, timeout_s,
-                                                           stats, policy)
-            finally:
-                self.pending.dec()
-                self.pending_active.dec()
+            return None
+        return self._attach_to(pool, conn, bind_ip, policy)
+
+    def _attach_to(self, pool: ConnectionPool, conn: UpstreamConnection, bind_ip: str | None,
+                   policy: ClusterPolicy) -> UpstreamConnection:
         try:
             self.attach()
         except Overflow:
             pool.park(conn, bind_ip, policy.http_idle_timeout_s)
             raise
         conn.limits_rq = True
-        return conn, reused
+        return conn
 
     async def _wait_or_connect(self, pool: ConnectionPool, endpoint: Address,
                                bind_ip: str | None, timeout_s: float, stats: object,

@@ -26,6 +26,7 @@ from meshlab.proxy.capture import ConnectionHandler
 from meshlab.proxy.circuit import CircuitRegistry
 from meshlab.proxy.config import SidecarConfig
 from meshlab.proxy.flags import ResetReason
+from meshlab.proxy.http_context import Deadlines
 from meshlab.proxy.http_core import HttpStream, StreamContext, protocol_error_stream
 from meshlab.proxy.http_downstream import DownstreamReader, delayed_close
 from meshlab.proxy.http_limits import HeadLimitExceeded, HeadMeter, codec_error_reply
@@ -50,35 +51,6 @@ def reset_reason(exc: UpstreamClosed | UpstreamProtocolError) -> ResetReason:
     if isinstance(exc, UpstreamProtocolError):
         return ResetReason.PROTOCOL_ERROR
     return ResetReason.CONNECTION_TERMINATION
-
-
-class Deadlines:
-    """The route and per-try deadlines of one stream (event-loop time, None = not running)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.route: float | None = None
-        self.per_try: float | None = None
-        self._route_started = False
-
-    def start_route(self, timeout_s: float | None) -> None:
-        """Arm the route deadline once (at the router's first attempt)."""
-        if not self._route_started:
-            self._route_started = True
-            self.route = self._loop.time() + timeout_s if timeout_s else None
-
-    def start_per_try(self, timeout_s: float | None) -> None:
-        """Arm (or clear) the per-try deadline for the attempt whose connection is ready."""
-        self.per_try = self._loop.time() + timeout_s if timeout_s else None
-
-    def next(self) -> tuple[float | None, str]:
-        """(the earliest deadline or None, ``"per_try"`` or ``"route"``)."""
-        if self.per_try is not None and (self.route is None or self.per_try < self.route):
-            return self.per_try, "per_try"
-        return self.route, "route"
-
-    def __repr__(self) -> str:
-        return f"Deadlines(route={self.route}, per_try={self.per_try})"
 
 
 class HttpProxy(ConnectionHandler):
@@ -197,7 +169,7 @@ class HttpProxy(ConnectionHandler):
                      down: DownstreamReader, writer: asyncio.StreamWriter) -> str:
         """Execute ``stream``'s actions until it is done; returns KEEP, CLOSE or LINGER."""
         ctx = stream.ctx
-        dl = Deadlines(asyncio.get_running_loop())
+        dl = Deadlines(asyncio.get_running_loop().time)
         conn: UpstreamConnection | None = None
         bind_ip = ctx.cluster.bind_ip
         try:
@@ -210,10 +182,22 @@ class HttpProxy(ConnectionHandler):
                 elif isinstance(action, actions.Connect):
                     dl.start_route(stream.timeouts.timeout_s)
                     dl.start_per_try(None)
-                    outcome, value = await self._race(
-                        self.pool.acquire(action.address, action.bind_ip, action.timeout_s,
-                                          stream.cluster_stats, policy=ctx.cluster.policy,
-                                          limits=stream.limits), down, dl)
+                    try:  # a pooled connection needs no wait (and no task)
+                        idle = self.pool.acquire_idle(action.address, action.bind_ip,
+                                                      stream.cluster_stats,
+                                                      policy=ctx.cluster.policy,
+                                                      limits=stream.limits)
+                    except ConnectFailure as exc:  # circuit-breaker overflow
+                        outcome, value = "error", exc
+                    else:
+                        if idle is not None:
+                            outcome, value = "ok", (idle, True)
+                        else:
+                            outcome, value = await self._race(
+                                self.pool.acquire(action.address, action.bind_ip,
+                                                  action.timeout_s, stream.cluster_stats,
+                                                  policy=ctx.cluster.policy,
+                                                  limits=stream.limits), down, dl)
                     if outcome == "ok":
                         conn, _reused = value  # type: ignore[misc]
                         assert conn is not None
@@ -325,20 +309,31 @@ class HttpProxy(ConnectionHandler):
     async def _pump_response(self, stream: HttpStream, action: actions.ForwardResponse,
                              conn: UpstreamConnection, codec: h11.Connection,
                              writer: asyncio.StreamWriter, dl: Deadlines) -> bool:
+        """Forward the response head and body; False when the exchange broke.
+
+        What the upstream already delivered goes downstream in one write (head and body in one
+        segment when they arrived together); pending bytes are written before every wait.
+        """
         try:
-            writer.write(codec.send(action.response))
+            out = [codec.send(action.response)]
         except h11.LocalProtocolError:
             stream.on_downstream_closed()
             return False
-        loop = asyncio.get_running_loop()
         deadline, kind = dl.next()
         while True:
             try:
-                if deadline is None:
-                    event = await conn.next_event()
-                else:
-                    event = await asyncio.wait_for(conn.next_event(),
-                                                   max(0.0, deadline - loop.time()))
+                event = conn.poll_event()
+                if event is h11.NEED_DATA:
+                    writer.write(b"".join(out))
+                    out.clear()
+                    if writer.transport.get_write_buffer_size() > READ_CHUNK * 4:
+                        await writer.drain()
+                    if deadline is None:
+                        event = await conn.next_event()
+                    else:
+                        event = await asyncio.wait_for(
+                            conn.next_event(),
+                            max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
                 if kind == "per_try":
                     stream.on_per_try_timeout()
@@ -347,20 +342,24 @@ class HttpProxy(ConnectionHandler):
                 writer.transport.abort()
                 return False
             except (UpstreamClosed, UpstreamProtocolError) as exc:
+                if out:  # what the upstream sent goes out before the reset
+                    writer.write(b"".join(out))
                 stream.on_upstream_reset(reset_reason(exc))
                 writer.transport.abort()
                 return False
+            except (ConnectionError, OSError):
+                stream.on_downstream_closed()
+                return False
             try:
                 if isinstance(event, h11.Data):
-                    writer.write(codec.send(event))
+                    out.append(codec.send(event))
                     stream.on_response_body(len(event.data))
                 elif isinstance(event, h11.EndOfMessage):
-                    writer.write(codec.send(h11.EndOfMessage()))
+                    out.append(codec.send(h11.EndOfMessage()))
+                    writer.write(b"".join(out))
                     await writer.drain()
                     stream.on_response_complete()
                     return True
-                if writer.transport.get_write_buffer_size() > READ_CHUNK * 4:
-                    await writer.drain()
             except (ConnectionError, OSError, h11.LocalProtocolError):
                 stream.on_downstream_closed()
                 return False

@@ -64,3 +64,36 @@ class StreamContext:
     def server_name(self) -> bytes:
         """HCM ``server_name`` Istio configures for this direction."""
         return b"istio-envoy" if self.cluster.direction == "inbound" else b"envoy"
+
+
+class Deadlines:
+    """The route and per-try deadlines of one stream (``clock`` time in s, None = not running).
+
+    Args:
+        clock: the time source of the deadlines (the event loop's ``time``).
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.route: float | None = None
+        self.per_try: float | None = None
+        self._route_started = False
+
+    def start_route(self, timeout_s: float | None) -> None:
+        """Arm the route deadline once (at the router's first attempt)."""
+        if not self._route_started:
+            self._route_started = True
+            self.route = self._clock() + timeout_s if timeout_s else None
+
+    def start_per_try(self, timeout_s: float | None) -> None:
+        """Arm (or clear) the per-try deadline for the attempt whose connection is ready."""
+        self.per_try = self._clock() + timeout_s if timeout_s else None
+
+    def next(self) -> tuple[float | None, str]:
+        """(the earliest deadline or None, ``"per_try"`` or ``"route"``)."""
+        if self.per_try is not None and (self.route is None or self.per_try < self.route):
+            return self.per_try, "per_try"
+        return self.route, "route"
+
+    def __repr__(self) -> str:
+        return f"Deadlines(route={self.route}, per_try={self.per_try})"

@@ -11,6 +11,7 @@ inbound responses, and is read from inbound requests and outbound responses.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 import uuid
@@ -48,6 +49,7 @@ def http_date(now_s: float | None = None) -> bytes:
     return _date_cache[1]
 
 
+@functools.lru_cache(maxsize=128)
 def reason_phrase(status: int) -> bytes:
     """Standard reason phrase (Envoy generates its own instead of forwarding the upstream's)."""
     try:
@@ -56,6 +58,7 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
+@functools.lru_cache(maxsize=16)
 def encode_peer_metadata(peer: PeerInfo) -> bytes:
     """``x-envoy-peer-metadata`` value for our pod (base64 JSON; Istio uses a protobuf Struct)."""
     doc = {"WORKLOAD_NAME": peer.workload, "NAMESPACE": peer.namespace, "APP": peer.app,
@@ -63,8 +66,10 @@ def encode_peer_metadata(peer: PeerInfo) -> bytes:
     return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode())
 
 
+@functools.lru_cache(maxsize=256)
 def decode_peer_metadata(value: bytes | None) -> PeerInfo | None:
-    """Inverse of :func:`encode_peer_metadata`; None when absent or unreadable."""
+    """Inverse of :func:`encode_peer_metadata`; None when absent or unreadable (cached: a
+    connection's peer sends the same value on every request)."""
     if not value:
         return None
     try:
@@ -170,8 +175,9 @@ def upstream_request(request: h11.Request, head: RequestHead, attempt: int,
     headers.append((b"x-envoy-attempt-count", str(attempt).encode()))
     if body_bytes or head.had_body_framing:
         headers.append((b"content-length", str(body_bytes).encode()))
+    # every name/value is parsed (h11-validated) or generated here: skip h11's re-validation
     return h11.Request(method=request.method, target=request.target, headers=headers,
-                       http_version=b"1.1")
+                       http_version=b"1.1", _parsed=True)
 
 
 def rewrite_response(response: h11.Response, *, outbound: bool, server_name: bytes,
@@ -207,8 +213,9 @@ def rewrite_response(response: h11.Response, *, outbound: bool, server_name: byt
     headers.append((b"x-envoy-upstream-service-time", str(service_time_ms).encode()))
     if send_peer is not None:
         headers.append((PEER_METADATA, encode_peer_metadata(send_peer)))
+    # every name/value is parsed (h11-validated) or generated here: skip h11's re-validation
     return (h11.Response(status_code=response.status_code, headers=headers,
-                         reason=reason_phrase(response.status_code)), peer)
+                         reason=reason_phrase(response.status_code), _parsed=True), peer)
 
 
 def local_reply_response(reply: LocalReply, *, server_name: bytes,

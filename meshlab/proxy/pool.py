@@ -116,6 +116,22 @@ class UpstreamConnection:
             raise UpstreamClosed(str(exc)) from None
         self.stats.upstream_cx_tx_bytes_total.inc(len(data))  # type: ignore[attr-defined]
 
+    def poll_event(self) -> h11.Event | type[h11.NEED_DATA]:
+        """The next already-received h11 event, or ``h11.NEED_DATA``; raises as :meth:`next_event`."""
+        while True:
+            try:
+                event = self.codec.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self.peer_closed:  # EOF mid-response: connection termination, not garbage
+                    raise UpstreamClosed(str(exc)) from None
+                raise UpstreamProtocolError(str(exc)) from None
+            if isinstance(event, h11.ConnectionClosed):
+                self.peer_closed = True
+                raise UpstreamClosed("connection closed")
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 1xx: Envoy answers 100-continue itself
+            return event
+
     async def next_event(self) -> h11.Event:
         """The next h11 event from the upstream (Response, Data, EndOfMessage…).
 
@@ -124,29 +140,18 @@ class UpstreamConnection:
             UpstreamProtocolError: unparseable response.
         """
         while True:
+            event = self.poll_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
             try:
-                event = self.codec.next_event()
-            except h11.RemoteProtocolError as exc:
-                if self.peer_closed:  # EOF mid-response: connection termination, not garbage
-                    raise UpstreamClosed(str(exc)) from None
-                raise UpstreamProtocolError(str(exc)) from None
-            if event is h11.NEED_DATA:
-                try:
-                    data = await self.reader.read(READ_CHUNK)
-                except (ConnectionError, OSError) as exc:
-                    self.peer_closed = True
-                    raise UpstreamClosed(str(exc)) from None
-                self.stats.upstream_cx_rx_bytes_total.inc(len(data))  # type: ignore[attr-defined]
-                if not data:
-                    self.peer_closed = True
-                self.codec.receive_data(data)
-                continue
-            if isinstance(event, h11.ConnectionClosed):
+                data = await self.reader.read(READ_CHUNK)
+            except (ConnectionError, OSError) as exc:
                 self.peer_closed = True
-                raise UpstreamClosed("connection closed")
-            if isinstance(event, h11.InformationalResponse):
-                continue  # 1xx: Envoy answers 100-continue itself
-            return event
+                raise UpstreamClosed(str(exc)) from None
+            self.stats.upstream_cx_rx_bytes_total.inc(len(data))  # type: ignore[attr-defined]
+            if not data:
+                self.peer_closed = True
+            self.codec.receive_data(data)
 
     def close(self, *, remote: bool = False) -> None:
         """Close the socket and update the destroy counters (idempotent)."""
@@ -286,9 +291,20 @@ class ConnectionPool:
         if limits is not None:
             return await limits.acquire(self, endpoint, bind_ip, timeout_s, stats, policy)
         conn = self.take_idle(endpoint, bind_ip, stats)
-        if conn is not None:
-            return conn, True
-        return await self.connect(endpoint, bind_ip, timeout_s, stats, policy), False
+        return (conn, True) if conn is not None else (
+            await self.connect(endpoint, bind_ip, timeout_s, stats, policy), False)
+
+    def acquire_idle(self, endpoint: Address, bind_ip: str | None, stats: ClusterStats, *,
+                     policy: ClusterPolicy = DEFAULT_CLUSTER_POLICY,
+                     limits: ClusterResources | None = None) -> UpstreamConnection | None:
+        """:meth:`acquire`'s reuse path without waiting: a pooled connection or None.
+
+        Raises:
+            :class:`~meshlab.proxy.circuit.Overflow`: ``limits``' request limit reached.
+        """
+        if limits is not None:
+            return limits.acquire_idle(self, endpoint, bind_ip, stats, policy)
+        return self.take_idle(endpoint, bind_ip, stats)
 
     def take_idle(self, endpoint: Address, bind_ip: str | None,
                   stats: ClusterStats | None = None) -> UpstreamConnection | None:

@@ -28,6 +28,9 @@ from meshlab.model import (
 from meshlab.proxy.policy import TcpKeepalive
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0  # Istio meshConfig.connectTimeout (ENVOY.md §8)
+#: The lab reads tcp_stats every second (Envoy's ``update_period``; unset = only at close)
+#: so a fault's retransmissions show while it is active.
+TCP_STATS_UPDATE_PERIOD_S = 1.0
 
 
 def stats_inclusion_regexps(pp: PodPlan) -> list[str]:
@@ -96,6 +99,7 @@ def sidecar_config(plan: LabPlan, pp: PodPlan, access_log_path: str) -> dict[str
         "access_log_path": access_log_path,
         "access_log_encoding": "JSON",
         "stats_inclusion_regexps": stats_inclusion_regexps(pp),
+        "tcp_stats_update_period_s": TCP_STATS_UPDATE_PERIOD_S,
         "policies": policies(plan, pp),
     }
 
