@@ -1,7 +1,8 @@
 """HTTP/1.1 downstream connections: drive :class:`~meshlab.proxy.http_core.HttpStream` actions.
 
 One :class:`HttpProxy` serves every captured HTTP connection of a sidecar (each connection is its
-own asyncio task, so a slow or half-sent request never blocks another connection): h11 parses
+own asyncio task, so a slow or half-sent request never blocks another connection): a
+:class:`~meshlab.proxy.http_codec.ServerCodec` (httptools, h11 for anything unusual) parses
 the downstream bytes under Envoy's head limits (:mod:`~meshlab.proxy.http_limits`), each request
 gets a stream, and the actions the stream returns are executed here (fault delays, pooled
 upstream connections, backoff sleeps, response pumping, local replies) while a pending
@@ -26,6 +27,7 @@ from meshlab.proxy.capture import ConnectionHandler
 from meshlab.proxy.circuit import CircuitRegistry
 from meshlab.proxy.config import SidecarConfig
 from meshlab.proxy.flags import ResetReason
+from meshlab.proxy.http_codec import Http1Request, ServerCodec
 from meshlab.proxy.http_context import Deadlines
 from meshlab.proxy.http_core import HttpStream, StreamContext, protocol_error_stream
 from meshlab.proxy.http_downstream import DownstreamReader, delayed_close
@@ -82,8 +84,8 @@ class HttpProxy(ConnectionHandler):
         hstats.downstream_cx_http1_total.inc()
         hstats.downstream_cx_active.inc()
         max_bytes = cfg.max_request_headers_kb * 1024
-        # h11's own limit sits above Envoy's so the HeadMeter decides (ENVOY.md §8)
-        codec = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes + READ_CHUNK)
+        # the codec's own limit sits above Envoy's so the HeadMeter decides (ENVOY.md §8)
+        codec = ServerCodec(max_incomplete_event_size=max_bytes + READ_CHUNK)
         meter = HeadMeter(max_bytes, cfg.max_headers_count)
         down = DownstreamReader(reader)
         outcome = CLOSE
@@ -101,13 +103,11 @@ class HttpProxy(ConnectionHandler):
                     outcome = LINGER
                     return
                 meter.reset()
-                if not isinstance(event, h11.Request):
+                if not isinstance(event, Http1Request):
                     return  # ConnectionClosed or EOF between requests
                 outcome = await self._handle_request(ctx, codec, down, writer, event)
-                if outcome != KEEP or codec.our_state is not h11.DONE or \
-                        codec.their_state is not h11.DONE:
+                if outcome != KEEP or not codec.start_next_cycle():
                     return
-                codec.start_next_cycle()
         finally:
             if outcome == LINGER:
                 await delayed_close(down, cfg.delayed_close_timeout_s)
@@ -115,9 +115,9 @@ class HttpProxy(ConnectionHandler):
             hstats.downstream_cx_active.dec()
             hstats.downstream_cx_destroy.inc()
 
-    async def _next_request_event(self, codec: h11.Connection, down: DownstreamReader,
-                                  meter: HeadMeter | None = None) -> h11.Event:
-        """The next h11 event; while a head is pending, ``meter`` enforces Envoy's limits.
+    async def _next_request_event(self, codec: ServerCodec, down: DownstreamReader,
+                                  meter: HeadMeter | None = None) -> object:
+        """The next codec event; while a head is pending, ``meter`` enforces Envoy's limits.
 
         Raises:
             h11.RemoteProtocolError: unparseable bytes.
@@ -134,13 +134,11 @@ class HttpProxy(ConnectionHandler):
                         raise HeadLimitExceeded(over)
                 codec.receive_data(data)
                 continue
-            if event is h11.PAUSED:
-                return h11.ConnectionClosed()
             return event
 
-    async def _handle_request(self, ctx: StreamContext, codec: h11.Connection,
+    async def _handle_request(self, ctx: StreamContext, codec: ServerCodec,
                               down: DownstreamReader, writer: asyncio.StreamWriter,
-                              request: h11.Request) -> str:
+                              request: Http1Request) -> str:
         """Serve one request; returns KEEP, CLOSE or LINGER (close after the delay)."""
         stream = HttpStream(ctx, request)
         stream.limits = self.circuits.get(ctx.cluster, self.stats)
@@ -165,7 +163,7 @@ class HttpProxy(ConnectionHandler):
         finally:
             self.access_log.write(stream.finish())
 
-    async def _drive(self, stream: HttpStream, action: actions.Action, codec: h11.Connection,
+    async def _drive(self, stream: HttpStream, action: actions.Action, codec: ServerCodec,
                      down: DownstreamReader, writer: asyncio.StreamWriter) -> str:
         """Execute ``stream``'s actions until it is done; returns KEEP, CLOSE or LINGER."""
         ctx = stream.ctx
@@ -294,7 +292,7 @@ class HttpProxy(ConnectionHandler):
                 return ("error", exc) if exc is not None else ("ok", task.result())
             if watch in done:
                 data = down.take()
-                if data:  # pipelined bytes: keep them for h11, keep waiting
+                if data:  # pipelined bytes: keep them for the codec, keep waiting
                     down.unread(data)
                     continue
                 task.cancel()
@@ -307,7 +305,7 @@ class HttpProxy(ConnectionHandler):
             return ("timeout", kind)
 
     async def _pump_response(self, stream: HttpStream, action: actions.ForwardResponse,
-                             conn: UpstreamConnection, codec: h11.Connection,
+                             conn: UpstreamConnection, codec: ServerCodec,
                              writer: asyncio.StreamWriter, dl: Deadlines) -> bool:
         """Forward the response head and body; False when the exchange broke.
 
@@ -364,7 +362,7 @@ class HttpProxy(ConnectionHandler):
                 stream.on_downstream_closed()
                 return False
 
-    async def _write_local_reply(self, codec: h11.Connection, writer: asyncio.StreamWriter,
+    async def _write_local_reply(self, codec: ServerCodec, writer: asyncio.StreamWriter,
                                  reply: actions.SendLocalReply) -> None:
         try:
             data = codec.send(reply.response)

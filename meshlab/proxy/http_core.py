@@ -1,6 +1,6 @@
 """Per-request HTTP/1.1 state machine of the sidecar, without I/O (ENVOY.md §1, §8, §9).
 
-The asyncio layer parses bytes with h11, creates one :class:`HttpStream` per request, feeds it
+The asyncio layer parses bytes (:mod:`~meshlab.proxy.http_codec`), creates one :class:`HttpStream` per request, feeds it
 events and executes the action (:mod:`~meshlab.proxy.http_actions`) each call returns. The
 stream owns fault injection, routing, retries, header rewriting, local replies, response flags
 and stats; :mod:`~meshlab.proxy.http_record` turns it into the access-log record.
@@ -65,6 +65,7 @@ from meshlab.proxy.http_actions import (
 )
 from meshlab.proxy.http_context import Phase, StreamContext
 from meshlab.proxy.http_headers import (
+    DownstreamRequest,
     RequestHead,
     local_reply_response,
     parse_request_head,
@@ -90,7 +91,7 @@ class HttpStream:
     request) and :attr:`phase`.
     """
 
-    def __init__(self, ctx: StreamContext, request: h11.Request | None) -> None:
+    def __init__(self, ctx: StreamContext, request: DownstreamRequest | None) -> None:
         self.ctx = ctx
         self.phase = Phase.REQUEST
         self.flags = ResponseFlags()
@@ -127,7 +128,7 @@ class HttpStream:
         if request is not None:
             self._parse_request(request)
 
-    def _parse_request(self, request: h11.Request) -> None:
+    def _parse_request(self, request: DownstreamRequest) -> None:
         ctx = self.ctx
         inbound = ctx.direction == "inbound"
         send_peer = ctx.own_peer if not inbound and ctx.cluster.service is not None else None
@@ -390,8 +391,7 @@ def protocol_error_stream(ctx: StreamContext, reply: LocalReply | int
 
     Args:
         ctx: the connection's context.
-        reply: the codec's reply (:mod:`~meshlab.proxy.http_limits`), or an h11
-            ``error_status_hint`` (431 for oversized headers, else 400).
+        reply: the codec's reply (:mod:`~meshlab.proxy.http_limits`), or an h11 hint (431/400).
     """
     if isinstance(reply, int):
         reply = downstream_protocol_error(reply)

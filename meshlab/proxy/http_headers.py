@@ -22,6 +22,7 @@ from http import HTTPStatus
 import h11
 
 from meshlab.proxy.flags import Flag, LocalReply
+from meshlab.proxy.http_codec import Http1Request
 from meshlab.proxy.http_route import CONSUMED_HEADERS
 from meshlab.proxy.metrics import PeerInfo
 
@@ -35,6 +36,9 @@ _REQ_DROP = _HOP_BY_HOP | CONSUMED_HEADERS | {b"x-envoy-attempt-count", b"expect
                                               b"content-length", PEER_METADATA, PEER_METADATA_ID}
 _RESP_DROP = _HOP_BY_HOP | {b"server", b"x-envoy-upstream-service-time", PEER_METADATA,
                             PEER_METADATA_ID}
+
+#: A downstream request head: the codec's, or h11's (same attributes).
+DownstreamRequest = Http1Request | h11.Request
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
@@ -115,7 +119,7 @@ class RequestHead:
     envoy: dict[bytes, bytes]
 
 
-def parse_request_head(request: h11.Request, *, inbound: bool,
+def parse_request_head(request: DownstreamRequest, *, inbound: bool,
                        send_peer: PeerInfo | None) -> RequestHead:
     """Read the facts of ``request`` and rewrite its headers for upstream.
 
@@ -160,7 +164,7 @@ def parse_request_head(request: h11.Request, *, inbound: bool,
                        headers=headers, had_body_framing=had_body_framing, envoy=envoy)
 
 
-def upstream_request(request: h11.Request, head: RequestHead, attempt: int,
+def upstream_request(request: DownstreamRequest, head: RequestHead, attempt: int,
                      body_bytes: int) -> h11.Request:
     """The HTTP/1.1 request head for upstream attempt number ``attempt``.
 
