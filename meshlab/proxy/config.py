@@ -29,6 +29,17 @@ from typing import Any
 
 from meshlab.errors import ConfigError
 from meshlab.model import protocol_for_port
+from meshlab.proxy.fields import (
+    as_choice,
+    as_int,
+    as_ipv4,
+    as_list,
+    as_num,
+    as_port,
+    as_str,
+    join,
+    require,
+)
 from meshlab.proxy.policy import Policies, parse_policies
 
 #: Istio's default outbound retry_on (I:pilot/pkg/networking/core/route/retry/retry.go).
@@ -167,65 +178,12 @@ class SidecarConfig:
 
 # -- validation helpers -------------------------------------------------------------------------
 
-def _req(obj: dict[str, Any], key: str, where: str) -> Any:
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{where or '<root>'}: expected an object, got {type(obj).__name__}")
-    if key not in obj:
-        raise ConfigError(f"{_join(where, key)}: required field is missing")
-    return obj[key]
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _str(value: Any, where: str, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str) or (not allow_empty and not value):
-        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _port(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ConfigError(f"{where}: expected an integer 1..65535, got {value!r}")
-    return value
-
-
-def _num(value: Any, where: str, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{where}: expected a number >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
-def _ip(value: Any, where: str) -> str:
-    import ipaddress
-
-    text = _str(value, where)
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        raise ConfigError(f"{where}: expected an IPv4 address, got {text!r}") from None
-    return text
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-    return value
-
-
 def _protocol(obj: dict[str, Any], name: str, where: str) -> str:
     proto = obj.get("protocol")
     if proto is None:
         return protocol_for_port(name)
     if proto not in ("http", "grpc", "tcp"):
-        raise ConfigError(f"{_join(where, 'protocol')}: expected http, grpc or tcp, got {proto!r}")
+        raise ConfigError(f"{join(where, 'protocol')}: expected http, grpc or tcp, got {proto!r}")
     return str(proto)
 
 
@@ -234,11 +192,9 @@ def _retry(value: Any, where: str) -> RetrySettings | None:
         return None
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected an object or null")
-    num = value.get("num_retries", 2)
-    if isinstance(num, bool) or not isinstance(num, int) or num < 0:
-        raise ConfigError(f"{where}.num_retries: expected an integer >= 0, got {num!r}")
-    retry_on = _str(value.get("retry_on", ISTIO_DEFAULT_RETRY_ON), f"{where}.retry_on")
-    base = _num(value.get("base_interval_ms", 25.0), f"{where}.base_interval_ms", minimum=1.0)
+    num = as_int(value.get("num_retries", 2), f"{where}.num_retries")
+    retry_on = as_str(value.get("retry_on", ISTIO_DEFAULT_RETRY_ON), f"{where}.retry_on")
+    base = as_num(value.get("base_interval_ms", 25.0), f"{where}.base_interval_ms", minimum=1.0)
     conditions = frozenset(c.strip() for c in retry_on.split(",") if c.strip())
     return RetrySettings(num_retries=num, retry_on=conditions, base_interval_ms=base)
 
@@ -257,60 +213,60 @@ def parse_config(doc: Any) -> SidecarConfig:
     """
     if not isinstance(doc, dict):
         raise ConfigError(f"<root>: expected an object, got {type(doc).__name__}")
-    p = _req(doc, "pod", "")
+    p = require(doc, "pod", "")
     pod = PodInfo(
-        name=_str(_req(p, "name", "pod"), "pod.name"),
-        namespace=_str(_req(p, "namespace", "pod"), "pod.namespace"),
-        ip=_ip(_req(p, "ip", "pod"), "pod.ip"),
-        **{k: _str(p[k], f"pod.{k}", allow_empty=True)
+        name=as_str(require(p, "name", "pod"), "pod.name"),
+        namespace=as_str(require(p, "namespace", "pod"), "pod.namespace"),
+        ip=as_ipv4(require(p, "ip", "pod"), "pod.ip"),
+        **{k: as_str(p[k], f"pod.{k}", allow_empty=True)
            for k in ("workload", "app", "version", "service_account", "node", "cluster_id")
            if k in p},
     )
     ports_doc = doc.get("ports", {})
     if not isinstance(ports_doc, dict):
         raise ConfigError("ports: expected an object")
-    ports = ListenerPorts(**{k: _port(v, f"ports.{k}") for k, v in ports_doc.items()
+    ports = ListenerPorts(**{k: as_port(v, f"ports.{k}") for k, v in ports_doc.items()
                              if k in ListenerPorts.__dataclass_fields__})
     unknown = set(ports_doc) - set(ListenerPorts.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"ports.{min(unknown)}: unknown port role")
 
     inbound = []
-    for i, ip_doc in enumerate(_list(doc.get("inbound", []), "inbound")):
+    for i, ip_doc in enumerate(as_list(doc.get("inbound", []), "inbound")):
         w = f"inbound[{i}]"
-        name = _str(_req(ip_doc, "name", w), f"{w}.name", allow_empty=True)
-        inbound.append(InboundPort(port=_port(_req(ip_doc, "port", w), f"{w}.port"), name=name,
+        name = as_str(require(ip_doc, "name", w), f"{w}.name", allow_empty=True)
+        inbound.append(InboundPort(port=as_port(require(ip_doc, "port", w), f"{w}.port"), name=name,
                                    protocol=_protocol(ip_doc, name, w)))
 
     services = []
-    for i, s in enumerate(_list(doc.get("services", []), "services")):
+    for i, s in enumerate(as_list(doc.get("services", []), "services")):
         w = f"services[{i}]"
         sports = []
-        for j, sp in enumerate(_list(_req(s, "ports", w), f"{w}.ports")):
+        for j, sp in enumerate(as_list(require(s, "ports", w), f"{w}.ports")):
             pw = f"{w}.ports[{j}]"
-            name = _str(sp.get("name", "") if isinstance(sp, dict) else None, f"{pw}.name",
+            name = as_str(sp.get("name", "") if isinstance(sp, dict) else None, f"{pw}.name",
                         allow_empty=True)
-            port = _port(_req(sp, "port", pw), f"{pw}.port")
+            port = as_port(require(sp, "port", pw), f"{pw}.port")
             sports.append(ServicePort(port=port, name=name, protocol=_protocol(sp, name, pw),
-                                      target_port=_port(sp.get("target_port", port),
+                                      target_port=as_port(sp.get("target_port", port),
                                                         f"{pw}.target_port")))
         eps = []
-        for j, e in enumerate(_list(s.get("endpoints", []), f"{w}.endpoints")):
+        for j, e in enumerate(as_list(s.get("endpoints", []), f"{w}.endpoints")):
             ew = f"{w}.endpoints[{j}]"
-            eps.append(Endpoint(ip=_ip(_req(e, "ip", ew), f"{ew}.ip"),
+            eps.append(Endpoint(ip=as_ipv4(require(e, "ip", ew), f"{ew}.ip"),
                                 pod=str(e.get("pod", "")), node=str(e.get("node", ""))))
         services.append(Service(
-            name=_str(_req(s, "name", w), f"{w}.name"),
-            namespace=_str(_req(s, "namespace", w), f"{w}.namespace"),
-            fqdn=_str(_req(s, "fqdn", w), f"{w}.fqdn"),
-            cluster_ip=_ip(_req(s, "cluster_ip", w), f"{w}.cluster_ip"),
+            name=as_str(require(s, "name", w), f"{w}.name"),
+            namespace=as_str(require(s, "namespace", w), f"{w}.namespace"),
+            fqdn=as_str(require(s, "fqdn", w), f"{w}.fqdn"),
+            cluster_ip=as_ipv4(require(s, "cluster_ip", w), f"{w}.cluster_ip"),
             ports=tuple(sports), endpoints=tuple(eps)))
 
     encoding = doc.get("access_log_encoding", "TEXT")
     if encoding not in ("JSON", "TEXT"):
         raise ConfigError(f"access_log_encoding: expected JSON or TEXT, got {encoding!r}")
-    regexps = tuple(_str(r, f"stats_inclusion_regexps[{i}]") for i, r in
-                    enumerate(_list(doc.get("stats_inclusion_regexps", []),
+    regexps = tuple(as_str(r, f"stats_inclusion_regexps[{i}]") for i, r in
+                    enumerate(as_list(doc.get("stats_inclusion_regexps", []),
                                     "stats_inclusion_regexps")))
     import re
 
@@ -321,41 +277,41 @@ def parse_config(doc: Any) -> SidecarConfig:
             raise ConfigError(f"stats_inclusion_regexps[{i}]: invalid regex: {exc}") from None
     log_path = doc.get("access_log_path")
     if log_path is not None:
-        log_path = _str(log_path, "access_log_path")
+        log_path = as_str(log_path, "access_log_path")
     route_timeout = doc.get("route_timeout_s")
     if route_timeout is not None:
-        route_timeout = _num(route_timeout, "route_timeout_s") or None
+        route_timeout = as_num(route_timeout, "route_timeout_s") or None
     delimited = doc.get("stats_delimited_tags", True)
     if not isinstance(delimited, bool):
         raise ConfigError(f"stats_delimited_tags: expected a boolean, got {delimited!r}")
     return SidecarConfig(
         pod=pod,
-        cluster_domain=_str(doc.get("cluster_domain", "cluster.local"), "cluster_domain"),
+        cluster_domain=as_str(doc.get("cluster_domain", "cluster.local"), "cluster_domain"),
         ports=ports,
         inbound=tuple(inbound),
         services=tuple(services),
-        connect_timeout_s=_num(doc.get("connect_timeout_s", 10.0), "connect_timeout_s",
+        connect_timeout_s=as_num(doc.get("connect_timeout_s", 10.0), "connect_timeout_s",
                                minimum=0.001),
         access_log_path=log_path,
         access_log_encoding=encoding,
         stats_inclusion_regexps=regexps,
         route_timeout_s=route_timeout,
-        stats_flush_interval_s=_num(doc.get("stats_flush_interval_s", 5.0),
+        stats_flush_interval_s=as_num(doc.get("stats_flush_interval_s", 5.0),
                                     "stats_flush_interval_s", minimum=0.01),
         stats_delimited_tags=delimited,
         outbound_retry=_retry(doc.get("outbound_retry", {}), "outbound_retry"),
         inbound_retry=_retry(doc.get("inbound_retry"), "inbound_retry"),
         policies=parse_policies(doc.get("policies")),
-        max_request_headers_kb=int(_num(doc.get("max_request_headers_kb", 60),
+        max_request_headers_kb=int(as_num(doc.get("max_request_headers_kb", 60),
                                         "max_request_headers_kb", minimum=1)),
-        max_headers_count=int(_num(doc.get("max_headers_count", 100), "max_headers_count",
+        max_headers_count=int(as_num(doc.get("max_headers_count", 100), "max_headers_count",
                                    minimum=1)),
-        delayed_close_timeout_s=_num(doc.get("delayed_close_timeout_s", 1.0),
+        delayed_close_timeout_s=as_num(doc.get("delayed_close_timeout_s", 1.0),
                                      "delayed_close_timeout_s"),
-        outbound_traffic_policy=_choice(doc.get("outbound_traffic_policy", "ALLOW_ANY"),
+        outbound_traffic_policy=as_choice(doc.get("outbound_traffic_policy", "ALLOW_ANY"),
                                         "outbound_traffic_policy", ("ALLOW_ANY", "REGISTRY_ONLY")),
         tcp_stats_update_period_s=(None if doc.get("tcp_stats_update_period_s") is None else
-                                   _num(doc["tcp_stats_update_period_s"],
+                                   as_num(doc["tcp_stats_update_period_s"],
                                         "tcp_stats_update_period_s", minimum=0.001)),
     )
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.errors import ConfigError
+from meshlab.proxy.fields import as_choice, as_int, as_num, as_object, check_known
 
 #: Istio's circuit-breaker thresholds on every cluster: 2^32-1 (``applyConnectionPool``).
 ISTIO_UNLIMITED = 4294967295
@@ -210,36 +211,10 @@ DEFAULT_ROUTE_POLICY = RoutePolicy()
 
 # -- parsing ------------------------------------------------------------------------------------
 
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def _known(obj: dict[str, Any], keys: set[str], where: str) -> None:
-    extra = sorted(set(obj) - keys)
-    if extra:
-        raise ConfigError(f"{where}.{extra[0]}: unknown field")
-
-
-def _num(value: Any, where: str, *, minimum: float = 0.0, maximum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (
-            maximum is not None and value > maximum):
-        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{where}: expected a number {bound}, got {value!r}")
-    return float(value)
-
-
-def _int(value: Any, where: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _opt_timeout(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    return _num(value, where) or None
+    return as_num(value, where) or None
 
 
 def _socket_options(value: Any, where: str, default_state: str) -> tuple[SocketOption, ...]:
@@ -248,24 +223,21 @@ def _socket_options(value: Any, where: str, default_state: str) -> tuple[SocketO
     out = []
     for i, item in enumerate(value):
         w = f"{where}[{i}]"
-        o = _obj(item, w)
-        _known(o, {"level", "name", "int_value", "state"}, w)
+        o = as_object(item, w)
+        check_known(o, {"level", "name", "int_value", "state"}, w)
         for key in ("level", "name", "int_value"):
             if key not in o:
                 raise ConfigError(f"{w}.{key}: required field is missing")
-        state = o.get("state", default_state)
-        if state not in SOCKET_STATES:
-            raise ConfigError(f"{w}.state: expected one of {', '.join(SOCKET_STATES)}, "
-                              f"got {state!r}")
-        out.append(SocketOption(_int(o["level"], f"{w}.level"), _int(o["name"], f"{w}.name"),
-                                _int(o["int_value"], f"{w}.int_value"), state))
+        state = as_choice(o.get("state", default_state), f"{w}.state", SOCKET_STATES)
+        out.append(SocketOption(as_int(o["level"], f"{w}.level"), as_int(o["name"], f"{w}.name"),
+                                as_int(o["int_value"], f"{w}.int_value"), state))
     return tuple(out)
 
 
 def _dataclass_of(cls: type, value: Any, where: str, kinds: dict[str, str]) -> Any:
     """Build ``cls`` from an object whose keys are ``kinds`` (key → "int"/"num"/"opt_int")."""
-    o = _obj(value, where)
-    _known(o, set(kinds), where)
+    o = as_object(value, where)
+    check_known(o, set(kinds), where)
     kwargs: dict[str, Any] = {}
     for key, kind in kinds.items():
         if key not in o:
@@ -274,11 +246,11 @@ def _dataclass_of(cls: type, value: Any, where: str, kinds: dict[str, str]) -> A
         if kind == "opt_int" and v is None:
             kwargs[key] = None
         elif kind in ("int", "opt_int"):
-            kwargs[key] = _int(v, f"{where}.{key}")
+            kwargs[key] = as_int(v, f"{where}.{key}")
         elif kind == "percent":
-            kwargs[key] = _num(v, f"{where}.{key}", maximum=100.0)
+            kwargs[key] = as_num(v, f"{where}.{key}", maximum=100.0)
         else:
-            kwargs[key] = _num(v, f"{where}.{key}")
+            kwargs[key] = as_num(v, f"{where}.{key}")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
@@ -286,11 +258,11 @@ def _dataclass_of(cls: type, value: Any, where: str, kinds: dict[str, str]) -> A
 
 
 def _cluster_policy(value: Any, where: str) -> ClusterPolicy:
-    o = _obj(value, where)
-    _known(o, set(ClusterPolicy.__dataclass_fields__), where)
+    o = as_object(value, where)
+    check_known(o, set(ClusterPolicy.__dataclass_fields__), where)
     kw: dict[str, Any] = {}
     if "connect_timeout_s" in o and o["connect_timeout_s"] is not None:
-        kw["connect_timeout_s"] = _num(o["connect_timeout_s"], f"{where}.connect_timeout_s",
+        kw["connect_timeout_s"] = as_num(o["connect_timeout_s"], f"{where}.connect_timeout_s",
                                        minimum=0.001)
     if o.get("tcp_keepalive") is not None:
         kw["tcp_keepalive"] = _dataclass_of(TcpKeepalive, o["tcp_keepalive"],
@@ -299,9 +271,9 @@ def _cluster_policy(value: Any, where: str) -> ClusterPolicy:
                                                           "opt_int"))
     for key in ("http_idle_timeout_s", "tcp_idle_timeout_s"):
         if key in o:
-            kw[key] = _num(o[key], f"{where}.{key}")
+            kw[key] = as_num(o[key], f"{where}.{key}")
     if "max_requests_per_connection" in o:
-        kw["max_requests_per_connection"] = _int(o["max_requests_per_connection"],
+        kw["max_requests_per_connection"] = as_int(o["max_requests_per_connection"],
                                                  f"{where}.max_requests_per_connection")
     if "circuit_breakers" in o:
         kw["circuit_breakers"] = _dataclass_of(
@@ -323,23 +295,23 @@ def _cluster_policy(value: Any, where: str) -> ClusterPolicy:
 
 
 def _route_policy(value: Any, where: str) -> RoutePolicy:
-    o = _obj(value, where)
-    _known(o, {"timeout_s", "retry", "fault"}, where)
+    o = as_object(value, where)
+    check_known(o, {"timeout_s", "retry", "fault"}, where)
     kw: dict[str, Any] = {"timeout_s": _opt_timeout(o.get("timeout_s"), f"{where}.timeout_s")}
     if o.get("retry") is not None:
-        r = _obj(o["retry"], f"{where}.retry")
-        _known(r, {"num_retries", "retry_on", "per_try_timeout_s"}, f"{where}.retry")
+        r = as_object(o["retry"], f"{where}.retry")
+        check_known(r, {"num_retries", "retry_on", "per_try_timeout_s"}, f"{where}.retry")
         retry_on = r.get("retry_on", "")
         if not isinstance(retry_on, str):
             raise ConfigError(f"{where}.retry.retry_on: expected a string, got {retry_on!r}")
         kw["retry"] = RouteRetry(
-            num_retries=_int(r.get("num_retries", 2), f"{where}.retry.num_retries"),
+            num_retries=as_int(r.get("num_retries", 2), f"{where}.retry.num_retries"),
             retry_on=frozenset(c.strip() for c in retry_on.split(",") if c.strip()),
             per_try_timeout_s=_opt_timeout(r.get("per_try_timeout_s"),
                                            f"{where}.retry.per_try_timeout_s"))
     if o.get("fault") is not None:
-        f = _obj(o["fault"], f"{where}.fault")
-        _known(f, {"abort", "delay"}, f"{where}.fault")
+        f = as_object(o["fault"], f"{where}.fault")
+        check_known(f, {"abort", "delay"}, f"{where}.fault")
         if f.get("abort") is not None:
             kw["abort"] = _dataclass_of(FaultAbort, f["abort"], f"{where}.fault.abort",
                                         {"http_status": "int", "percent": "percent"})
@@ -367,20 +339,20 @@ def parse_policies(value: Any, where: str = "policies") -> Policies:
     """
     if value is None:
         return Policies()
-    o = _obj(value, where)
-    _known(o, {"clusters", "routes", "listener_socket_options", "listeners"}, where)
+    o = as_object(value, where)
+    check_known(o, {"clusters", "routes", "listener_socket_options", "listeners"}, where)
     clusters = {name: _cluster_policy(doc, f'{where}.clusters["{name}"]')
-                for name, doc in _obj(o.get("clusters", {}), f"{where}.clusters").items()}
+                for name, doc in as_object(o.get("clusters", {}), f"{where}.clusters").items()}
     routes = {name: _route_policy(doc, f'{where}.routes["{name}"]')
-              for name, doc in _obj(o.get("routes", {}), f"{where}.routes").items()}
+              for name, doc in as_object(o.get("routes", {}), f"{where}.routes").items()}
     listener_opts = _socket_options(o.get("listener_socket_options", []),
                                     f"{where}.listener_socket_options", "STATE_LISTENING")
     listeners: dict[int, tuple[SocketOption, ...]] = {}
-    for port, doc in _obj(o.get("listeners", {}), f"{where}.listeners").items():
+    for port, doc in as_object(o.get("listeners", {}), f"{where}.listeners").items():
         w = f'{where}.listeners["{port}"]'
         if not str(port).isdigit() or not 1 <= int(port) <= 65535:
             raise ConfigError(f"{w}: expected a port number as key")
-        _known(_obj(doc, w), {"socket_options"}, w)
+        check_known(as_object(doc, w), {"socket_options"}, w)
         listeners[int(port)] = _socket_options(doc.get("socket_options", []),
                                                f"{w}.socket_options", "STATE_PREBIND")
     return Policies(clusters=clusters, routes=routes, listener_socket_options=listener_opts,
