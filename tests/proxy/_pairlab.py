@@ -22,10 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 from meshlab.envs.local.netns import delete_netns
 from meshlab.envs.local.veth_pair import VethPair, build_veth_pair, install_capture
@@ -114,13 +117,19 @@ class Lab:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def wait_log(self, which: str, predicate, timeout_s: float = 5.0) -> list[dict]:
-        deadline = time.monotonic() + timeout_s
-        for _ in range(1000):
-            lines = self.log_lines(which)
-            if predicate(lines) or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.02)
-        return self.log_lines(which)
+        """The access log of side ``which`` once ``predicate(lines)`` holds (or the deadline)."""
+        return poll(lambda: self.log_lines(which), predicate, timeout_s, interval_s=0.02)
+
+
+def poll(fn: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 10.0,
+         interval_s: float = 0.05) -> T:
+    """Call ``fn`` until ``ok(result)`` or the deadline; returns the last result."""
+    deadline = time.monotonic() + timeout_s
+    result = fn()
+    while not ok(result) and time.monotonic() <= deadline:
+        time.sleep(interval_s)
+        result = fn()
+    return result
 
 
 @contextlib.contextmanager

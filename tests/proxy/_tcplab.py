@@ -8,9 +8,6 @@ hold a half-closed connection open while it inspects both namespaces.
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 from meshlab.envs.local.veth_pair import connect_in_netns
 
@@ -18,7 +15,6 @@ ECHO_VIP = ("10.96.0.14", 9000)
 ECHO_CLUSTER = "outbound|9000||echo.mark.svc.cluster.local"
 ALL_STATS = [r"cluster\..*", r"tcp\..*", r"listener\..*", r"http\..*"]
 
-T = TypeVar("T")
 
 
 def admin_stats(ns: str) -> dict[str, int]:
@@ -44,18 +40,6 @@ def stat(ns: str, name: str) -> int | None:
     """The value of counter/gauge ``name`` (exact raw name) on ``ns``'s sidecar, or None."""
     return admin_stats(ns).get(name)
 
-
-def poll(fn: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 10.0,
-         interval_s: float = 0.05) -> T:
-    """Call ``fn`` until ``ok(result)`` or the deadline; returns the last result."""
-    deadline = time.monotonic() + timeout_s
-    result = fn()
-    for _ in range(100000):
-        if ok(result) or time.monotonic() > deadline:
-            break
-        time.sleep(interval_s)
-        result = fn()
-    return result
 
 
 def ss(ns: str, *filters: str) -> list[str]:

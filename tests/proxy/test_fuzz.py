@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from _pairlab import pair_lab
+from _pairlab import pair_lab, poll
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -113,12 +113,8 @@ def complete_log_lines(lab) -> list[dict]:
 
 def wait_new_log(lab, before: int, status: int, timeout_s: float = 5.0) -> list[dict]:
     """Records after the first ``before`` with ``response_code == status`` (polls until one)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        new = [x for x in complete_log_lines(lab)[before:] if x["response_code"] == status]
-        if new or time.monotonic() > deadline:
-            return new
-        time.sleep(0.02)
+    return poll(lambda: [x for x in complete_log_lines(lab)[before:]
+                         if x["response_code"] == status], bool, timeout_s, interval_s=0.02)
 
 
 def normal_request_ok(ns: str) -> None:

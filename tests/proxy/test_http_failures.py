@@ -13,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from _pairlab import B_IP, _services, pair_lab
+from _pairlab import B_IP, _services, pair_lab, poll
 
 from meshlab.collectors.accesslog import parse_lines
 
@@ -75,16 +75,14 @@ def records(lab, side: str) -> tuple[list[str], list[dict]]:
 
 def wait_record(lab, side: str, pred, timeout_s: float = 5.0, count: int = 1) -> list[dict]:
     """The records of ``side`` matching ``pred`` once ``count`` of them are there."""
-    deadline = time.monotonic() + timeout_s
-    for _ in range(1000):
+    def matching() -> list[dict]:
         lines, recs = records(lab, side)
         enc = lab.encodings[side]
         assert all(line.startswith("{" if enc == "JSON" else "[") for line in lines)
-        found = [r for r in recs if pred(r)]
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.02)
-    return []
+        return [r for r in recs if pred(r)]
+
+    found = poll(matching, lambda f: len(f) >= count, timeout_s, interval_s=0.02)
+    return found if len(found) >= count else []
 
 
 def call(lab, name: str, path: str, headers: dict | None = None, method: str = "GET"):
@@ -264,8 +262,6 @@ def test_pool_idle_timeout_and_max_requests(lab):
     res = lab.get(lab.ns_a, VIPS["pooled"], 8080, "/echo", n=3)
     assert [r["status"] for r in res] == [200, 200, 200]
     assert stat(lab, name + "upstream_cx_max_requests") == 1  # 2 requests, then closed
-    deadline = time.monotonic() + 5
-    while stat(lab, name + "upstream_cx_idle_timeout") < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert stat(lab, name + "upstream_cx_idle_timeout") == 1
+    assert poll(lambda: stat(lab, name + "upstream_cx_idle_timeout"), lambda v: v >= 1,
+                timeout_s=5) == 1
     assert stat(lab, name + "upstream_cx_total") == 2

@@ -6,10 +6,9 @@ Topology: see :mod:`_pairlab` (client pod A → ClusterIP → server pod B with 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from _pairlab import A_IP, B_IP, CLUSTER, FQDN, pair_lab
+from _pairlab import A_IP, B_IP, CLUSTER, FQDN, pair_lab, poll
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.lab
@@ -84,12 +83,9 @@ def test_app_503_passes_through_without_flag(lab):
 
 
 def test_prometheus_and_admin_endpoints(lab):
-    deadline = time.monotonic() + 5  # histograms appear after a stats flush (0.2 s here)
-    while True:
-        prom = lab.get(lab.ns_a, A_IP, 15090, "/stats/prometheus")[0]
-        if "istio_request_duration_milliseconds" in prom["body"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    # histograms appear after a stats flush (0.2 s here)
+    prom = poll(lambda: lab.get(lab.ns_a, A_IP, 15090, "/stats/prometheus")[0],
+                lambda r: "istio_request_duration_milliseconds" in r["body"], timeout_s=5)
     assert prom["status"] == 200
     fams = {f.name: f for f in text_string_to_metric_families(prom["body"])}
     reqs = [s for s in fams["istio_requests"].samples if s.name == "istio_requests_total"]

@@ -13,8 +13,8 @@ import socket
 import time
 
 import pytest
-from _pairlab import A_IP, B_IP, pair_lab
-from _tcplab import ALL_STATS, ECHO_CLUSTER, ECHO_VIP, poll, recv_until, ss, stat
+from _pairlab import A_IP, B_IP, pair_lab, poll
+from _tcplab import ALL_STATS, ECHO_CLUSTER, ECHO_VIP, recv_until, ss, stat
 
 from meshlab.envs.local.veth_pair import connect_in_netns
 

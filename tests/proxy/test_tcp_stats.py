@@ -14,8 +14,8 @@ import shutil
 import subprocess
 
 import pytest
-from _pairlab import A_IP, HERE, PY, pair_lab
-from _tcplab import ALL_STATS, ECHO_CLUSTER, ECHO_VIP, poll, recv_until, stat
+from _pairlab import A_IP, HERE, PY, pair_lab, poll
+from _tcplab import ALL_STATS, ECHO_CLUSTER, ECHO_VIP, recv_until, stat
 
 from meshlab.envs.local.netns import add_netns, delete_netns
 from meshlab.envs.local.veth_pair import connect_in_netns
