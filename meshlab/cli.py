@@ -52,9 +52,13 @@ def up(manifests: Path | None = MANIFESTS, lab: str = LAB) -> None:
 
 @app.command()
 def down(lab: str = LAB) -> None:
-    """Remove the lab and anything a dead run left (processes, netns, rules, state)."""
+    """Remove the lab and anything a dead run left (active faults, processes, netns, rules,
+    state)."""
     from meshlab.envs.local.state import cleanup
+    from meshlab.faults.ledger import revert_leftovers
 
+    for line in revert_leftovers("local", lab):
+        typer.echo(f"reverted leftover fault {line}")
     removed = cleanup(lab)
     typer.echo(f"lab {lab!r} is down ({len(removed)} namespace(s) removed)")
 

@@ -11,6 +11,7 @@ and land in ``Topology.destination_rules`` / ``virtual_services`` / ``envoy_filt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,11 +225,36 @@ def _cluster(doc: _Doc) -> LabCluster:
                       source=str(doc.path))
 
 
-def load_topology(folder: Path | str, default_namespace: str = "default") -> Topology:
-    """Parse a manifests folder into a validated :class:`Topology`.
+def overlay_documents(folders: Sequence[Path | str],
+                      default_namespace: str = "default") -> list[_Doc]:
+    """The documents of ``folders`` applied in order, as ``kubectl apply`` of each would.
+
+    A later folder's object with the same kind, namespace and name *replaces* the earlier one
+    (keeping its position); new objects are appended. So ``[base, overlays/ha-l2]`` is the book's
+    lab with ``ha-l2``'s changes.
+
+    Raises:
+        ManifestError: see :func:`read_documents`; also when no folder is given.
+    """
+    if not folders:
+        raise ManifestError("(manifests)", "(folder)", "no manifests folder given")
+    merged: dict[tuple[str, str, str], _Doc] = {}
+    for folder in folders:
+        for doc in read_documents(Path(folder)):
+            ns = (doc.body.get("metadata") or {}).get("namespace") or default_namespace
+            merged[(doc.kind, "" if doc.kind in ("Namespace", "LabCluster") else ns,
+                    doc.name)] = doc
+    return list(merged.values())
+
+
+def load_topology(folder: Path | str | Sequence[Path | str],
+                  default_namespace: str = "default") -> Topology:
+    """Parse a manifests folder (or a base folder plus overlays) into a validated
+    :class:`Topology`.
 
     Args:
-        folder: folder holding ``*.yaml`` manifests, one of which is a ``LabCluster``.
+        folder: folder holding ``*.yaml`` manifests, one of which is a ``LabCluster``; or a
+            list of folders applied in order (:func:`overlay_documents`).
         default_namespace: namespace for objects that name none.
 
     Returns:
@@ -237,10 +263,11 @@ def load_topology(folder: Path | str, default_namespace: str = "default") -> Top
     Raises:
         ManifestError: the first problem found, naming file and field.
     """
-    docs = read_documents(Path(folder))
+    folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+    docs = overlay_documents(folders, default_namespace)
     clusters = [d for d in docs if d.kind == "LabCluster"]
     if len(clusters) != 1:
-        raise ManifestError(str(folder), "LabCluster",
+        raise ManifestError(", ".join(map(str, folders)), "LabCluster",
                             f"exactly one LabCluster document is required, found {len(clusters)}")
     topo = Topology(cluster=_cluster(clusters[0]),
                     sources=sorted({str(d.path) for d in docs}))

@@ -1,7 +1,8 @@
 """pytest plugin (entry point ``pytest11: meshlab``): lab fixtures, run journals, reports.
 
-Shaped like pytest-httpserver: an expensive session-scoped fixture brings the lab up once
-(``meshlab_env``), a cheap per-test fixture gives each test its own journaled run
+Shaped like pytest-httpserver: an expensive session-scoped fixture keeps the lab up across
+tests (``meshlab_labs``; ``meshlab_env`` gives a test the lab its ``meshlab_lab`` mark asks
+for), a cheap per-test fixture gives each test its own journaled run
 (``meshlab_run``), and small override fixtures (``meshlab_manifests``, ``meshlab_lab_name``)
 let a suite change the defaults. Every test that uses ``meshlab_run`` writes
 ``<reports>/<run-id>/results.json`` and ``report.html`` — also when it fails or errors — and
@@ -45,8 +46,10 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Install the SIGTERM handler and the run list."""
+    """Install the SIGTERM handler, the run list and the ``meshlab_lab`` marker."""
     config.stash[RUNS_KEY] = []
+    config.addinivalue_line("markers", "meshlab_lab(overlays=[...]): run on the base lab plus "
+                            "these manifests/overlays/<name> folders")
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _sigterm)
 
@@ -74,33 +77,103 @@ def meshlab_lab_name(pytestconfig: pytest.Config) -> str:
     return str(pytestconfig.getoption("--meshlab-lab"))
 
 
+class LabPool:
+    """The session's labs: one up at a time, switched when a test asks for other manifests.
+
+    A suite picks its lab with ``@pytest.mark.meshlab_lab(overlays=["ha-l2"])`` (module-wide
+    through ``pytestmark``); tests without the mark get the base lab. Bringing a lab up takes
+    under a second, so a switch at a module boundary is cheap. Each lab's fingerprint
+    (:mod:`meshlab.envs.local.fingerprint`) is taken when it comes up, for the leftover check
+    after every run.
+
+    Args:
+        config: the pytest config (``--meshlab-*`` options).
+        base: the base manifests folder.
+        lab: the local lab name.
+    """
+
+    def __init__(self, config: pytest.Config, base: Path, lab: str) -> None:
+        self.config = config
+        self.base = base
+        self.lab = lab
+        self.env: Any = None
+        self.key: tuple[Path, ...] | None = None
+        self.baseline: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"LabPool(lab={self.lab!r}, up={[str(p) for p in self.key or ()]})"
+
+    def get(self, overlays: tuple[str, ...] = ()) -> Any:
+        """The env for base + ``overlays``, bringing it up (and the previous one down) if needed.
+
+        Raises:
+            ConfigError: unknown overlay, unsupported env, invalid manifests (nothing built).
+            LabError: the lab could not be brought up.
+        """
+        which = self.config.getoption("--meshlab-env")
+        if which != "local":
+            raise ConfigError("--meshlab-env=kube: the kube env is not in this version yet "
+                              "(issue #6); use --meshlab-env=local")
+        from meshlab.envs.local.lab import LocalEnv
+        from meshlab.envs.spec import manifest_set
+
+        key = manifest_set(self.base, overlays)
+        if key == self.key:
+            return self.env
+        env = LocalEnv(key, lab=self.lab)  # validates before the old lab goes down
+        self.close(keep=False)
+        env.up()
+        self.env, self.key = env, key
+        self.baseline = env.fingerprint() if hasattr(env, "fingerprint") else None
+        return env
+
+    def leftovers(self) -> list[str]:
+        """What the current lab has now that it did not have when it came up."""
+        if self.env is None or self.baseline is None:
+            return []
+        from meshlab.envs.local.fingerprint import diff
+
+        return diff(self.baseline, self.env.fingerprint())
+
+    def close(self, keep: bool | None = None) -> None:
+        """Tear the current lab down (unless ``--meshlab-keep-lab`` at session end)."""
+        if keep is None:
+            keep = bool(self.config.getoption("--meshlab-keep-lab"))
+        if self.env is not None and not keep:
+            self.env.down()
+        self.env = self.key = self.baseline = None
+
+
 @pytest.fixture(scope="session")
-def meshlab_env(pytestconfig: pytest.Config, meshlab_manifests: Path,
-                meshlab_lab_name: str) -> Iterator[Any]:
-    """The lab, up for the whole session and always torn down at its end.
+def meshlab_labs(pytestconfig: pytest.Config, meshlab_manifests: Path,
+                 meshlab_lab_name: str) -> Iterator[LabPool]:
+    """The session's :class:`LabPool`; the current lab is always torn down at session end."""
+    pool = LabPool(pytestconfig, meshlab_manifests, meshlab_lab_name)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def meshlab_env(request: pytest.FixtureRequest, meshlab_labs: LabPool) -> Any:
+    """The lab this test asked for (``meshlab_lab`` mark; default: the base lab), up.
 
     Raises:
-        ConfigError: an unsupported env or invalid manifests (nothing is built).
+        ConfigError: an unsupported env, an unknown overlay or invalid manifests.
         LabError: the lab could not be brought up.
     """
-    which = pytestconfig.getoption("--meshlab-env")
-    if which != "local":
-        raise ConfigError("--meshlab-env=kube: the kube env is not in this version yet "
-                          "(issue #6); use --meshlab-env=local")
-    from meshlab.envs.local.lab import LocalEnv
-
-    env = LocalEnv(meshlab_manifests, lab=meshlab_lab_name)
-    env.up()
-    try:
-        yield env
-    finally:
-        if not pytestconfig.getoption("--meshlab-keep-lab"):
-            env.down()
+    mark = request.node.get_closest_marker("meshlab_lab")
+    overlays = tuple(mark.kwargs.get("overlays", ())) if mark else ()
+    return meshlab_labs.get(overlays)
 
 
 @pytest.fixture
 def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[Any]:
-    """A journaled run for this test; its report is written when the test ends."""
+    """A journaled run for this test; its report is written when the test ends, then the lab
+    is checked for leftovers (rule, sysctl, namespace, process, active fault): any fails the
+    test at teardown and is listed in the journal's notes."""
+    from meshlab.errors import LabError
     from meshlab.experiment import Run
     from meshlab.journal import RunJournal
 
@@ -118,8 +191,17 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
             status = "error"
         else:
             status = "passed" if call.passed else ("skipped" if call.skipped else "failed")
+        pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
+            request.fixturenames else None
+        left = pool.leftovers() if pool is not None and pool.env is meshlab_env else []
+        if left:
+            journal.data["notes"] += [f"left behind: {line}" for line in left]
+            status = "error"
         path = run.finish(status)
         request.config.stash[RUNS_KEY].append((request.node.nodeid, status, path))
+    if left:
+        pool.close(keep=False)  # the next test gets a clean lab
+        raise LabError("the run left state behind in the lab:\n  " + "\n  ".join(left))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,

@@ -35,11 +35,12 @@ if [ -n "$missing" ]; then
   apt_install $missing
 fi
 
-# nginx: the peer L7 proxy (and the app) of benchmarks/sidecar.py, which runs its own instances
-# from a temp config inside lab namespaces; wrk: its closed-loop load. The Debian package would
-# start a system nginx on the host's port 80: a temporary policy-rc.d (exit 101) forbids that,
-# and the service is disabled so a reboot does not start it either.
-BENCH_PACKAGES="nginx wrk"
+# Packages whose Debian install would start a host service, which the lab never wants:
+# nginx (the peer L7 proxy and app of benchmarks/sidecar.py, run from a temp config inside lab
+# namespaces), wrk (its closed-loop load), openssh-server (the sshd that the SSH NodeDriver
+# test runs inside a lab node netns). A temporary policy-rc.d (exit 101) stops the install from
+# starting them, and the services are disabled so a reboot does not start them either.
+BENCH_PACKAGES="nginx wrk openssh-server"
 missing="$(missing_of "$BENCH_PACKAGES")"
 if [ -n "$missing" ]; then
   echo "setup.sh: installing apt packages (services not started):$missing"
@@ -52,7 +53,7 @@ if [ -n "$missing" ]; then
   apt_install $missing
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    systemctl disable --now nginx >/dev/null 2>&1 || true
+    systemctl disable --now nginx ssh >/dev/null 2>&1 || true
   fi
 fi
 

@@ -8,6 +8,7 @@ waits until every port listens. Any failure during ``up`` tears down what was bu
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,19 @@ from meshlab.envs.local.netns import NetnsShell
 from meshlab.envs.local.network import build_network
 from meshlab.envs.local.plan import LabPlan, make_plan
 from meshlab.envs.local.state import LabState, cleanup, leftovers
+from meshlab.envs.spec import DEFAULT_MANIFESTS
 from meshlab.errors import ConfigError, LabError
 from meshlab.manifest_loader import load_topology
 
-DEFAULT_MANIFESTS = Path(__file__).resolve().parents[3] / "manifests" / "fortio-layered"
+__all__ = ["DEFAULT_MANIFESTS", "LocalEnv"]
 
 
 class LocalEnv:
     """The local env (implements :class:`meshlab.envs.base.Env`).
 
     Args:
-        manifests: folder of Kubernetes YAML plus a ``LabCluster``.
+        manifests: folder of Kubernetes YAML plus a ``LabCluster``, or a list of folders
+            (base, then overlays; see :mod:`meshlab.envs.spec`).
         lab: short lab name (1-8 lowercase letters/digits); namespaces are ``ml-<lab>-…``.
         ready_timeout_s: how long ``up`` waits for every pod to listen.
 
@@ -38,21 +41,31 @@ class LocalEnv:
 
     name = "local"
 
-    def __init__(self, manifests: Path | str = DEFAULT_MANIFESTS, lab: str = "lab",
-                 ready_timeout_s: float = 30.0) -> None:
-        self.manifests = Path(manifests)
-        self.topology = load_topology(self.manifests)
+    def __init__(self, manifests: Path | str | Sequence[Path | str] = DEFAULT_MANIFESTS,
+                 lab: str = "lab", ready_timeout_s: float = 30.0) -> None:
+        folders = [manifests] if isinstance(manifests, (str, Path)) else list(manifests)
+        self.manifest_set: tuple[Path, ...] = tuple(Path(f) for f in folders)
+        self.manifests = self.manifest_set[0] if self.manifest_set else Path()
+        self.topology = load_topology(self.manifest_set)
         self.plan: LabPlan = make_plan(self.topology, lab)
         for pp in self.plan.pods.values():  # reject unsupported images before building
             for i, c in enumerate(pp.pod.workload.containers):
                 local_command(pp.pod.workload, i, c)
         self.lab = lab
         self.ready_timeout_s = ready_timeout_s
-        self.state = LabState.load(lab) or LabState(lab=lab, manifests=str(self.manifests))
+        self.state = LabState.load(lab) or LabState(lab=lab, manifests=self._manifest_strs())
 
     def __repr__(self) -> str:
         return (f"LocalEnv(lab={self.lab!r}, status={self.state.status!r}, "
-                f"pods={len(self.plan.pods)}, manifests={str(self.manifests)!r})")
+                f"pods={len(self.plan.pods)}, manifests={self._manifest_strs()!r})")
+
+    def _manifest_strs(self) -> list[str]:
+        return [str(p) for p in self.manifest_set]
+
+    def spec(self) -> dict[str, Any]:
+        """What rebuilds this env object elsewhere (:func:`meshlab.envs.spec.env_from_spec`):
+        ``{"env": "local", "lab": str, "manifests": [folder, ...]}``."""
+        return {"env": self.name, "lab": self.lab, "manifests": self._manifest_strs()}
 
     # lifecycle -------------------------------------------------------------------------
     def up(self) -> None:
@@ -61,8 +74,9 @@ class LocalEnv:
         Raises:
             LabError: a command failed or a pod did not become ready.
         """
+        self.revert_faults()
         cleanup(self.lab)
-        self.state = LabState(lab=self.lab, manifests=str(self.manifests))
+        self.state = LabState(lab=self.lab, manifests=self._manifest_strs())
         self.state.save()
         try:
             build_network(self.plan, self.state)
@@ -77,10 +91,29 @@ class LocalEnv:
         self.state.save()
 
     def down(self) -> list[str]:
-        """Remove everything of this lab (idempotent). Returns the namespaces removed."""
+        """Revert leftover faults, then remove everything of this lab (idempotent).
+
+        Returns:
+            The namespaces removed.
+        """
+        self.revert_faults()
         removed = cleanup(self.lab)
-        self.state = LabState(lab=self.lab, status="down", manifests=str(self.manifests))
+        self.state = LabState(lab=self.lab, status="down", manifests=self._manifest_strs())
         return removed
+
+    def revert_faults(self) -> list[str]:
+        """Revert faults a dead runner left in the ledger (:mod:`meshlab.faults.ledger`)."""
+        from meshlab.faults.ledger import revert_leftovers
+
+        return revert_leftovers(self.name, self.lab)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Rules, sysctls, processes, namespaces and active faults of the lab now
+        (:mod:`meshlab.envs.local.fingerprint`; compare two with its ``diff``)."""
+        from meshlab.envs.local.fingerprint import fingerprint
+        from meshlab.faults.ledger import entries
+
+        return fingerprint(self.lab, [e.path.stem for e in entries(self.name, self.lab)])
 
     def status(self) -> dict[str, Any]:
         """``{"lab", "status", "netns": [...], "pids": {...}}`` as found on the machine now."""
@@ -162,7 +195,7 @@ class LocalEnv:
         plan = self.plan
         return {
             "env": {"name": self.name, "lab": self.lab, "kernel": platform.release(),
-                    "manifests": str(self.manifests), "sysctls": dict(self.state.sysctls)},
+                    "manifests": self._manifest_strs(), "sysctls": dict(self.state.sysctls)},
             "topology": {
                 "nodes": [{"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr, "netns": n.netns}
                           for n in plan.nodes.values()],

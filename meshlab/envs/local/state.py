@@ -28,7 +28,7 @@ class LabState:
     Attributes:
         lab: lab name.
         status: ``building``, ``up``, ``tearing-down`` or ``down``.
-        manifests: the manifests folder the lab was built from.
+        manifests: the manifests folders the lab was built from (base, then overlays).
         netns: namespaces created (or about to be), in creation order.
         pids: process name (``<pod>/<container>``) → PID.
         sysctls: ``<netns> <key>`` → value set by the lab (for the report).
@@ -37,7 +37,7 @@ class LabState:
 
     lab: str
     status: str = "building"
-    manifests: str = ""
+    manifests: list[str] = field(default_factory=list)
     netns: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
     sysctls: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,93 @@
+"""What a fault could leave behind in a local lab, as a comparable snapshot.
+
+:func:`fingerprint` records, for every namespace of the lab: its iptables rules
+(``iptables-save`` without counters), its ``net.*`` sysctls, and its processes (command lines,
+not PIDs, so a node that was powered off and on again compares equal), plus the lab's
+namespace list and its fault-ledger entries. The pytest plugin takes one when a lab comes up
+and compares after every run (:func:`diff`): a leftover rule, sysctl, namespace, process or
+active fault fails that test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from meshlab.envs.local.netns import NetnsShell, netns_pids
+from meshlab.envs.local.state import leftovers
+
+# sysctls that change by themselves (counters, per-boot secrets) are not state a fault sets
+_VOLATILE_SYSCTLS = re.compile(r"nf_conntrack_count$|stable_secret$|\.base_reachable_time|"
+                               r"^net\.netfilter\.nf_log\.")
+_COUNTERS = re.compile(r"\[\d+:\d+\]")
+# a table that a rule was added to and removed from again still lists its built-in chains
+_NOISE = re.compile(r"^(\*|COMMIT|:(INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) ACCEPT )")
+
+
+def _iptables(shell: NetnsShell) -> list[str]:
+    res = shell.run(["iptables-save"], check=False, timeout_s=20)
+    return [_COUNTERS.sub("[0:0]", line) for line in res.stdout.splitlines()
+            if line and not line.startswith("#") and not _NOISE.match(line)]
+
+
+def _sysctls(shell: NetnsShell) -> dict[str, str]:
+    res = shell.run(["sysctl", "-a", "-r", r"^net\."], check=False, timeout_s=20)
+    out = {}
+    for line in res.stdout.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep and not _VOLATILE_SYSCTLS.search(key):
+            out[key] = value
+    return out
+
+
+def _processes(netns: str) -> dict[str, int]:
+    cmds: Counter[str] = Counter()
+    for pid in netns_pids(netns):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # exited since it was listed
+        if raw:
+            cmds[" ".join(raw.decode(errors="replace").split("\0")).strip()] += 1
+    return dict(cmds)
+
+
+def fingerprint(lab: str, ledger: list[str]) -> dict[str, Any]:
+    """Snapshot of lab ``lab``: ``{"netns": [...], "faults": [...], "per_netns": {ns: {
+    "iptables": [lines], "sysctls": {key: value}, "processes": {cmdline: count}}}}``."""
+    per: dict[str, Any] = {}
+    names = leftovers(lab)
+    for ns in names:
+        shell = NetnsShell(ns)
+        per[ns] = {"iptables": _iptables(shell), "sysctls": _sysctls(shell),
+                   "processes": _processes(ns)}
+    return {"netns": names, "faults": sorted(ledger), "per_netns": per}
+
+
+def diff(before: dict[str, Any], after: dict[str, Any], limit: int = 20) -> list[str]:
+    """Human-readable differences between two fingerprints (empty: nothing left behind)."""
+    out: list[str] = []
+    if before["netns"] != after["netns"]:
+        out.append(f"namespaces: {before['netns']} -> {after['netns']}")
+    if after["faults"]:
+        out.append(f"faults still in the ledger: {after['faults']}")
+    for ns, b in before["per_netns"].items():
+        a = after["per_netns"].get(ns)
+        if a is None:
+            continue
+        added = [r for r in a["iptables"] if r not in b["iptables"]]
+        gone = [r for r in b["iptables"] if r not in a["iptables"]]
+        out += [f"{ns}: iptables rule left: {r}" for r in added]
+        out += [f"{ns}: iptables rule missing: {r}" for r in gone]
+        for key in sorted(set(b["sysctls"]) | set(a["sysctls"])):
+            if b["sysctls"].get(key) != a["sysctls"].get(key):
+                out.append(f"{ns}: sysctl {key}: {b['sysctls'].get(key)} -> "
+                           f"{a['sysctls'].get(key)}")
+        if a["processes"] != b["processes"]:
+            extra = Counter(a["processes"]) - Counter(b["processes"])
+            missing = Counter(b["processes"]) - Counter(a["processes"])
+            out += [f"{ns}: process left: {c}" for c in extra]
+            out += [f"{ns}: process gone: {c}" for c in missing]
+    return out[:limit] + ([f"… {len(out) - limit} more"] if len(out) > limit else [])
