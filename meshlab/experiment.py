@@ -102,9 +102,16 @@ class Run:
             rec["output"] = f"{result.requests} requests, {result.tps:.1f} TPS"
         self.journal.add_load(name, result.to_dict())
 
-    def fault(self, fault: Fault) -> Any:
-        """Context manager: ``fault`` is active inside the block and always reverted after."""
-        return active(fault, self.env, self.journal)
+    def fault(self, fault: Fault, max_duration_s: float | None = None) -> Any:
+        """Context manager: ``fault`` is active inside the block and always reverted after
+        (by its deadman once ``max_duration_s`` passes, even if the block is still running)."""
+        return active(fault, self.env, self.journal, max_duration_s=max_duration_s)
+
+    def observe(self, name: str, kind: str, data: Any, **meta: Any) -> Any:
+        """Record an observation in the journal (:meth:`RunJournal.add_observation`) and
+        return ``data``."""
+        self.journal.add_observation(name, kind, data, **meta)
+        return data
 
     def collect_sidecars(self) -> dict[str, Any]:
         """Read every sidecar's new access-log lines into ``journal["sidecars"]``.

@@ -63,7 +63,8 @@ class RunJournal:
             "schema": SCHEMA, "run_id": candidate, "name": name, "status": "running",
             "partial": True, "started_at": iso(self.started_s), "ended_at": None,
             "duration_s": None, "env": {}, "topology": {}, "activities": [], "loads": [],
-            "sidecars": {}, "fault_windows": [], "verdicts": [], "notes": [],
+            "sidecars": {}, "fault_windows": [], "observations": {}, "verdicts": [],
+            "notes": [],
         }
         self.save()
 
@@ -110,6 +111,21 @@ class RunJournal:
     def add_load(self, name: str, result: dict[str, Any]) -> None:
         """Append a load result (CONTRACTS.md §2) under ``name``."""
         self.data["loads"].append({"name": name, **result})
+        self.save()
+
+    def add_observation(self, name: str, kind: str, data: Any, **meta: Any) -> None:
+        """Record something a suite observed (a socket snapshot, a stats delta, a kernel probe
+        result) under ``observations[name]`` as ``{"kind", "at", "data", **meta}``; checks and
+        the report read it from there.
+
+        Args:
+            name: unique key, e.g. ``"l1-sockets-after-poweroff"``.
+            kind: what it is: ``sockets``, ``envoy_stats``, ``tcp_stats_delta``, ``probe``….
+            data: JSON-ready payload.
+            **meta: extra JSON-ready fields (e.g. ``pod="fortio-server-0"``).
+        """
+        self.data.setdefault("observations", {})[name] = {"kind": kind, "at": iso(time.time()),
+                                                          "data": data, **meta}
         self.save()
 
     def add_fault_window(self, name: str, start_epoch_s: float, end_epoch_s: float) -> None:

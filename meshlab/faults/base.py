@@ -81,11 +81,69 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _open_entry(fault: Fault, env: Any, max_duration_s: float | None) -> Any:
+    from meshlab.faults.ledger import DEFAULT_MAX_DURATION_S, LedgerEntry
+
+    limit = float(max_duration_s or getattr(fault, "max_duration_s", None)
+                  or DEFAULT_MAX_DURATION_S)
+    return LedgerEntry.create(env, fault, limit) if hasattr(env, "spec") else None
+
+
+def _mark_active(fault: Fault, entry: Any) -> None:
+    from meshlab.faults.ledger import fault_params
+
+    if entry:
+        entry.update(status="active", params=fault_params(fault))
+
+
+def start(fault: Fault, env: Any, max_duration_s: float | None = None) -> tuple[Any, str]:
+    """Inject ``fault`` with a ledger entry and a deadman (the long-lived form of
+    :func:`active`, for callers whose inject and revert are separate steps, e.g. chaostoolkit).
+
+    Args:
+        fault: the fault.
+        env: the env; one without ``spec()`` (a test double) gets no ledger entry.
+        max_duration_s: deadman deadline (default: the fault's ``max_duration_s`` attribute,
+            else :data:`~meshlab.faults.ledger.DEFAULT_MAX_DURATION_S`).
+
+    Returns:
+        ``(entry, inject output)``: the :class:`~meshlab.faults.ledger.LedgerEntry` (None
+        without ledger) to pass to :func:`stop`.
+
+    Raises:
+        Whatever inject raised, after reverting what it may have done.
+    """
+    entry = _open_entry(fault, env, max_duration_s)
+    try:
+        output = fault.inject(env)
+    except BaseException:
+        stop(fault, env, entry)
+        raise
+    _mark_active(fault, entry)
+    return entry, output
+
+
+def stop(fault: Fault, env: Any, entry: Any) -> tuple[str, dict[str, Any] | None]:
+    """Revert ``fault`` (unless its deadman already did) and close its ledger entry.
+
+    Returns:
+        ``(revert output, the entry's last fields or None)``; ``reverted_by`` in the fields
+        says who reverted (``runner``/``deadman``).
+    """
+    with _signals_deferred():
+        try:
+            out = entry.revert_once(fault, env, "runner") if entry else fault.revert(env)
+        finally:
+            last = entry.close() if entry else None
+    return out, last
+
+
 @contextmanager
 def active(fault: Fault, env: Any, journal: Any | None = None,
            on_window: Callable[[float, float], None] | None = None,
            max_duration_s: float | None = None) -> Iterator[Fault]:
-    """Inject ``fault`` for the duration of the block, then always revert it.
+    """Inject ``fault`` for the duration of the block, then always revert it (also when
+    inject itself failed half-way).
 
     Args:
         fault: the fault.
@@ -93,21 +151,12 @@ def active(fault: Fault, env: Any, journal: Any | None = None,
         journal: a :class:`~meshlab.journal.RunJournal` to record ``inject:<name>`` /
             ``revert:<name>`` activities and the fault window in (optional).
         on_window: called with ``(start_epoch_s, end_epoch_s)`` after the revert.
-        max_duration_s: the deadman reverts the fault this long after injection even if the
-            block has not ended (default: the fault's ``max_duration_s`` attribute, else
-            :data:`~meshlab.faults.ledger.DEFAULT_MAX_DURATION_S`).
+        max_duration_s: see :func:`start`.
 
     Raises:
         Whatever inject raised (after the revert ran), or the block's exception.
     """
-    from meshlab.faults.ledger import DEFAULT_MAX_DURATION_S, LedgerEntry
-
-    limit = float(max_duration_s or getattr(fault, "max_duration_s", None)
-                  or DEFAULT_MAX_DURATION_S)
-    entry = LedgerEntry.create(env, fault, limit) if hasattr(env, "spec") else None
-
-    def revert(target: Any) -> str:
-        return entry.revert_once(fault, target, "runner") if entry else fault.revert(target)
+    holder: dict[str, Any] = {}
 
     def step(kind: str, fn: Callable[[Any], str]) -> None:
         if journal is None:
@@ -116,28 +165,29 @@ def active(fault: Fault, env: Any, journal: Any | None = None,
         with journal.activity(f"{kind}:{fault.name}") as rec:
             rec["output"] = fn(env)
 
-    start = time.time()
+    def do_stop(target: Any) -> str:
+        text, holder["last"] = stop(fault, target, holder.get("entry"))
+        return text
+
+    t0 = time.time()
+    holder["entry"] = _open_entry(fault, env, max_duration_s)
     try:
         step("inject", fault.inject)
-        if entry:
-            from meshlab.faults.ledger import fault_params
-
-            entry.update(status="active", params=fault_params(fault))
+        _mark_active(fault, holder["entry"])
         yield fault
     finally:
-        with _signals_deferred():
-            try:
-                step("revert", revert)
-            finally:
-                last = entry.close() if entry else None
-                end = time.time()
-                if last and last.get("reverted_by") == "deadman":
-                    end = float(last.get("reverted_epoch_s", end))
-                    if journal is not None:
-                        journal.data["notes"].append(
-                            f"fault {fault.name} reverted by its deadman after "
-                            f"max_duration_s={limit:g} (the block ran longer)")
+        try:
+            step("revert", do_stop)
+        finally:
+            last = holder.get("last")
+            end = time.time()
+            if last and last.get("reverted_by") == "deadman":
+                end = float(last.get("reverted_epoch_s", end))
                 if journal is not None:
-                    journal.add_fault_window(fault.name, start, end)
-                if on_window is not None:
-                    on_window(start, end)
+                    journal.data["notes"].append(
+                        f"fault {fault.name} reverted by its deadman after "
+                        f"max_duration_s={last.get('max_duration_s')} (the block ran longer)")
+            if journal is not None:
+                journal.add_fault_window(fault.name, t0, end)
+            if on_window is not None:
+                on_window(t0, end)
