@@ -128,10 +128,13 @@ class RunJournal:
                                                           "data": data, **meta}
         self.save()
 
-    def add_fault_window(self, name: str, start_epoch_s: float, end_epoch_s: float) -> None:
-        """Record when a fault was active (the report shades it on every chart)."""
+    def add_fault_window(self, name: str, start_epoch_s: float, end_epoch_s: float,
+                         params: dict[str, Any] | None = None) -> None:
+        """Record when a fault was active (the report shades it on every chart) and with which
+        parameters (incl. time-scaled kernel timeouts and the values it saved)."""
         self.data["fault_windows"].append({"name": name, "start_epoch_s": start_epoch_s,
-                                           "end_epoch_s": end_epoch_s})
+                                           "end_epoch_s": end_epoch_s,
+                                           "params": params or {}})
         self.save()
 
     def finish(self, status: str) -> Path:

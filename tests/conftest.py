@@ -1,3 +1,44 @@
-"""Shared test configuration: pytester for testing the pytest plugin itself."""
+"""Shared test configuration: pytester for testing the pytest plugin itself, and fixtures for
+tests that build real labs (host-namespace snapshots, lab leftovers)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from meshlab.envs.base import run_argv
+
+
+def host_network_snapshot() -> str:
+    """The host namespace's addresses, routes and rule set (must never change)."""
+    return "\n".join(run_argv(argv).stdout for argv in (["ip", "-o", "addr"], ["ip", "route"],
+                                                        ["ip", "rule"]))
+
+
+def lab_leftovers(lab: str) -> dict:
+    """Everything of lab ``lab`` still on the machine: netns, /etc/netns dirs, processes."""
+    prefix = f"ml-{lab}-"
+    netns = [n for n in (Path("/run/netns").iterdir() if Path("/run/netns").exists() else [])
+             if n.name.startswith(prefix)]
+    etc = [d for d in (Path("/etc/netns").iterdir() if Path("/etc/netns").exists() else [])
+           if d.name.startswith(prefix)]
+    procs = subprocess.run(["pgrep", "-f", f"/run/meshlab/{lab}/"], capture_output=True,
+                           text=True, check=False).stdout.split()
+    return {k: v for k, v in {"netns": netns, "etc": etc, "procs": procs}.items() if v}
+
+
+@pytest.fixture
+def host_snapshot():
+    """Asserts after the test that the host namespace's network config is unchanged."""
+    before = host_network_snapshot()
+    yield
+    assert host_network_snapshot() == before
+
+
+@pytest.fixture(name="lab_leftovers", scope="session")
+def lab_leftovers_fixture():
+    """The :func:`lab_leftovers` function, for tests."""
+    return lab_leftovers
+
 
 pytest_plugins = ["pytester"]

@@ -188,6 +188,8 @@ def active(fault: Fault, env: Any, journal: Any | None = None,
                         f"fault {fault.name} reverted by its deadman after "
                         f"max_duration_s={last.get('max_duration_s')} (the block ran longer)")
             if journal is not None:
-                journal.add_fault_window(fault.name, t0, end)
+                from meshlab.faults.ledger import fault_params
+
+                journal.add_fault_window(fault.name, t0, end, fault_params(fault))
             if on_window is not None:
                 on_window(t0, end)

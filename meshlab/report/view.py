@@ -7,6 +7,7 @@ that was collected but is empty becomes an empty list ("none").
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -217,10 +218,34 @@ def fault_rows(fault_windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for w in fault_windows:
         end = w.get("end_epoch_s")
+        params = w.get("params") or {}
         rows.append({"name": w["name"], "start": fmt_epoch(w["start_epoch_s"]),
+                     "params": ", ".join(f"{k}={v}" for k, v in params.items()
+                                         if v not in (None, {}, [])) or "–",
                      "end": fmt_epoch(end) if end is not None else "still active",
                      "duration": fmt_num(end - w["start_epoch_s"], 1) if end is not None
                      else "–"})
+    return rows
+
+
+def observation_rows(observations: dict[str, Any], max_chars: int = 400) -> list[dict[str, Any]]:
+    """One row per observation: name, kind, time and a compact summary (a socket snapshot is
+    summarised as counts per state; anything else as truncated JSON)."""
+    rows = []
+    for name, obs in observations.items():
+        data = obs.get("data")
+        if obs.get("kind") == "sockets" and isinstance(data, list):
+            states: dict[str, int] = {}
+            for sock in data:
+                if isinstance(sock, dict):
+                    states[str(sock.get("state"))] = states.get(str(sock.get("state")), 0) + 1
+            summary = ", ".join(f"{k}: {v}" for k, v in sorted(states.items())) or "no sockets"
+        else:
+            summary = json.dumps(data, default=str, sort_keys=True)
+        if len(summary) > max_chars:
+            summary = summary[:max_chars] + " …"
+        rows.append({"name": name, "kind": obs.get("kind") or "–",
+                     "at": obs.get("at") or "–", "summary": summary})
     return rows
 
 
@@ -250,6 +275,8 @@ def build_view(journal: dict[str, Any]) -> dict[str, Any]:
         "statuses": None if loads is None else status_rows(loads),
         "faults": None if journal.get("fault_windows") is None else fault_rows(faults),
         "verdicts": None if verdicts is None else verdict_rows(verdicts),
+        "observations": observation_rows(journal.get("observations") or {}),
+        "notes": [str(n) for n in journal.get("notes") or []],
         "verdicts_failed": sum(1 for v in verdicts or [] if not v["passed"]),
         "flags": None if sidecars is None else flag_rows(sidecars),
         "flag_meanings": FLAG_MEANINGS,
