@@ -1,7 +1,9 @@
 """Shared test configuration: pytester for testing the pytest plugin itself, and fixtures for
 tests that build real labs (host-namespace snapshots, lab leftovers)."""
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,27 @@ def host_snapshot():
 def lab_leftovers_fixture():
     """The :func:`lab_leftovers` function, for tests."""
     return lab_leftovers
+
+
+@contextlib.contextmanager
+def running_lab(lab: str, **kwargs) -> Iterator:
+    """A ``LocalEnv(lab=lab, **kwargs)`` that is up inside the block, always torn down after it
+    and then checked to have left nothing behind."""
+    from meshlab.envs.local.lab import LocalEnv
+
+    env = LocalEnv(lab=lab, **kwargs)
+    env.up()
+    try:
+        yield env
+    finally:
+        env.down()
+        assert lab_leftovers(lab) == {}
+
+
+@pytest.fixture(name="running_lab", scope="session")
+def running_lab_fixture():
+    """The :func:`running_lab` context manager, for module-scoped lab fixtures."""
+    return running_lab
 
 
 pytest_plugins = ["pytester"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
+from meshlab.envs.local.lab import DEFAULT_MANIFESTS
 from meshlab.envs.local.state import LabState
 
 pytestmark = pytest.mark.lab
@@ -19,14 +19,9 @@ L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
 
 
 @pytest.fixture(scope="module")
-def lab(lab_leftovers):
-    env = LocalEnv(DEFAULT_MANIFESTS, lab=LAB)
-    env.up()
-    try:
+def lab(running_lab):
+    with running_lab(LAB, manifests=DEFAULT_MANIFESTS) as env:
         yield env
-    finally:
-        env.down()
-        assert lab_leftovers(LAB) == {}
 
 
 def test_echo_reaches_l2_through_both_sidecars(lab, host_snapshot):

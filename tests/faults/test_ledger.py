@@ -17,7 +17,6 @@ import time
 
 import pytest
 
-from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
 from meshlab.faults.base import active, start, stop
 from meshlab.faults.ledger import entries
 from meshlab.faults.reject import RejectConnections
@@ -53,15 +52,10 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def lab(lab_leftovers):
-    env = LocalEnv(DEFAULT_MANIFESTS, lab=LAB)
-    env.up()
-    try:
+def lab(running_lab):
+    with running_lab(LAB) as env:
         yield env
-    finally:
-        env.down()
-        assert lab_leftovers(LAB) == {}
-        assert entries("local", LAB) == []
+    assert entries("local", LAB) == []
 
 
 RUNNER = textwrap.dedent("""

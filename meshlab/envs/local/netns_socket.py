@@ -50,11 +50,11 @@ def netns_socket(netns: str, family: int = socket.AF_INET,
         LabError: the namespace does not exist or could not be entered.
     """
     path = NETNS_DIR / netns
-    result: list[socket.socket | BaseException] = []
+    result: list[socket.socket | OSError] = []
 
     def enter_and_create() -> None:
         try:
-            own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
             try:
                 target = os.open(path, os.O_RDONLY)
                 try:
@@ -67,7 +67,7 @@ def netns_socket(netns: str, family: int = socket.AF_INET,
                     os.close(target)
             finally:
                 os.close(own)
-        except BaseException as exc:  # handed to the caller's thread below
+        except OSError as exc:  # handed to the caller's thread below
             result.append(exc)
 
     worker = threading.Thread(target=enter_and_create, name=f"netns-socket-{netns}", daemon=True)
