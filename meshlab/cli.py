@@ -20,6 +20,8 @@ LAB = typer.Option("lab", "--lab", help="lab name (its netns are ml-<lab>-…)")
 MANIFESTS = typer.Option(None, "--manifests", help="manifests folder "
                          "(default: manifests/fortio-layered)")
 
+OVERLAY = typer.Option(None, "--overlay", help="add manifests/overlays/NAME over the base "
+                       "manifests (repeatable, applied in order)")
 PATHS = typer.Argument(None, help="suites (default: suites/)")
 REPORTS = typer.Option(Path("reports"), "--reports", help="reports folder")
 
@@ -30,17 +32,20 @@ def _fail(exc: MeshlabError) -> None:
     raise typer.Exit(code)
 
 
-def _env(manifests: Path | None, lab: str):
-    from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
+def _env(manifests: Path | None, lab: str, overlays: list[str] | None = None):
+    from meshlab.envs.local.lab import LocalEnv
+    from meshlab.envs.spec import manifest_set
 
-    return LocalEnv(manifests or DEFAULT_MANIFESTS, lab=lab)
+    return LocalEnv(manifest_set(manifests, overlays or ()), lab=lab)
 
 
 @app.command()
-def up(manifests: Path | None = MANIFESTS, lab: str = LAB) -> None:
-    """Build the local lab from the manifests and start every pod (cleans leftovers first)."""
+def up(manifests: Path | None = MANIFESTS, lab: str = LAB,
+       overlay: list[str] | None = OVERLAY) -> None:
+    """Build the local lab from the manifests (plus overlays) and start every pod (cleans
+    leftovers first)."""
     try:
-        env = _env(manifests, lab)
+        env = _env(manifests, lab, overlay)
         env.up()
     except MeshlabError as exc:
         _fail(exc)

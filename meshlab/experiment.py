@@ -133,6 +133,36 @@ class Run:
         self.journal.save()
         return out
 
+    def settle(self, timeout_s: float = 10.0, every_s: float = 0.1) -> dict[str, int]:
+        """Wait until no sidecar has a request in flight (every ``*rq_active`` stat is 0), so
+        stragglers of this run (a request stuck behind retransmissions, a late reset) are
+        logged here and not in the next run's access-log window.
+
+        Returns:
+            ``{pod: active requests}`` still in flight when ``timeout_s`` ran out (empty: all
+            quiet). Never raises for an unreachable sidecar (a powered-off node): it is skipped.
+        """
+        import re
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            busy: dict[str, int] = {}
+            for pod in self._log_marks:
+                try:
+                    text = self.env.sidecar_admin(pod, "/stats?filter=rq_active$")
+                except MeshlabError:
+                    continue
+                active = sum(int(v) for v in re.findall(r":\s*(\d+)\s*$", text, re.MULTILINE))
+                if active:
+                    busy[pod] = active
+            if not busy or time.monotonic() > deadline:
+                if busy:
+                    self.journal.data["notes"].append(f"requests still in flight at the end: "
+                                                      f"{busy}")
+                return busy
+            time.sleep(every_s)  # poll interval
+
     def records(self, pod: str) -> list[dict[str, Any]]:
         """The pod sidecar's access-log records written during this run."""
         return parse_lines(self.env.access_log_lines(pod)[self._log_marks.get(pod, 0):])

@@ -191,6 +191,8 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
             status = "error"
         else:
             status = "passed" if call.passed else ("skipped" if call.skipped else "failed")
+        if hasattr(meshlab_env, "sidecar_admin"):
+            run.settle()
         pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
             request.fixturenames else None
         left = pool.leftovers() if pool is not None and pool.env is meshlab_env else []

@@ -9,6 +9,10 @@ Commands: ``server`` (all listeners), ``proxies`` (only ``-M``), ``tcp-echo``, `
 ``version``. Unknown commands or flags, bad values and unsupported features (``-P`` TCP proxies,
 Unix sockets, https targets) exit 2 with one ``fortio: error: …`` line; a port that cannot be
 bound exits 1. SIGTERM/SIGINT stop the server and exit 0.
+
+One flag is meshlab's own: ``-meshlab-idle-race D`` answers a request that arrives after ``D``
+of keep-alive idle with a RST (:mod:`meshlab.apps.idle_race`). Real fortio rejects it, so a
+manifest using it needs meshlab's app (the local lab, or a cluster image that runs it).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ FLAGS: dict[str, _Flag] = {
     "multi-serial-mode": _Flag("bool", False, "query -M targets one at a time"),
     "timeout": _Flag("duration", 3.0, "deadline of one -M forwarded request"),
     "server-idle-timeout": _Flag("duration", 30.0, "keep-alive idle timeout of the servers"),
+    "meshlab-idle-race": _Flag("duration", 0.0, "meshlab only: answer a request arriving after "
+                               "this long idle with a RST (keep-alive race; 0 = off)"),
     "loglevel": _Flag("str", "info", "debug, verbose, info, warning, error, critical"),
     "ui-path": _Flag("str", "/fortio/", "accepted for compatibility; the UI is not served"),
     "udp-async": _Flag("bool", False, "accepted for compatibility; no effect"),
@@ -182,7 +188,8 @@ def build_config(command: str, values: dict[str, Any]) -> FortioConfig:
                                values["echo-debug-path"]),
         multi_serial=bool(values["multi-serial-mode"]), mirror_origin=mirror,
         timeout_s=timeout_s if timeout_s > 0 else 3.0,
-        idle_timeout_s=max(float(values["server-idle-timeout"]), 0.001))
+        idle_timeout_s=max(float(values["server-idle-timeout"]), 0.001),
+        idle_race_s=float(values["meshlab-idle-race"]))
     keep = {"server": ("http", "grpc", "tcp", "udp", "redirect"), "proxies": (),
             "tcp-echo": ("tcp",), "udp-echo": ("udp",)}[command]
     for name in ("http", "grpc", "tcp", "udp", "redirect"):

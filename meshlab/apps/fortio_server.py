@@ -5,6 +5,8 @@ sleeps the decided delay, writes replies and owns connection lifetimes:
 
 - HTTP/1.1 keep-alive with pipelining (h11); a connection waiting longer than
   ``idle_timeout_s`` (fortio ``-server-idle-timeout``, 30 s) for the next request head is closed.
+  With ``idle_race_s`` (meshlab-only ``-meshlab-idle-race``) a request arriving after that long
+  idle is answered with a RST instead (:mod:`meshlab.apps.idle_race`).
 - ``Connection: close`` replies end with a half-close (FIN) and up to 0.5 s for the client's own
   FIN before the socket is closed, like Go's ``closeWriteAndWait`` (avoids a RST).
 - A status Go refuses (outside 100..999) drops the connection without a reply.
@@ -36,6 +38,7 @@ from meshlab.apps import gohttp
 from meshlab.apps.fortio_replies import EchoConfig, TargetResult
 from meshlab.apps.fortio_upstream import DEFAULT_TIMEOUT_S, Target, UpstreamError, UpstreamPool
 from meshlab.apps.gohttp import HttpReply, HttpRequest
+from meshlab.apps.idle_race import IdleRace
 from meshlab.apps.netutil import ListenSpec, peer_addr, set_go_keepalive
 from meshlab.apps.tcp_echo import handle_echo
 from meshlab.errors import LabError
@@ -79,6 +82,8 @@ class FortioConfig:
         mirror_origin: ``-multi-mirror-origin``: append the request URI to each target.
         timeout_s: ``-timeout``: deadline of one forwarded request, in seconds.
         idle_timeout_s: ``-server-idle-timeout``: keep-alive idle limit, in seconds.
+        idle_race_s: meshlab-only ``-meshlab-idle-race``: a request after this many idle
+            seconds is answered with a RST (:mod:`meshlab.apps.idle_race`); 0 = off.
     """
 
     http: ListenSpec | None = DEFAULT_HTTP
@@ -92,6 +97,7 @@ class FortioConfig:
     mirror_origin: bool = True
     timeout_s: float = DEFAULT_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
+    idle_race_s: float = 0.0
 
 
 async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
@@ -104,9 +110,11 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> obj
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter, idle_timeout_s: float,
-                        remote: str) -> HttpRequest | None:
+                        remote: str, race: IdleRace | None = None) -> HttpRequest | None:
     try:
         async with asyncio.timeout(idle_timeout_s):
+            if race is not None and not await race.admit(conn, reader, writer):
+                return None
             event = await _next_event(conn, reader)
     except TimeoutError:
         return None
@@ -144,7 +152,8 @@ def _reply_bytes(conn: h11.Connection, reply: HttpReply, method: str) -> bytes:
 
 
 async def serve_http_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                handler: Handler, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                                handler: Handler, idle_timeout_s: float = IDLE_TIMEOUT_S,
+                                idle_race_s: float = 0.0) -> None:
     """Serve HTTP/1.x requests on one accepted connection until it ends.
 
     Args:
@@ -152,14 +161,16 @@ async def serve_http_connection(reader: asyncio.StreamReader, writer: asyncio.St
         writer: the connection's writer.
         handler: computes the reply of a complete request.
         idle_timeout_s: longest wait for the next request head, in seconds.
+        idle_race_s: answer a request after this many idle seconds with a RST; 0 = off.
     """
     set_go_keepalive(writer.get_extra_info("socket"))
     remote = peer_addr(writer.get_extra_info("peername"))
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     linger = False
+    race = IdleRace(idle_race_s) if idle_race_s > 0 else None
     try:
         while True:
-            request = await _read_request(conn, reader, writer, idle_timeout_s, remote)
+            request = await _read_request(conn, reader, writer, idle_timeout_s, remote, race)
             if request is None:
                 break
             reply = await handler(request)
@@ -173,6 +184,8 @@ async def serve_http_connection(reader: asyncio.StreamReader, writer: asyncio.St
                 linger = True
                 break
             conn.start_next_cycle()
+            if race is not None:
+                race.mark_idle()
     except h11.RemoteProtocolError as err:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not reader.at_eof():
             status = err.error_status_hint
@@ -252,19 +265,20 @@ class FortioServer:
             LabError: a listener cannot be bound (the ones already bound are closed).
         """
         cfg = self.config
-        idle_s = cfg.idle_timeout_s
+        idle_s, race_s = cfg.idle_timeout_s, cfg.idle_race_s
         plan: list[tuple[str, ListenSpec | None, Callable[..., Awaitable[None]]]] = [
             ("http-echo", cfg.http,
-             lambda r, w: serve_http_connection(r, w, self._echo_handler, idle_s)),
+             lambda r, w: serve_http_connection(r, w, self._echo_handler, idle_s, race_s)),
             ("grpc-ping", cfg.grpc, _accept_and_discard),
             ("tcp-echo", cfg.tcp, handle_echo),
             ("https-redirect", cfg.redirect,
-             lambda r, w: serve_http_connection(r, w, _redirect_handler, idle_s)),
+             lambda r, w: serve_http_connection(r, w, _redirect_handler, idle_s, race_s)),
         ]
         for index, multi in enumerate(cfg.multis):
             handler = self._multi_handler(multi.targets)
             plan.append((f"multi-{index}", multi.listen,
-                         lambda r, w, h=handler: serve_http_connection(r, w, h, idle_s)))
+                         lambda r, w, h=handler: serve_http_connection(r, w, h, idle_s,
+                                                                        race_s)))
         try:
             for name, spec, callback in plan:
                 if spec is not None:

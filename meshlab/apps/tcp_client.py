@@ -11,8 +11,10 @@ Usage::
         [--send hello] [--close-delay-s 8] [--connect-timeout-s 5] [--hold-s 60] \\
         [--result /tmp/r.json]
 
-Progress goes to stdout as JSON lines (``{"event": "connected" | "eof" | "closed", ...}``); the
-final result is written atomically (temp file + ``rename``) to ``--result`` (stdout without it)::
+Progress goes to stdout as JSON lines (``{"event": "connected" | "received" | "eof" | "closed",
+"t_epoch_s": ..., ...}``; ``received`` per chunk read, e.g. the echo that proves the upstream
+accepted). The final result is written atomically (temp file + ``rename``) to ``--result``
+(stdout without it)::
 
     {"connect_s": float | null,          # seconds connect() took (null: it failed)
      "local_port": int | null,           # the local port used
@@ -20,7 +22,7 @@ final result is written atomically (temp file + ``rename``) to ``--result`` (std
      "closed_at_epoch_s": float | null,  # time.time() right after close()
      "received_bytes": int,
      "error": str | null,                # e.g. "connect: timed out", "read: [Errno 104] ..."
-     "error_phase": "connect" | "send" | "read" | "signal" | null}
+     "error_phase": "connect" | "send" | "read" | "close" | "signal" | null}
 
 Exit status: 0 without error, 1 with one, 2 for bad arguments.
 """
@@ -127,6 +129,7 @@ def run_client(host: str, port: int, *, bind_port: int | None = None, send: str 
                 _emit("eof", eof_after_s=result.eof_after_s)
                 break
             result.received_bytes += len(data)
+            _emit("received", bytes=len(data), received_bytes=result.received_bytes)
         phase = "close"
         time.sleep(close_delay_s)
     except _Terminated as exc:

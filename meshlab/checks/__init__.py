@@ -11,6 +11,8 @@ Usage in a suite::
 from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.checks.load import ErrorRateAtMost, LatencyPercentileAtMost, TpsAtLeast
 from meshlab.checks.response_flags import OnlyResponseFlags, ResponseFlagsCount
+from meshlab.checks.sockets import SocketCount
+from meshlab.checks.tcp_stats import StatAtLeast, StatAtMost, StatBounds
 
 __all__ = [
     "Check",
@@ -18,6 +20,10 @@ __all__ = [
     "LatencyPercentileAtMost",
     "OnlyResponseFlags",
     "ResponseFlagsCount",
+    "SocketCount",
+    "StatAtLeast",
+    "StatAtMost",
+    "StatBounds",
     "TpsAtLeast",
     "Verdict",
     "assert_all",

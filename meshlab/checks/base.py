@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from meshlab.errors import SystemUnderTestError
+from meshlab.errors import ConfigError, SystemUnderTestError
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,41 @@ def assert_all(journal: dict[str, Any], checks: Iterable[Check]) -> list[Verdict
 
 
 # --- helpers shared by the check modules ------------------------------------------------------
+
+def validate_bounds(kind: str, at_least: float | None, at_most: float | None,
+                    minimum: float | None = None) -> None:
+    """The ``at_least``/``at_most`` pair of a bounds check is usable.
+
+    Raises:
+        ConfigError: no bound, a bound that is not a number or is below ``minimum``, or
+            ``at_least > at_most`` (the message starts with ``kind``).
+    """
+    bounds = {k: v for k, v in (("at_least", at_least), ("at_most", at_most)) if v is not None}
+    if not bounds:
+        raise ConfigError(f"{kind}: give at_least=, at_most= or both")
+    for key, value in bounds.items():
+        if as_number(value) is None:
+            raise ConfigError(f"{kind}: {key} must be a number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{kind}: {key} must be >= {minimum:g}, got {value}")
+    if len(bounds) == 2 and bounds["at_least"] > bounds["at_most"]:
+        raise ConfigError(f"{kind}: at_least={at_least} is greater than at_most={at_most}")
+
+
+def bounds_text(at_least: float | None, at_most: float | None, unit: str = "") -> str:
+    """``">= 3 UC"``, ``"<= 0 UC"`` or ``"between 1 and 5 UC"`` (``unit`` after the numbers)."""
+    tail = f" {unit}" if unit else ""
+    if at_most is None:
+        return f">= {at_least:g}{tail}"
+    if at_least is None:
+        return f"<= {at_most:g}{tail}"
+    return f"between {at_least:g} and {at_most:g}{tail}"
+
+
+def in_bounds(value: float, at_least: float | None, at_most: float | None) -> bool:
+    """``at_least <= value <= at_most`` with open ends for None."""
+    return (at_least is None or value >= at_least) and (at_most is None or value <= at_most)
+
 
 def as_number(value: Any) -> float | None:
     """Return ``value`` as a finite float, or None when it is not a usable number.

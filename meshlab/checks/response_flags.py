@@ -13,7 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar
 
-from meshlab.checks.base import Check, Verdict, find_response_flags, flag_counts
+from meshlab.checks.base import (
+    Check,
+    Verdict,
+    bounds_text,
+    find_response_flags,
+    flag_counts,
+    in_bounds,
+    validate_bounds,
+)
 from meshlab.errors import ConfigError
 
 #: The flag Envoy logs when a response carries no flag.
@@ -50,12 +58,7 @@ class ResponseFlagsCount(Check):
     name: ClassVar[str] = "response_flags_count"
 
     def __post_init__(self) -> None:
-        if self.at_least is None and self.at_most is None:
-            raise ConfigError("ResponseFlagsCount: give at_least=, at_most= or both")
-        if (self.at_least is not None and self.at_most is not None
-                and self.at_least > self.at_most):
-            raise ConfigError(f"ResponseFlagsCount: at_least={self.at_least} is greater than "
-                              f"at_most={self.at_most}")
+        validate_bounds("ResponseFlagsCount", self.at_least, self.at_most)
 
     @property
     def subject(self) -> str:
@@ -63,11 +66,7 @@ class ResponseFlagsCount(Check):
         return self.pod if self.cluster is None else f"{self.pod} {self.cluster}"
 
     def _expected(self) -> str:
-        if self.at_most is None:
-            return f">= {self.at_least} {self.flag}"
-        if self.at_least is None:
-            return f"<= {self.at_most} {self.flag}"
-        return f"between {self.at_least} and {self.at_most} {self.flag}"
+        return bounds_text(self.at_least, self.at_most, self.flag)
 
     def evaluate(self, journal: Mapping[str, Any]) -> Verdict:
         expected = self._expected()
@@ -87,8 +86,7 @@ class ResponseFlagsCount(Check):
             where = "all clusters"
         count = sum(n for by_flag in clusters for key, n in flag_counts(by_flag).items()
                     if self.flag in split_flags(key))
-        passed = ((self.at_least is None or count >= self.at_least)
-                  and (self.at_most is None or count <= self.at_most))
+        passed = in_bounds(count, self.at_least, self.at_most)
         return self._verdict(self.subject, expected, f"{count} {self.flag}", passed,
                              f"count of response flag {self.flag!r} on sidecar {self.pod!r} "
                              f"({where}) is {count}, expected {expected}")

@@ -147,6 +147,7 @@ class Relay:
                 self._finish(_reset(dst))
                 return
             self._touch()
+        self._touch()  # Envoy's TcpProxy resets its idle timer on end_stream (a FIN) too
         try:
             writer.write_eof()  # shutdown(SHUT_WR) once the buffer is flushed
         except (ConnectionError, OSError, RuntimeError):

@@ -1,11 +1,13 @@
-"""Fixtures for the fortio-compatible app tests (helpers live in ``fortio_support``)."""
+"""Fixtures for the app tests (fortio helpers live in ``fortio_support``)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from fortio_support import FortioConfig, RunningServer, echo_config, start_server
+from fortio_support import WAIT_S, FortioConfig, RunningServer, echo_config, start_server
 
 
 @pytest.fixture
@@ -28,3 +30,18 @@ def echo_server(server_factory: Callable[..., RunningServer]) -> RunningServer:
     """A running echo server (http-echo only)."""
     return server_factory(echo_config())
 
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes started by a test; SIGTERMed (then killed) at teardown, by their own pid."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=WAIT_S)

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,21 +99,6 @@ def test_tcp_echo_bad_port_exits_2() -> None:
     result = _run_cli("meshlab.apps.tcp_echo", "--port", "70000")
     assert result.returncode == 2
     assert "not a TCP port" in result.stderr
-
-
-@pytest.fixture
-def spawn() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes started by a test; SIGTERMed (then killed) at teardown, by their own pid."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=WAIT_S)
 
 
 def _popen(*args: str) -> subprocess.Popen[str]:

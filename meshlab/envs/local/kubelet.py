@@ -82,15 +82,31 @@ def listening_ports(shell: NetnsShell) -> set[int]:
     return ports
 
 
-def wait_ready(plan: LabPlan, state: LabState, timeout_s: float = 30.0) -> None:
-    """Poll every pod until its expected ports listen, failing fast if a process died.
+def start_pods(plan: LabPlan, state: LabState, pods: list[PodPlan],
+               timeout_s: float = 30.0) -> None:
+    """Start ``pods`` (every pod at ``up``, one node's at a node power-on) and wait until they
+    are ready (:func:`wait_ready`).
+
+    Raises:
+        LabError: as :func:`wait_ready`.
+    """
+    for pp in pods:
+        start_pod(plan, state, pp)
+    wait_ready(plan, state, timeout_s, pods)
+
+
+def wait_ready(plan: LabPlan, state: LabState, timeout_s: float = 30.0,
+               pods: list[PodPlan] | None = None) -> None:
+    """Poll each pod (default: every pod of the plan) until its expected ports listen,
+    failing fast if a process died.
 
     Raises:
         LabError: a process exited, or a port did not listen within ``timeout_s``; the message
             names the pod, the port and the last lines of the container log.
     """
     deadline = time.monotonic() + timeout_s
-    pending = {pp.name: set(expected_ports(pp)) for pp in plan.pods.values()}
+    pending = {pp.name: set(expected_ports(pp))
+               for pp in (plan.pods.values() if pods is None else pods)}
     while True:
         for name, ports in list(pending.items()):
             _check_alive(state, name)

@@ -17,6 +17,7 @@ from meshlab.envs.local import kubelet
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.netns import NetnsShell
 from meshlab.envs.local.network import build_network
+from meshlab.envs.local.node_power import LocalNodeDriver
 from meshlab.envs.local.plan import LabPlan, make_plan
 from meshlab.envs.local.state import LabState, cleanup, leftovers
 from meshlab.envs.spec import DEFAULT_MANIFESTS
@@ -80,9 +81,8 @@ class LocalEnv:
         self.state.save()
         try:
             build_network(self.plan, self.state)
-            for pp in self.plan.pods.values():
-                kubelet.start_pod(self.plan, self.state, pp)
-            kubelet.wait_ready(self.plan, self.state, self.ready_timeout_s)
+            kubelet.start_pods(self.plan, self.state, list(self.plan.pods.values()),
+                               self.ready_timeout_s)
         except BaseException:
             cleanup(self.lab)
             self.state.status = "down"
@@ -154,6 +154,11 @@ class LocalEnv:
         if node not in self.plan.nodes:
             raise ConfigError(f"no node named {node!r} (nodes: {', '.join(self.plan.nodes)})")
         return NetnsShell(self.plan.nodes[node].netns, node)
+
+    def node_driver(self) -> LocalNodeDriver:
+        """This lab's :class:`~meshlab.envs.node_driver.NodeDriver` (node power-off / power-on,
+        :mod:`meshlab.envs.local.node_power`)."""
+        return LocalNodeDriver(self)
 
     def sidecar_admin(self, pod: str, path: str, *, method: str = "GET",
                       port: int = 15000) -> str:

@@ -100,12 +100,14 @@ def netns_pids(name: str) -> list[int]:
     return [int(x) for x in res.stdout.split() if x.isdigit()]
 
 
-def kill_pids(pids: list[int], grace_s: float = 2.0) -> None:
-    """SIGTERM, wait up to ``grace_s`` for exit, then SIGKILL what is left."""
+def kill_pids(pids: list[int], grace_s: float = 2.0,
+              first: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``first`` (SIGTERM; SIGKILL for a power loss), wait up to ``grace_s`` for exit,
+    then SIGKILL what is left."""
     alive = []
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, first)
             alive.append(pid)
         except ProcessLookupError:
             pass

@@ -60,12 +60,12 @@ def build_node(plan: LabPlan, state: LabState, node: NodePlan) -> None:
     set_sysctl(state, node.netns, "net.bridge.bridge-nf-call-iptables", "1")
 
 
-def route_nodes(plan: LabPlan) -> None:
-    """host-gw routing: each node reaches other nodes' pod CIDRs via their underlay IP."""
-    for node in plan.nodes.values():
-        for other in plan.nodes.values():
-            if other.name != node.name:
-                _ip(node.netns, "route", "add", other.pod_cidr, "via", other.ip)
+def route_node(plan: LabPlan, node: NodePlan) -> None:
+    """host-gw routing: ``node`` reaches the other nodes' pod CIDRs via their underlay IP
+    (the gateway is on-link, so the other nodes need not exist yet)."""
+    for other in plan.nodes.values():
+        if other.name != node.name:
+            _ip(node.netns, "route", "add", other.pod_cidr, "via", other.ip)
 
 
 def build_pod(plan: LabPlan, state: LabState, pp: PodPlan) -> None:
@@ -83,17 +83,16 @@ def build_pod(plan: LabPlan, state: LabState, pp: PodPlan) -> None:
     _ip(pp.netns, "route", "add", "default", "via", node.gateway)
 
 
-def program_services(plan: LabPlan) -> None:
-    """kube-proxy: the same Service NAT rules in every node netns."""
+def program_services(plan: LabPlan, node: NodePlan) -> None:
+    """kube-proxy: the Service NAT rules in ``node``'s netns (the same in every node)."""
     ports = []
     for svc in plan.topology.services:
         eps = plan.endpoints(svc)
         for sp in svc.ports:
             ports.append(ServicePortNat(svc.namespace, svc.name, sp.name, plan.cluster_ip(svc),
                                         sp.port, tuple((ep.ip, sp.target_port) for ep in eps)))
-    text = service_rules(ports)
-    for node in plan.nodes.values():
-        NetnsShell(node.netns).run(["iptables-restore", "--noflush"], input_text=text)
+    NetnsShell(node.netns).run(["iptables-restore", "--noflush"],
+                               input_text=service_rules(ports))
 
 
 def install_capture(pp: PodPlan) -> None:
@@ -101,14 +100,22 @@ def install_capture(pp: PodPlan) -> None:
     NetnsShell(pp.netns).run(["iptables-restore", "--noflush"], input_text=capture_rules())
 
 
-def build_network(plan: LabPlan, state: LabState) -> None:
-    """Everything network-side of ``up``: cluster, nodes, routes, pods, Service NAT, capture."""
-    build_cluster(plan, state)
-    for node in plan.nodes.values():
-        build_node(plan, state, node)
-    route_nodes(plan)
-    for pp in plan.pods.values():
+def build_node_with_pods(plan: LabPlan, state: LabState, node: NodePlan) -> None:
+    """One node, network-side: its netns and uplink, its routes to the other nodes, its pods'
+    netns (same IPs every time) with their capture rules, and its Service NAT. Used by ``up``
+    for every node and by a node power-on (:mod:`meshlab.envs.local.node_power`) for one; the
+    other nodes' routes to this node are not touched (they outlive a power cycle)."""
+    build_node(plan, state, node)
+    route_node(plan, node)
+    for pp in plan.pods_on(node.name):
         build_pod(plan, state, pp)
         if pp.pod.meshed:
             install_capture(pp)
-    program_services(plan)
+    program_services(plan, node)
+
+
+def build_network(plan: LabPlan, state: LabState) -> None:
+    """Everything network-side of ``up``: the cluster netns, then each node with its pods."""
+    build_cluster(plan, state)
+    for node in plan.nodes.values():
+        build_node_with_pods(plan, state, node)

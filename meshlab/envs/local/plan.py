@@ -85,6 +85,10 @@ class LabPlan:
         return ([self.cluster_netns] + [n.netns for n in self.nodes.values()]
                 + [p.netns for p in self.pods.values()])
 
+    def pods_on(self, node: str) -> list[PodPlan]:
+        """Planned pods scheduled on node ``node``, in schedule order."""
+        return [pp for pp in self.pods.values() if pp.node.name == node]
+
     def cluster_ip(self, svc: Service) -> str:
         """The ClusterIP assigned to a Service."""
         return self.cluster_ips[f"{svc.namespace}/{svc.name}"]

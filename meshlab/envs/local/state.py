@@ -32,6 +32,7 @@ class LabState:
         netns: namespaces created (or about to be), in creation order.
         pids: process name (``<pod>/<container>``) → PID.
         sysctls: ``<netns> <key>`` → value set by the lab (for the report).
+        powered_off: nodes that are powered off now (:mod:`meshlab.envs.local.node_power`).
         updated_at: epoch seconds of the last write.
     """
 
@@ -41,6 +42,7 @@ class LabState:
     netns: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
     sysctls: dict[str, str] = field(default_factory=dict)
+    powered_off: list[str] = field(default_factory=list)
     updated_at: float = 0.0
 
     @staticmethod

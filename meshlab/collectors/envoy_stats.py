@@ -1,0 +1,176 @@
+"""Sidecar ``/stats`` snapshots (counters and gauges) and the deltas between two of them.
+
+Reads the admin endpoint through :meth:`Env.sidecar_admin` (local: curl in the pod's netns;
+cluster: port-forward / exec into istio-proxy), text format ``name: value`` per line
+(ENVOY.md §3, ``E:source/server/admin/stats_handler.cc``). Histogram lines
+(``P0(…) … P100(…)`` or ``No recorded values``) are skipped: a snapshot holds only integers.
+
+``tcp_stats`` names (Envoy's ``envoy.transport_sockets.tcp_stats``, docs/SIDECAR.md; checked
+against a running lab sidecar), with Istio ≥ 1.23's ``;`` after the cluster name:
+
+- ``cluster.<cluster>;.tcp_stats.<stat>`` for the sidecar's upstream sockets, e.g. L1's
+  ``cluster.outbound|8080||fortio-server-l2.mark.svc.cluster.local;.tcp_stats.cx_tx_retransmitted_segments``
+  (:func:`cluster_tcp_stat`);
+- ``listener.0.0.0.0_<port>.tcp_stats.<stat>`` for accepted sockets, e.g. L2's
+  ``listener.0.0.0.0_15006.tcp_stats.cx_tx_unsent_bytes`` (:func:`listener_tcp_stat`).
+
+Counters (only grow): ``cx_tx_segments``, ``cx_rx_segments``, ``cx_tx_data_segments``,
+``cx_rx_data_segments``, ``cx_tx_retransmitted_segments``, ``cx_rx_bytes_received``,
+``cx_tx_bytes_sent``, ``cx_data_segments_delivered``, ``cx_lost``. Gauges (sum over the open
+sockets, back to 0 when they close): ``cx_tx_unsent_bytes`` (bytes written but not yet sent,
+``tcpi_notsent_bytes``) and ``cx_tx_unacked_segments`` (sent, not yet acknowledged,
+``tcpi_unacked``).
+
+The sidecar reads ``TCP_INFO`` only every ``update_period`` (the lab:
+:data:`meshlab.envs.local.istiod.TCP_STATS_UPDATE_PERIOD_S` = 1 s) and at close, so a gauge
+must be polled *while* a fault is active (:class:`StatsPoller`); read afterwards it is 0 again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+from typing import Any, Self
+
+from meshlab.errors import MeshlabError
+
+#: Counters of the tcp_stats extension (charged with positive ``tcp_info`` deltas).
+TCP_STATS_COUNTERS = ("cx_tx_segments", "cx_rx_segments", "cx_tx_data_segments",
+                      "cx_rx_data_segments", "cx_tx_retransmitted_segments",
+                      "cx_rx_bytes_received", "cx_tx_bytes_sent", "cx_data_segments_delivered",
+                      "cx_lost")
+#: Gauges of the tcp_stats extension (accumulated over open sockets).
+TCP_STATS_GAUGES = ("cx_tx_unsent_bytes", "cx_tx_unacked_segments")
+
+
+def cluster_tcp_stat(cluster: str, stat: str) -> str:
+    """``cluster.<cluster>;.tcp_stats.<stat>`` (an upstream socket stat)."""
+    return f"cluster.{cluster};.tcp_stats.{stat}"
+
+
+def listener_tcp_stat(port: int, stat: str, address: str = "0.0.0.0") -> str:
+    """``listener.<address>_<port>.tcp_stats.<stat>`` (an accepted socket stat)."""
+    return f"listener.{address}_{port}.tcp_stats.{stat}"
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """Parse ``/stats`` text into ``{name: value}`` for counters and gauges.
+
+    Lines whose value is not an integer (histograms, ``No recorded values``) are skipped.
+    Names may contain ``:`` (``listener.0.0.0.0_15006``… does not, but IPv6 addresses do), so
+    the value is what follows the *last* ``": "``.
+    """
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.rpartition(": ")
+        if sep and name and value.lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
+
+
+def stats_path(filter_regex: str | None = None) -> str:
+    """The admin path for ``/stats`` with an optional (URL-encoded) ``filter`` regex."""
+    if not filter_regex:
+        return "/stats"
+    return "/stats?filter=" + urllib.parse.quote(filter_regex, safe="")
+
+
+def snapshot(env: Any, pod: str, filter_regex: str | None = "tcp_stats") -> dict[str, int]:
+    """One reading of a sidecar's counters and gauges.
+
+    Args:
+        env: the env (:meth:`sidecar_admin`).
+        pod: the meshed pod (name or workload).
+        filter_regex: Envoy's ``/stats?filter=`` regex (None: every stat).
+
+    Returns:
+        ``{stat name: integer value}``.
+
+    Raises:
+        ConfigError: the pod has no sidecar.
+        LabError: the admin endpoint did not answer.
+    """
+    return parse_stats(env.sidecar_admin(pod, stats_path(filter_regex)))
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """``after - before`` per stat (a stat missing from ``before`` counts from 0).
+
+    Stats only in ``before`` are left out (the sidecar dropped them, e.g. a restart).
+    """
+    return {name: value - before.get(name, 0) for name, value in after.items()}
+
+
+def max_values(samples: list[dict[str, int]]) -> dict[str, int]:
+    """Per stat, the largest value over ``samples`` (e.g. a gauge's peak during a fault)."""
+    out: dict[str, int] = {}
+    for sample in samples:
+        for name, value in sample.items():
+            if name not in out or value > out[name]:
+                out[name] = value
+    return out
+
+
+class StatsPoller:
+    """Samples a sidecar's stats in a background thread until stopped (a context manager).
+
+    Args:
+        env: the env.
+        pod: the meshed pod.
+        filter_regex: ``/stats?filter=`` regex.
+        interval_s: seconds between samples; keep it under the sidecar's tcp_stats
+            ``update_period`` (1 s in the lab) so no reading is missed.
+        max_samples: the poller stops by itself after this many samples (bounded work).
+
+    Attributes:
+        samples: ``[(epoch_s, {stat: value})]`` in order.
+        errors: admin calls that failed (text), e.g. while the pod was unreachable.
+    """
+
+    def __init__(self, env: Any, pod: str, filter_regex: str | None = "tcp_stats",
+                 interval_s: float = 0.25, max_samples: int = 2400) -> None:
+        self.env = env
+        self.pod = pod
+        self.filter_regex = filter_regex
+        self.interval_s = interval_s
+        self.max_samples = max_samples
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stats-{pod}", daemon=True)
+
+    def __repr__(self) -> str:
+        return (f"StatsPoller(pod={self.pod!r}, samples={len(self.samples)}, "
+                f"errors={len(self.errors)}, interval_s={self.interval_s})")
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.samples) < self.max_samples:
+            try:
+                self.samples.append((time.time(), snapshot(self.env, self.pod,
+                                                           self.filter_regex)))
+            except MeshlabError as exc:
+                self.errors.append(str(exc))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def max_values(self, names: list[str] | None = None) -> dict[str, int]:
+        """Each stat's peak over the samples (only ``names`` when given)."""
+        peaks = max_values([values for _, values in self.samples])
+        return peaks if names is None else {n: peaks.get(n, 0) for n in names}
+
+    def nonzero_samples(self, name: str) -> int:
+        """How many samples show ``name`` above 0."""
+        return sum(1 for _, values in self.samples if values.get(name, 0) > 0)
