@@ -222,7 +222,7 @@ class HttpProxy(ConnectionHandler):
                     conn = None
                 elif isinstance(action, actions.ForwardResponse):
                     assert conn is not None
-                    ok = await self._pump_response(stream, action, conn, codec, writer, dl)
+                    ok = await self._pump_response(stream, action, conn, codec, down, writer, dl)
                     if ok:
                         self.pool.release(conn, bind_ip,
                                           idle_timeout_s=ctx.cluster.policy.http_idle_timeout_s,
@@ -306,18 +306,21 @@ class HttpProxy(ConnectionHandler):
 
     async def _pump_response(self, stream: HttpStream, action: actions.ForwardResponse,
                              conn: UpstreamConnection, codec: ServerCodec,
-                             writer: asyncio.StreamWriter, dl: Deadlines) -> bool:
+                             down: DownstreamReader, writer: asyncio.StreamWriter,
+                             dl: Deadlines) -> bool:
         """Forward the response head and body; False when the exchange broke.
 
         What the upstream already delivered goes downstream in one write (head and body in one
-        segment when they arrived together); pending bytes are written before every wait.
+        segment when they arrived together); pending bytes are written before every wait. While
+        waiting for more of the body, a downstream close ends the stream (``DC``) and resets
+        the upstream, as Envoy's early-close detection does; otherwise a body stalled behind
+        retransmissions would hold the request open long after its client left.
         """
         try:
             out = [codec.send(action.response)]
         except h11.LocalProtocolError:
             stream.on_downstream_closed()
             return False
-        deadline, kind = dl.next()
         while True:
             try:
                 event = conn.poll_event()
@@ -326,19 +329,20 @@ class HttpProxy(ConnectionHandler):
                     out.clear()
                     if writer.transport.get_write_buffer_size() > READ_CHUNK * 4:
                         await writer.drain()
-                    if deadline is None:
-                        event = await conn.next_event()
-                    else:
-                        event = await asyncio.wait_for(
-                            conn.next_event(),
-                            max(0.0, deadline - asyncio.get_running_loop().time()))
-            except TimeoutError:
-                if kind == "per_try":
-                    stream.on_per_try_timeout()
-                else:
-                    stream.on_route_timeout()
-                writer.transport.abort()
-                return False
+                    outcome, value = await self._race(conn.next_event(), down, dl)
+                    if outcome == "closed":
+                        stream.on_downstream_closed()
+                        return False
+                    if outcome == "timeout":
+                        if value == "per_try":
+                            stream.on_per_try_timeout()
+                        else:
+                            stream.on_route_timeout()
+                        writer.transport.abort()
+                        return False
+                    if outcome == "error":
+                        raise value  # type: ignore[misc]
+                    event = value
             except (UpstreamClosed, UpstreamProtocolError) as exc:
                 if out:  # what the upstream sent goes out before the reset
                     writer.write(b"".join(out))

@@ -5,6 +5,7 @@ GET /peers → JSON list of distinct peer addresses seen (to count upstream conn
 Any path takes ``?delay=<seconds>`` (answer late) and ``?fail_on=<ip>`` (answer 503 when the
 connection arrived on that local address, e.g. a second IP of the pod). GET /close → close without answering (FIN);
 GET /reset → abort with RST; GET /garbage → answer bytes that are not HTTP, then close.
+GET /stall → answer the head and half of a 2000-byte body, then stall 10 s before the rest.
 """
 
 import json
@@ -49,6 +50,15 @@ class Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(min(float(delay[0]), 30.0))
         if self._misbehave(url.path):
+            return
+        if url.path == "/stall":  # a body stuck behind the network (retransmissions)
+            self.send_response(200)
+            self.send_header("content-length", "2000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            time.sleep(10)
+            self.wfile.write(b"x" * 1000)
             return
         status = 200
         fail_on = parse_qs(url.query).get("fail_on")  # 503 when called on that local IP

@@ -180,6 +180,21 @@ def test_route_timeout_is_ut_504(lab):
     assert "DC" in rec_b["response_flags"]
 
 
+def test_client_leaving_during_a_stalled_body_is_dc_at_once(lab):
+    """The response started, its body stalls upstream, the client gives up after 1 s: the
+    sidecar notices the downstream close (Envoy's early-close detection), logs ``DC`` with the
+    200 it had started, and resets the upstream request — it does not wait for the body."""
+    rid = str(uuid.uuid4())
+    t0 = time.monotonic()
+    subprocess.run(["ip", "netns", "exec", lab.ns_a, "curl", "-s", "-o", "/dev/null", "-m", "1",
+                    "-H", f"x-request-id: {rid}", f"http://{VIPS['fortio']}:8080/stall"],
+                   capture_output=True, timeout=10, check=False)
+    [rec] = wait_record(lab, "a", by_id(rid), timeout_s=4)
+    assert time.monotonic() - t0 < 4  # the stall lasts 10 s
+    assert (rec["response_code"], rec["response_flags"]) == (200, "DC")
+    assert stat(lab, f"cluster.{_cluster('fortio')};.upstream_rq_active") == 0
+
+
 def test_no_route_is_nr_404_empty(lab):
     res, rid = call(lab, "fortio", "example.com:443", method="CONNECT")
     assert (res["status"], res["body"], res["headers"]["content-length"]) == (404, "", "0")
