@@ -142,7 +142,7 @@ def test_kill_9_runner_then_deadman_reverts(lab):
     assert rule_active(lab)  # the runner died with the fault active …
     poll(lambda: not rule_active(lab))  # … and its deadman reverted it
     (entry,) = entries("local", LAB)  # the record stays for `meshlab down` to clear
-    assert entry.read()["reverted_by"] == "deadman"
+    poll(lambda: entry.read()["reverted_by"] == "deadman")  # written just after the revert
     res = subprocess.run([MESHLAB, "down", "--lab", LAB], capture_output=True, text=True,
                          check=True)
     assert "already reverted by deadman" in res.stdout
