@@ -143,11 +143,11 @@ class Run:
             quiet). Never raises for an unreachable sidecar (a powered-off node): it is skipped.
         """
         import re
-        import time
 
-        deadline = time.monotonic() + timeout_s
-        while True:
-            busy: dict[str, int] = {}
+        from meshlab.polling import PollTimeout, wait_until
+
+        def busy() -> dict[str, int]:
+            out: dict[str, int] = {}
             for pod in self._log_marks:
                 try:
                     text = self.env.sidecar_admin(pod, "/stats?filter=rq_active$")
@@ -155,13 +155,16 @@ class Run:
                     continue
                 active = sum(int(v) for v in re.findall(r":\s*(\d+)\s*$", text, re.MULTILINE))
                 if active:
-                    busy[pod] = active
-            if not busy or time.monotonic() > deadline:
-                if busy:
-                    self.journal.data["notes"].append(f"requests still in flight at the end: "
-                                                      f"{busy}")
-                return busy
-            time.sleep(every_s)  # poll interval
+                    out[pod] = active
+            return out
+
+        try:
+            return wait_until(busy, lambda b: not b, timeout_s=timeout_s, every_s=every_s)
+        except PollTimeout:
+            left = busy()
+            if left:
+                self.journal.data["notes"].append(f"requests still in flight at the end: {left}")
+            return left
 
     def records(self, pod: str) -> list[dict[str, Any]]:
         """The pod sidecar's access-log records written during this run."""

@@ -34,16 +34,16 @@ import json
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meshlab.apps.tcp_client import wait_event
 from meshlab.checks import SocketCount
 from meshlab.collectors.sockets import snapshot
 from meshlab.faults.conntrack_expiry import ConntrackExpiry
 from meshlab.faults.half_close import HalfClose
+from meshlab.polling import wait_until
 from meshlab.probes.challenge_ack import RESET_SUCCEEDS, probe_challenge_ack
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["tcp-echo"])
@@ -62,21 +62,6 @@ def client_argv(*args: str) -> list[str]:
     Python; on a cluster the L1 app container runs the same module)."""
     return [sys.executable, "-m", "meshlab.apps.tcp_client", "--connect", f"{UPSTREAM}:9000",
             "--bind-port", str(PORT), *args]
-
-
-def wait_event(out: Path, event: str, timeout_s: float = 10.0) -> dict[str, Any]:
-    """The first JSON line of ``out`` with ``"event": event``, polled until ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for line in out.read_text().splitlines() if out.exists() else []:
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line still being written
-                continue
-            if rec.get("event") == event:
-                return rec
-        time.sleep(0.01)
-    pytest.fail(f"tcp_client never reported {event!r}: {out.read_text() if out.exists() else ''}")
 
 
 def netstat_counter(shell: Any, name: str) -> int:
@@ -100,13 +85,9 @@ def wait_close_wait_entry(shell: Any, cluster_ip: str, timeout_s: float = 5.0) -
     a moment before its ACK is seen by conntrack)."""
     argv = ["conntrack", "-L", "-p", "tcp", "--orig-dst", cluster_ip, "--orig-port-dst", "9000",
             "--state", "CLOSE_WAIT"]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        listed = shell.run(argv, check=False).stdout.strip()
-        if listed or time.monotonic() > deadline:
-            assert listed, f"no CLOSE_WAIT conntrack entry toward {cluster_ip}:9000"
-            return listed
-        time.sleep(0.02)
+    return wait_until(lambda: shell.run(argv, check=False).stdout.strip(), timeout_s=timeout_s,
+                      what=f"a CLOSE_WAIT conntrack entry toward {cluster_ip}:9000",
+                      every_s=0.02)
 
 
 def leak_sidecar_socket(run: Any, cluster_ip: str) -> list[dict[str, Any]]:

@@ -35,9 +35,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from meshlab.apps.tcp_client import read_events, wait_event
 from meshlab.checks import SocketCount
 from meshlab.collectors.sockets import SocketInfo, select, snapshot
 from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL, HalfClose
+from meshlab.polling import wait_until
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["tcp-echo"])
 
@@ -58,16 +60,9 @@ T = TypeVar("T")
 
 
 def poll(fn: Callable[[], T], ok: Callable[[T], bool], timeout_s: float,
-         what: str, every_s: float = 0.1) -> tuple[T, float]:
-    """Call ``fn`` until ``ok(value)``; returns ``(value, epoch seconds it was seen)``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if ok(value):
-            return value, time.time()
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not seen within {timeout_s} s (last: {value!r})")
-        time.sleep(every_s)  # poll interval
+         what: str) -> tuple[T, float]:
+    """:func:`~meshlab.polling.wait_until`, plus the epoch seconds the value was seen."""
+    return wait_until(fn, ok, timeout_s=timeout_s, what=what, every_s=0.1), time.time()
 
 
 @dataclass
@@ -79,11 +74,10 @@ class App:
     result_path: Path
 
     def events(self) -> dict[str, dict[str, Any]]:
-        lines = self.stdout.read_text().splitlines() if self.stdout.exists() else []
-        return {e["event"]: e for e in map(json.loads, lines)}
+        return read_events(self.stdout)
 
     def wait_event(self, name: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
-        return poll(self.events, lambda ev: name in ev, timeout_s, f"app event {name!r}")[0][name]
+        return wait_event(self.stdout, name, timeout_s)
 
     def wait_echo(self) -> None:
         """Wait until the echo of ``SEND`` came back: tcp-echo accepted the session through

@@ -69,6 +69,31 @@ def _emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, "t_epoch_s": round(time.time(), 6), **fields}), flush=True)
 
 
+def read_events(path: Path) -> dict[str, dict[str, Any]]:
+    """The progress events a client wrote to ``path`` so far, last one per name (a line still
+    being written is skipped)."""
+    events: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        events[rec.get("event", "")] = rec
+    return events
+
+
+def wait_event(path: Path, event: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Poll ``path`` until the client reported ``event``; returns that event's fields.
+
+    Raises:
+        PollTimeout: not reported within ``timeout_s``.
+    """
+    from meshlab.polling import wait_until
+
+    return wait_until(lambda: read_events(path), lambda ev: event in ev, timeout_s=timeout_s,
+                      what=f"tcp_client event {event!r} in {path.name}", every_s=0.01)[event]
+
+
 def write_result(result: ClientResult, path: Path | None) -> None:
     """Write ``result`` as JSON to ``path`` atomically (stdout when ``path`` is None)."""
     text = json.dumps(asdict(result), sort_keys=True)

@@ -46,6 +46,7 @@ from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.envs.local.veth_pair import VethPair, veth_pair
 from meshlab.errors import ConfigError, LabError
 from meshlab.faults.conntrack_expiry import ConntrackExpiry
+from meshlab.polling import wait_until
 from meshlab.probes.sniff import Segment, TcpSniffer
 
 RESET_SUCCEEDS = "reset-succeeds"
@@ -110,11 +111,7 @@ def _tcp_state(sock: socket.socket) -> str:
 
 
 def _poll(cond: Any, what: str, timeout_s: float = _SETUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise LabError(f"challenge-ack probe: {what} within {timeout_s} s")
-        time.sleep(0.005)
+    wait_until(cond, timeout_s=timeout_s, what=f"challenge-ack probe: {what}", every_s=0.005)
 
 
 def _client_socket(netns: str, port: int, timeout_s: float) -> socket.socket:

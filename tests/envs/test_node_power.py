@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from meshlab.envs.spec import manifest_set
 from meshlab.errors import ConfigError
 from meshlab.faults.ledger import entries
 from meshlab.faults.node_poweroff import NodePowerOff
+from meshlab.polling import wait_until
 
 pytestmark = pytest.mark.lab
 LAB = "hpo"
@@ -35,11 +35,7 @@ MESHLAB = Path(sys.executable).with_name("meshlab")
 
 
 def _poll(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.05)
-    return value
+    return wait_until(predicate, timeout_s=timeout_s, what=what)
 
 
 @pytest.fixture
@@ -140,6 +136,7 @@ from meshlab.envs.local.lab import LocalEnv
 from meshlab.envs.spec import manifest_set
 from meshlab.faults.base import start
 from meshlab.faults.node_poweroff import NodePowerOff
+from meshlab.polling import wait_until
 env = LocalEnv(manifest_set(None, ["ha-l2"]), lab=sys.argv[1])
 start(NodePowerOff(node=sys.argv[2], duration_s=float(sys.argv[3])), env)
 print("injected", flush=True)

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ from meshlab.faults.base import active, start, stop
 from meshlab.faults.ledger import entries
 from meshlab.faults.reject import RejectConnections
 from meshlab.journal import RunJournal
+from meshlab.polling import wait_until
 
 pytestmark = pytest.mark.lab
 LAB = "led"
@@ -28,14 +28,9 @@ FAULT = RejectConnections(target="fortio-server-l2", port=8080)
 MESHLAB = os.path.join(os.path.dirname(sys.executable), "meshlab")
 
 
-def poll(cond, timeout_s=10.0, every_s=0.05):
-    """Wait until ``cond()`` is truthy; returns its value or fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := cond():
-            return value
-        time.sleep(every_s)
-    pytest.fail(f"condition not met within {timeout_s} s")
+def poll(cond, timeout_s=10.0):
+    """Wait until ``cond()`` is truthy (:func:`meshlab.polling.wait_until`)."""
+    return wait_until(cond, timeout_s=timeout_s)
 
 
 def rule_active(env) -> bool:

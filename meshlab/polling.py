@@ -1,0 +1,43 @@
+"""One way to wait for a condition: poll it with a deadline (never a bare sleep).
+
+Used by suites, tests and the kernel probe wherever the lab is asked "has X happened yet?".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from meshlab.errors import LabError
+
+T = TypeVar("T")
+
+
+class PollTimeout(LabError, AssertionError):
+    """The condition did not hold within the deadline (also an AssertionError, so pytest
+    reports it as a test failure)."""
+
+
+def wait_until(fn: Callable[[], T], ok: Callable[[T], bool] = bool, *, timeout_s: float,
+               what: str = "condition", every_s: float = 0.05) -> T:
+    """Call ``fn`` every ``every_s`` seconds until ``ok(value)``; return that value.
+
+    Args:
+        fn: produces the value to test (e.g. a socket snapshot).
+        ok: the condition on it (default: truthiness).
+        timeout_s: give up after this many seconds.
+        what: what is waited for, for the error message.
+        every_s: poll interval in seconds.
+
+    Raises:
+        PollTimeout: ``ok`` never held; the message names ``what`` and the last value.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise PollTimeout(f"{what}: not seen within {timeout_s:g} s (last: {value!r:.300})")
+        time.sleep(every_s)  # poll interval
