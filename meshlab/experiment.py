@@ -134,28 +134,36 @@ class Run:
         return out
 
     def settle(self, timeout_s: float = 10.0, every_s: float = 0.1) -> dict[str, int]:
-        """Wait until no sidecar has a request in flight (every ``*rq_active`` stat is 0), so
-        stragglers of this run (a request stuck behind retransmissions, a late reset) are
-        logged here and not in the next run's access-log window.
+        """Wait until the lab is quiet: no sidecar has a request in flight (every
+        ``*rq_active`` stat is 0) and no established socket of any pod still holds data in
+        flight (``ss``: send queue or a retransmit timer). Stragglers of this run — a request
+        stuck behind retransmissions, a late reset — are then logged here and not in the next
+        run's access-log window.
 
         Returns:
-            ``{pod: active requests}`` still in flight when ``timeout_s`` ran out (empty: all
-            quiet). Never raises for an unreachable sidecar (a powered-off node): it is skipped.
+            ``{pod: requests + sockets}`` still busy when ``timeout_s`` ran out (empty: all
+            quiet). Never raises for an unreachable pod (a powered-off node): it is skipped.
         """
         import re
 
+        from meshlab.collectors.sockets import snapshot
         from meshlab.polling import PollTimeout, wait_until
 
         def busy() -> dict[str, int]:
             out: dict[str, int] = {}
-            for pod in self._log_marks:
+            for pod in self.env.pods():
+                active = 0
                 try:
-                    text = self.env.sidecar_admin(pod, "/stats?filter=rq_active$")
+                    if pod.name in self._log_marks:
+                        text = self.env.sidecar_admin(pod.name, "/stats?filter=rq_active$")
+                        active = sum(int(v) for v in
+                                     re.findall(r":\s*(\d+)\s*$", text, re.MULTILINE))
+                    active += sum(1 for s in snapshot(self.env.pod_shell(pod.name))
+                                  if s.state == "ESTAB" and (s.send_q or s.timer == "on"))
                 except MeshlabError:
                     continue
-                active = sum(int(v) for v in re.findall(r":\s*(\d+)\s*$", text, re.MULTILINE))
                 if active:
-                    out[pod] = active
+                    out[pod.name] = active
             return out
 
         try:
