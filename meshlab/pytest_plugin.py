@@ -25,6 +25,7 @@ from meshlab.errors import ConfigError
 
 RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
+RUN_REPORT_KEY = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,6 +38,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--meshlab-reports", default="reports",
                     help="folder for run reports (default: reports)")
     group.addoption("--meshlab-lab", default="lab", help="local lab name (default: lab)")
+    group.addoption("--meshlab-interval", default=1.0, type=float,
+                    help="collectors' sampling interval in seconds: sidecar /stats, access "
+                         "logs, sockets, conntrack (default 1.0; 0 turns them off)")
+    group.addoption("--meshlab-prometheus", default="on", choices=("on", "off"),
+                    help="run the lab's Prometheus server and query it at the end of each run "
+                         "(default on)")
     group.addoption("--meshlab-keep-lab", action="store_true",
                     help="leave the lab up after the session (meshlab down removes it)")
 
@@ -48,6 +55,9 @@ def _sigterm(signum: int, frame: Any) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Install the SIGTERM handler, the run list and the ``meshlab_lab`` marker."""
     config.stash[RUNS_KEY] = []
+    interval_s = config.getoption("--meshlab-interval", 1.0)
+    if interval_s is not None and interval_s < 0:
+        raise pytest.UsageError(f"--meshlab-interval: must be >= 0 seconds, got {interval_s}")
     config.addinivalue_line("markers", "meshlab_lab(overlays=[...]): run on the base lab plus "
                             "these manifests/overlays/<name> folders")
     if hasattr(signal, "SIGTERM"):
@@ -59,6 +69,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Keep each phase's report on the item so ``meshlab_run`` knows the test's outcome."""
     rep = yield
     item.stash.setdefault(REPORT_KEY, {})[rep.when] = rep
+    report = item.stash.get(RUN_REPORT_KEY, None)
+    if report is not None and rep.failed:
+        journal = report.parent / "results.json"
+        rep.sections.append(("meshlab run", f"report: {report}\njournal: {journal}"))
     return rep
 
 
@@ -176,10 +190,17 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
     from meshlab.errors import LabError
     from meshlab.experiment import Run
     from meshlab.journal import RunJournal
+    from meshlab.report.render import REPORT_NAME
 
     reports = Path(request.config.getoption("--meshlab-reports"))
     journal = RunJournal(reports, request.node.nodeid)
+    report = journal.dir / REPORT_NAME
+    request.node.stash[RUN_REPORT_KEY] = report
+    request.node.user_properties.append(("meshlab_report", str(report)))  # JUnit XML
     run = Run(meshlab_env, journal)
+    interval_s = float(request.config.getoption("--meshlab-interval"))
+    if interval_s > 0 and hasattr(meshlab_env, "sidecar_admin"):
+        run.start_collectors(interval_s=interval_s)
     interrupted = True
     try:
         yield run
@@ -208,15 +229,15 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                             config: pytest.Config) -> None:
-    """A table of the session's runs with their report paths."""
+    """A table of the session's runs: outcome, TPS, p99, error %, response flags, report."""
     runs = config.stash.get(RUNS_KEY, [])
     if not runs:
         return
     from meshlab.report.index import render_index
+    from meshlab.run_summary import summarise, table
 
     terminalreporter.section("meshlab runs")
-    width = max(len(n) for n, _, _ in runs)
-    for nodeid, status, path in runs:
-        terminalreporter.write_line(f"{status.upper():7} {nodeid:<{width}}  {path}")
+    for line in table([summarise(nodeid, status, Path(path)) for nodeid, status, path in runs]):
+        terminalreporter.write_line(line)
     index = render_index(Path(runs[0][2]).parent.parent)
     terminalreporter.write_line(f"index: {index}")

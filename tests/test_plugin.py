@@ -35,10 +35,15 @@ def test_fails(meshlab_run):
 def test_passes(meshlab_run):
     meshlab_run.check()
 ''')
-    result = pytester.runpytest("--meshlab-reports=out", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--meshlab-reports=out", "-p", "no:cacheprovider",
+                                "--junitxml=junit.xml")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*meshlab runs*", "FAILED*test_x.py::test_fails*report.html",
-                                 "PASSED*test_x.py::test_passes*report.html"])
+    result.stdout.fnmatch_lines([
+        # the failure section names the run's report
+        "*- meshlab run -*", "report: *out/*test_fails*/report.html",
+        "*meshlab runs*", "RESULT*TPS*p99 ms*err %*flags*test*report",
+        "FAILED*2.0*0.10*0.00*–*test_x.py::test_fails*report.html",
+        "PASSED*–*test_x.py::test_passes*report.html"])
     runs = sorted((pytester.path / "out").glob("*/results.json"))
     assert len(runs) == 2
     by_name = {json.loads(p.read_text())["name"].split("::")[-1]: json.loads(p.read_text())
@@ -48,6 +53,15 @@ def test_passes(meshlab_run):
     assert failed["verdicts"][0]["passed"] is False
     assert all((p.parent / "report.html").exists() for p in runs)
     assert (pytester.path / "out" / "index.html").exists()
+    # JUnit XML carries each test's report path as a property
+    import xml.etree.ElementTree as ET
+
+    cases = {c.get("name"): c for c in ET.parse(pytester.path / "junit.xml").iter("testcase")}
+    props = {name: {p.get("name"): p.get("value") for p in case.iter("property")}
+             for name, case in cases.items()}
+    assert props["test_fails"]["meshlab_report"].endswith("/report.html")
+    assert (pytester.path / props["test_fails"]["meshlab_report"]).is_file()
+    assert cases["test_fails"].find("failure") is not None
 
 
 def test_kube_env_is_refused_with_a_reason(pytester):
