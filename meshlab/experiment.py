@@ -13,6 +13,7 @@ from typing import Any
 
 from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
+from meshlab.collectors.sampler import Sampler
 from meshlab.errors import MeshlabError
 from meshlab.faults.base import Fault, active
 from meshlab.journal import RunJournal
@@ -43,6 +44,7 @@ class Run:
         journal.save()
         self._log_marks = {p.name: len(env.access_log_lines(p.name))
                            for p in env.pods() if p.meshed}
+        self._sampler: Sampler | None = None
 
     def __repr__(self) -> str:
         return f"Run(env={self.env.name!r}, journal={self.journal!r})"
@@ -174,6 +176,31 @@ class Run:
                 self.journal.data["notes"].append(f"requests still in flight at the end: {left}")
             return left
 
+    def start_collectors(self, interval_s: float = 1.0) -> Sampler:
+        """Start the background collectors (idempotent: a running sampler is returned as is):
+        every target sampled each ``interval_s`` into ``<run>/series/*.jsonl`` and
+        ``journal["collectors"]`` written (docs/CONTRACTS.md §5).
+
+        Raises:
+            ConfigError: ``interval_s`` is not a positive number.
+        """
+        if self._sampler is not None:
+            return self._sampler
+        sampler = Sampler(self.env, self.journal.dir, interval_s)
+        self._sampler = sampler.start()
+        self.journal.data["notes"].extend(sampler.notes)
+        self.journal.data["collectors"] = sampler.summary()
+        self.journal.save()
+        return sampler
+
+    def stop_collectors(self) -> None:
+        """Stop the collectors after a last sample and journal their counts (idempotent)."""
+        if self._sampler is None or self._sampler.ended_epoch_s is not None:
+            return
+        self._sampler.stop()
+        self.journal.data["collectors"] = self._sampler.summary()
+        self.journal.save()
+
     def records(self, pod: str) -> list[dict[str, Any]]:
         """The pod sidecar's access-log records written during this run."""
         return parse_lines(self.env.access_log_lines(pod)[self._log_marks.get(pod, 0):])
@@ -198,6 +225,7 @@ class Run:
         """
         from meshlab.report.render import render_report
 
+        self.stop_collectors()
         try:
             self.collect_sidecars()
         except (MeshlabError, OSError) as exc:  # the env may be gone: keep the rest

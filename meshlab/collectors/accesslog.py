@@ -21,6 +21,8 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 #: Field shapes after the request line: W = bare word, Q = double-quoted (may hold spaces).
@@ -107,3 +109,96 @@ def codes_by_cluster(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, i
     for rec in records:
         out[rec.get("upstream_cluster") or "-"][str(rec.get("response_code", 0))] += 1
     return {c: dict(sorted(v.items())) for c, v in sorted(out.items())}
+
+
+def end_second(rec: dict[str, Any]) -> int | None:
+    """Epoch second (int) at which a record's request ended: ``start_time`` + ``duration``
+    (ms), or None without a parsable ``start_time``."""
+    start = rec.get("start_time")
+    if not isinstance(start, str):
+        return None
+    try:
+        when = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    if when.tzinfo is None:  # Envoy's %START_TIME% is UTC
+        when = when.replace(tzinfo=UTC)
+    start_s = when.timestamp()
+    duration_ms = rec.get("duration")
+    return int(start_s + (duration_ms / 1000 if isinstance(duration_ms, int | float) else 0))
+
+
+def count_records(records: Iterable[dict[str, Any]]) -> list[list[Any]]:
+    """``[[second, cluster, flags, code, n], …]`` sorted (docs/CONTRACTS.md §5 ``accesslog``).
+
+    ``second`` is :func:`end_second` (records without a start time are left out), ``cluster``
+    the upstream cluster (``-`` if none), ``flags`` as logged (``-``: none), ``code`` the
+    response code (0: no response was sent).
+    """
+    counts: Counter[tuple[int, str, str, int]] = Counter()
+    for rec in records:
+        second = end_second(rec)
+        if second is not None:
+            counts[(second, rec.get("upstream_cluster") or "-",
+                    str(rec.get("response_flags") or "-"), int(rec.get("response_code") or 0))] += 1
+    return [[*key, n] for key, n in sorted(counts.items())]
+
+
+class AccessLogTarget:
+    """A sampler target: the access-log records one sidecar wrote since the previous read.
+
+    Starts at the log's end when created. Reads the file from a byte offset when the env has a
+    local log folder (``env.pod_log_dir``, the local lab), else re-reads
+    :meth:`Env.access_log_lines` and skips the lines already seen. A log that shrank (a new
+    pod) is read from its start; an incomplete last line waits for the next read.
+
+    Args:
+        env: the env.
+        pod: the meshed pod; also the series' ``target``.
+    """
+
+    series = "accesslog"
+
+    def __init__(self, env: Any, pod: str) -> None:
+        self.env = env
+        self.name = pod
+        log_dir = getattr(env, "pod_log_dir", None)
+        self._path: Path | None = Path(log_dir(pod)) / "access.log" if log_dir else None
+        if self._path is not None:
+            self._mark = self._path.stat().st_size if self._path.exists() else 0
+        else:
+            self._mark = len(env.access_log_lines(pod))
+
+    def __repr__(self) -> str:
+        return f"AccessLogTarget(pod={self.name!r}, mark={self._mark})"
+
+    def _file_lines(self, path: Path) -> list[str]:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) < self._mark:
+                self._mark = 0
+            f.seek(self._mark)
+            data = f.read()
+        cut = data.rfind(b"\n") + 1
+        self._mark += cut
+        return data[:cut].decode(errors="replace").splitlines()
+
+    def _env_lines(self) -> list[str]:
+        lines = self.env.access_log_lines(self.name)
+        if len(lines) < self._mark:
+            self._mark = 0
+        new = lines[self._mark:]
+        if new and parse_line(new[-1]) is None:  # maybe still being written
+            new.pop()
+        self._mark += len(new)
+        return new
+
+    def read(self) -> dict[str, Any] | None:
+        """``{"counts": count_records(new records)}``, or None when there is none.
+
+        Raises:
+            OSError: the log file could not be read.
+            MeshlabError: the env could not read the log.
+        """
+        lines = self._file_lines(self._path) if self._path is not None else self._env_lines()
+        records = parse_lines(lines)
+        return {"counts": count_records(records)} if records else None

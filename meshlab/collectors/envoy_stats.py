@@ -4,6 +4,8 @@ Reads the admin endpoint through :meth:`Env.sidecar_admin` (local: curl in the p
 cluster: port-forward / exec into istio-proxy), text format ``name: value`` per line
 (ENVOY.md §3, ``E:source/server/admin/stats_handler.cc``). Histogram lines
 (``P0(…) … P100(…)`` or ``No recorded values``) are skipped: a snapshot holds only integers.
+The collector series (:class:`EnvoyStatsTarget`, docs/CONTRACTS.md §5) also keeps the histograms
+(:func:`parse_stats_text`) and tells counters from gauges with ``/stats?type=Gauges``.
 
 ``tcp_stats`` names (Envoy's ``envoy.transport_sockets.tcp_stats``, docs/SIDECAR.md; checked
 against a running lab sidecar), with Istio ≥ 1.23's ``;`` after the cluster name:
@@ -28,11 +30,13 @@ must be polled *while* a fault is active (:class:`StatsPoller`); read afterwards
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.parse
 from typing import Any, Self
 
+from meshlab.collectors.admin_http import AdminClient
 from meshlab.errors import MeshlabError
 
 #: Counters of the tcp_stats extension (charged with positive ``tcp_info`` deltas).
@@ -67,6 +71,55 @@ def parse_stats(text: str) -> dict[str, int]:
         if sep and name and value.lstrip("-").isdigit():
             out[name] = int(value)
     return out
+
+
+#: Envoy's text-format histogram quantiles → the series' keys (docs/CONTRACTS.md §5).
+SERIES_QUANTILES = {"P50": "p50", "P90": "p90", "P99": "p99", "P99.9": "p999", "P100": "max"}
+_QUANTILE = re.compile(r"(P[\d.]+)\(([^,()]+),([^,()]+)\)")
+NO_VALUES = "No recorded values"
+
+
+def _number(text: str | None) -> float | int | None:
+    if text is None or text in ("nan", "-nan"):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def parse_histogram(value: str) -> dict[str, float | int | None] | None:
+    """The last interval's quantiles of one text histogram value, or None if it is not one.
+
+    ``P0(interval,cumulative) P25(…) … P100(…)`` (``stats_render.render_text``, Envoy
+    ``StatsTextRender``) → ``{"p50", "p90", "p99", "p999", "max"}`` from the *interval* values
+    (None for ``nan``: nothing recorded in the last flush interval). ``No recorded values`` →
+    every key None.
+    """
+    if value == NO_VALUES:
+        return dict.fromkeys(SERIES_QUANTILES.values())
+    found = {q: interval for q, interval, _ in _QUANTILE.findall(value)}
+    if not found:
+        return None
+    return {key: _number(found.get(q)) for q, key in SERIES_QUANTILES.items()}
+
+
+def parse_stats_text(text: str) -> tuple[dict[str, int], dict[str, dict[str, float | int | None]]]:
+    """Parse a whole ``/stats`` text page.
+
+    Returns:
+        ``({name: integer value}, {histogram name: quantiles of parse_histogram})``; text
+        readouts (``name: "text"``) are left out.
+    """
+    scalars: dict[str, int] = {}
+    hists: dict[str, dict[str, float | int | None]] = {}
+    for line in text.splitlines():
+        name, sep, value = line.rpartition(": ")
+        if not (sep and name):
+            continue
+        if value.lstrip("-").isdigit():
+            scalars[name] = int(value)
+        elif (quantiles := parse_histogram(value)) is not None:
+            hists[name] = quantiles
+    return scalars, hists
 
 
 def stats_path(filter_regex: str | None = None) -> str:
@@ -174,3 +227,67 @@ class StatsPoller:
     def nonzero_samples(self, name: str) -> int:
         """How many samples show ``name`` above 0."""
         return sum(1 for _, values in self.samples if values.get(name, 0) > 0)
+
+
+def _changed(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
+    if before is None:
+        return dict(after)
+    return {name: value for name, value in after.items() if before.get(name, ...) != value}
+
+
+class EnvoyStatsTarget:
+    """A sampler target: one sidecar's whole ``/stats`` per read, delta-encoded.
+
+    Counters and gauges look alike in the text format, so the gauge names are learnt from
+    ``/stats?type=Gauges`` (Envoy ``stats_params.cc``) on the first read and again only when a
+    name never seen before appears: steady state is one admin call per read, never more than
+    two. The calls go over a kept-alive connection where the env allows it
+    (:class:`~meshlab.collectors.admin_http.AdminClient`).
+
+    Args:
+        env: the env (:meth:`sidecar_admin`).
+        pod: the meshed pod; also the series' ``target``.
+
+    Attributes:
+        admin_calls: admin requests made so far.
+    """
+
+    series = "envoy_stats"
+
+    def __init__(self, env: Any, pod: str) -> None:
+        self.env = env
+        self.name = pod
+        self.admin_calls = 0
+        self._client = AdminClient(env, pod)
+        self._gauges: set[str] = set()
+        self._known: set[str] = set()
+        self._prev: dict[str, dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:
+        return f"EnvoyStatsTarget(pod={self.name!r}, admin_calls={self.admin_calls})"
+
+    def _admin(self, path: str) -> str:
+        self.admin_calls += 1
+        return self._client.get(path)
+
+    def close(self) -> None:
+        """Close the kept-alive admin connection."""
+        self._client.close()
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """``{"counters", "gauges", "histograms"}`` that changed since the previous read (all
+        of them on the first read and on the first after a failed one).
+
+        Raises:
+            LabError: the admin endpoint did not answer (the next read is complete again).
+        """
+        prev, self._prev = self._prev, None
+        scalars, hists = parse_stats_text(self._admin("/stats"))
+        if not scalars.keys() <= self._known:
+            self._gauges = set(parse_stats(self._admin("/stats?type=Gauges")))
+            self._known = set(scalars)
+        current = {"counters": {n: v for n, v in scalars.items() if n not in self._gauges},
+                   "gauges": {n: v for n, v in scalars.items() if n in self._gauges},
+                   "histograms": hists}
+        self._prev = current
+        return {key: _changed(prev and prev[key], values) for key, values in current.items()}

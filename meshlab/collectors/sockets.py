@@ -147,3 +147,59 @@ def select(sockets: Iterable[SocketInfo], *, state: str | None = None, uid: int 
 def count_by_state(sockets: Iterable[SocketInfo]) -> dict[str, int]:
     """``{state: count}`` over the sockets (listeners included)."""
     return dict(Counter(s.state for s in sockets))
+
+
+#: ``ss`` timer names the series counts (``timer:(on,…)`` is the retransmit timer).
+SERIES_TIMERS = ("on", "keepalive", "timewait", "persist")
+
+
+def aggregate(sockets: Iterable[SocketInfo]) -> dict[str, Any]:
+    """The series' data keys (docs/CONTRACTS.md §5) of one snapshot.
+
+    Returns:
+        ``{"states": {ss state: n}, "retrans_total": Σ, "unacked": Σ, "send_q_bytes": Σ,
+        "rtt_ms_max": ms | None, "rtt_ms_avg": ms | None, "timers": {on|keepalive|timewait|
+        persist: n}}``; the sums and RTTs come from the TCP_INFO of the sockets that have one
+        (``rtt_ms_*`` None when none has); a listener's Send-Q is its backlog, not bytes, and
+        is left out.
+    """
+    socks = list(sockets)
+    rtts = [s.rtt_ms for s in socks if s.rtt_ms is not None]
+    timers = Counter(s.timer for s in socks if s.timer in SERIES_TIMERS)
+    return {"states": dict(sorted(count_by_state(socks).items())),
+            "retrans_total": sum(s.retrans_total for s in socks),
+            "unacked": sum(s.unacked for s in socks),
+            "send_q_bytes": sum(s.send_q for s in socks if s.state != "LISTEN"),
+            "rtt_ms_max": max(rtts) if rtts else None,
+            "rtt_ms_avg": round(sum(rtts) / len(rtts), 3) if rtts else None,
+            "timers": {t: timers.get(t, 0) for t in SERIES_TIMERS}}
+
+
+#: The sidecar admin address the collectors themselves poll (left out of the series).
+ADMIN_ADDRESS = "127.0.0.1:15000"
+
+
+class SocketsTarget:
+    """A sampler target: one pod's TCP sockets (``ss``) per read, aggregated.
+
+    The collectors' own admin connections (one end at :data:`ADMIN_ADDRESS`) are left out,
+    so polling ``/stats`` does not show up as ESTAB / TIME-WAIT sockets and send-queue bytes.
+
+    Args:
+        shell: runs ``ss`` in the pod's network namespace.
+        name: the series' ``target`` (the pod name).
+    """
+
+    series = "sockets"
+
+    def __init__(self, shell: Any, name: str) -> None:
+        self.shell = shell
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"SocketsTarget(name={self.name!r})"
+
+    def read(self) -> dict[str, Any]:
+        """:func:`aggregate` of a fresh :func:`snapshot` (raises like it)."""
+        return aggregate(s for s in snapshot(self.shell)
+                         if s.state == "LISTEN" or ADMIN_ADDRESS not in (s.local, s.peer))

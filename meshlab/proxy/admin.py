@@ -30,8 +30,9 @@ from meshlab.proxy.admin_state import ServerState
 from meshlab.proxy.config import SidecarConfig
 from meshlab.proxy.http_headers import http_date
 from meshlab.proxy.metrics import ProxyStats
+from meshlab.proxy.process_metrics import render_process_metrics
 from meshlab.proxy.stats import StatsStore
-from meshlab.proxy.stats_render import render_json, render_prometheus, render_text
+from meshlab.proxy.stats_render import STAT_TYPES, render_json, render_prometheus, render_text
 
 PROM_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = b"application/json"
@@ -104,6 +105,9 @@ def _stats(path: str, query: dict[str, list[str]], ctx: AdminContext) -> Reply:
     filt = query.get("filter", [None])[0]
     used_only = "usedonly" in query
     fmt = "prometheus" if path == "/stats/prometheus" else query.get("format", ["text"])[0]
+    stat_type = query.get("type", ["All"])[0]
+    if stat_type not in STAT_TYPES:  # Envoy StatsParams::parse
+        return Reply(400, b"invalid &type= param")
     if filt:
         try:
             re.compile(filt)
@@ -111,12 +115,13 @@ def _stats(path: str, query: dict[str, list[str]], ctx: AdminContext) -> Reply:
             return Reply(400, f"Invalid re2 regex: {exc}\n".encode())
     store = ctx.store
     if fmt == "json":
-        return Reply(200, render_json(store, filt, used_only).encode(), JSON_CONTENT_TYPE)
+        return Reply(200, render_json(store, filt, used_only, stat_type).encode(),
+                     JSON_CONTENT_TYPE)
     if fmt == "prometheus":
         return Reply(200, render_prometheus(store, used_only, filt).encode(), PROM_CONTENT_TYPE)
     if fmt != "text":
         return Reply(404, f"usage: /stats?format=(json|prometheus|text), got {fmt}\n".encode())
-    return Reply(200, render_text(store, filt, used_only).encode())
+    return Reply(200, render_text(store, filt, used_only, stat_type).encode())
 
 
 def _server_info(ctx: AdminContext) -> Reply:
@@ -195,13 +200,16 @@ def agent_response(method: str, target: str, store: StatsStore, *, ready: bool =
                    on_quit: Callable[[], None] | None = None) -> Reply:
     """15020 (pilot-agent): merged ``/stats/prometheus`` and ``/metrics``, ``/healthz/ready``.
 
-    The merged output is the agent's own metrics (none here), then Envoy's 15090 output with
-    the query string passed through, then the app's (not scraped here; ENVOY.md §4).
+    The merged output is the agent's own metrics (the sidecar process's ``process_*``,
+    :mod:`.process_metrics`), then Envoy's 15090 output with the query string passed through,
+    then the app's (not scraped here; ENVOY.md §4).
     """
     path = urlsplit(target).path
     if path in ("/stats/prometheus", "/metrics"):
-        return prometheus_listener_response("GET", "/stats/prometheus" + (
+        envoy = prometheus_listener_response("GET", "/stats/prometheus" + (
             "?" + urlsplit(target).query if urlsplit(target).query else ""), store)
+        return Reply(envoy.status, render_process_metrics().encode() + envoy.body,
+                     envoy.content_type)
     if path == "/healthz/ready":
         return Reply(200 if ready else 503, b"" if ready else b"not ready\n")
     if path == "/quitquitquit":

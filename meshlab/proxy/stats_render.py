@@ -97,9 +97,25 @@ def _extractor(delimited: bool) -> TagExtractor:
     return ext
 
 
-def render_text(store: StatsStore, filter_regex: str | None = None, used_only: bool = False) -> str:
-    """``GET /stats``: sorted ``name: value`` lines, counters and gauges then histograms."""
-    stats = store.select(filter_regex, used_only)
+#: Admin ``/stats?type=`` values → the stat kinds they list (Envoy
+#: ``source/server/admin/stats_params.cc``; meshlab's sidecar has no text readouts).
+STAT_TYPES: dict[str, tuple[str, ...]] = {
+    "All": ("counter", "gauge", "histogram"), "Counters": ("counter",), "Gauges": ("gauge",),
+    "Histograms": ("histogram",), "TextReadouts": (),
+}
+
+
+def _select(store: StatsStore, filter_regex: str | None, used_only: bool,
+            stat_type: str) -> list[Stat]:
+    kinds = STAT_TYPES[stat_type]
+    return [s for s in store.select(filter_regex, used_only) if s.kind in kinds]
+
+
+def render_text(store: StatsStore, filter_regex: str | None = None, used_only: bool = False,
+                stat_type: str = "All") -> str:
+    """``GET /stats``: sorted ``name: value`` lines, counters and gauges then histograms
+    (only the kinds of ``stat_type``, a :data:`STAT_TYPES` key)."""
+    stats = _select(store, filter_regex, used_only, stat_type)
     scalars = sorted((s for s in stats if not isinstance(s, Histogram)), key=lambda s: s.name)
     hists = sorted((s for s in stats if isinstance(s, Histogram)), key=lambda s: s.name)
     lines = [f"{s.name}: {s.value}" for s in scalars]
@@ -113,9 +129,10 @@ def render_text(store: StatsStore, filter_regex: str | None = None, used_only: b
     return "".join(line + "\n" for line in lines)
 
 
-def render_json(store: StatsStore, filter_regex: str | None = None, used_only: bool = False) -> str:
-    """``GET /stats?format=json``."""
-    stats = store.select(filter_regex, used_only)
+def render_json(store: StatsStore, filter_regex: str | None = None, used_only: bool = False,
+                stat_type: str = "All") -> str:
+    """``GET /stats?format=json`` (only the kinds of ``stat_type``)."""
+    stats = _select(store, filter_regex, used_only, stat_type)
     out: list[dict[str, object]] = [
         {"name": s.name, "value": s.value}
         for s in sorted(stats, key=lambda s: s.name) if not isinstance(s, Histogram)]

@@ -155,6 +155,31 @@ def test_server_info_and_readiness_stats():
     assert get(ctx, "/stats?filter=(")[0] == 400
 
 
+def test_stats_type_param_lists_one_kind_like_envoy():
+    """``/stats?type=`` (Envoy ``stats_params.cc``): Counters/Gauges/Histograms split the text
+    and json output, All is the default, TextReadouts is empty here, anything else is 400."""
+    ctx, _ = make_ctx()
+    ctx.stats.cluster(C).upstream_rq_total.inc()
+
+    def names(target: str) -> set[str]:
+        status, body = get(ctx, target)
+        assert status == 200
+        return {line.rpartition(": ")[0] for line in body.splitlines()}
+    every, counters = names("/stats"), names("/stats?type=Counters")
+    gauges, hists = names("/stats?type=Gauges"), names("/stats?type=Histograms")
+    assert names("/stats?type=All") == every == counters | gauges | hists
+    assert not (counters & gauges) and not (counters & hists) and not (gauges & hists)
+    assert f"cluster.{C};.upstream_rq_total" in counters and "server.live" in gauges
+    assert f"cluster.{C};.upstream_rq_time" in hists
+    assert all(": P0(" in ln or ln.endswith(": No recorded values")
+               for ln in get(ctx, "/stats?type=Histograms")[1].splitlines())
+    assert get(ctx, "/stats?type=TextReadouts") == (200, "")
+    doc = json.loads(get(ctx, "/stats?format=json&type=Gauges&filter=^server\\.live$")[1])
+    assert doc == {"stats": [{"name": "server.live", "value": 1}]}
+    assert get(ctx, "/stats?type=counters") == (400, "invalid &type= param")
+    assert get(ctx, "/stats?format=json&type=")[0] == 400
+
+
 def test_config_dump_shape_resource_and_name_regex():
     ctx, _ = make_ctx({"clusters": {C: {"connect_timeout_s": 0.25}},
                        "routes": {C: {"timeout_s": 2, "fault": {"abort": {"http_status": 503}}}}})

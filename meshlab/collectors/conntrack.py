@@ -1,0 +1,150 @@
+"""Conntrack table snapshots from ``conntrack -L`` (conntrack-tools), parsed and aggregated.
+
+The argv runs through any :class:`~meshlab.envs.base.Shell`, so the same code reads a local
+node's or pod's network namespace and a cluster node. ``conntrack -L`` prints one entry per line
+on stdout (the ``N flow entries have been shown`` summary goes to stderr), e.g. from the lab::
+
+    tcp      6 431999 ESTABLISHED src=10.244.1.2 dst=10.244.2.2 sport=60612 dport=8080 src=…
+    tcp      6 119 SYN_SENT src=10.244.1.2 dst=10.244.2.99 sport=42150 dport=8081 [UNREPLIED] …
+    udp      17 29 src=10.244.1.2 dst=10.244.2.2 sport=57062 dport=5353 [UNREPLIED] src=…
+    icmp     1 29 src=10.244.1.2 dst=10.244.2.2 type=8 code=0 id=1 src=10.244.2.2 …
+    unknown  2 598 src=10.244.1.1 dst=224.0.0.22 [UNREPLIED] src=224.0.0.22 …
+
+Columns: protocol name, protocol number, seconds left until the entry expires, then the
+protocol state for protocols that have one (TCP, SCTP, DCCP: an upper-case word, libnetfilter
+``__snprintf_protoinfo``), then ``key=value`` pairs and ``[FLAGS]``. The ``-o extended`` /
+``/proc/net/nf_conntrack`` prefix (``ipv4     2``) is accepted too.
+
+The kernel walks its whole (host-wide) conntrack hash for every dump and filters by netns, so
+one ``conntrack -L`` costs a few ms of kernel time even for an empty namespace.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CONNTRACK_ARGV = ["conntrack", "-L"]
+#: The sidecar admin endpoint the collectors poll (its entries are left out of the series).
+ADMIN_ENDPOINT = ("127.0.0.1", 15000)
+
+
+@dataclass(frozen=True)
+class ConntrackEntry:
+    """One conntrack entry.
+
+    Attributes:
+        protocol: ``tcp``, ``udp``, ``icmp``, ``unknown`` (e.g. IGMP)…
+        timeout_s: seconds until the entry expires (the kernel's remaining timeout).
+        state: the protocol state (``ESTABLISHED``, ``TIME_WAIT``, ``SYN_SENT``…), or None for
+            stateless protocols.
+        src, dst: the original direction's addresses.
+        sport, dport: the original direction's ports (None without ports, e.g. ICMP).
+        flags: the bracketed flags, e.g. ``("ASSURED",)`` or ``("UNREPLIED",)``.
+    """
+
+    protocol: str
+    timeout_s: int
+    state: str | None = None
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def state_key(self) -> str:
+        """The state, or the protocol for a stateless entry (the series' ``states`` key)."""
+        return self.state or self.protocol
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+def parse_line(line: str) -> ConntrackEntry | None:
+    """One ``conntrack -L`` line as an entry, or None if it is not one."""
+    cols = line.split()
+    if len(cols) >= 2 and cols[0] in ("ipv4", "ipv6") and cols[1].isdigit():
+        cols = cols[2:]  # -o extended / /proc/net/nf_conntrack: l3 name and number first
+    if len(cols) < 3 or not cols[1].isdigit() or not cols[2].isdigit():
+        return None
+    word = cols[3] if len(cols) > 3 else ""
+    state = word if word.isupper() and "=" not in word and not word.startswith("[") else None
+    fields: dict[str, str] = {}
+    flags: list[str] = []
+    for token in cols[4 if state else 3:]:
+        if token.startswith("[") and token.endswith("]"):
+            flags.append(token[1:-1])
+        else:
+            key, sep, value = token.partition("=")
+            if sep and key not in fields:  # the first src/dst/sport/dport: original direction
+                fields[key] = value
+    return ConntrackEntry(
+        protocol=cols[0], timeout_s=int(cols[2]), state=state, src=fields.get("src"),
+        dst=fields.get("dst"), sport=int(fields["sport"]) if "sport" in fields else None,
+        dport=int(fields["dport"]) if "dport" in fields else None, flags=tuple(flags))
+
+
+def parse_conntrack(text: str) -> list[ConntrackEntry]:
+    """Parse ``conntrack -L`` output; other lines (e.g. the summary, if stderr is merged) are
+    skipped."""
+    return [e for e in (parse_line(line) for line in text.splitlines()) if e is not None]
+
+
+def snapshot(shell: Any) -> list[ConntrackEntry]:
+    """Run ``conntrack -L`` through ``shell`` and parse it.
+
+    Raises:
+        CommandError: ``conntrack`` failed (e.g. no permission).
+        LabError: the namespace is gone or the command timed out.
+    """
+    return parse_conntrack(shell.run(CONNTRACK_ARGV, timeout_s=20).stdout)
+
+
+def aggregate(entries: Iterable[ConntrackEntry]) -> dict[str, Any]:
+    """The series' data keys (docs/CONTRACTS.md §5) of one snapshot.
+
+    Returns:
+        ``{"entries": n, "states": {state or protocol: n},
+        "timeout_s": {state or protocol: {"min": s, "max": s}}}``.
+    """
+    states: Counter[str] = Counter()
+    timeouts: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        key = entry.state_key
+        states[key] += 1
+        span = timeouts.setdefault(key, {"min": entry.timeout_s, "max": entry.timeout_s})
+        span["min"] = min(span["min"], entry.timeout_s)
+        span["max"] = max(span["max"], entry.timeout_s)
+    return {"entries": sum(states.values()), "states": dict(sorted(states.items())),
+            "timeout_s": dict(sorted(timeouts.items()))}
+
+
+class ConntrackTarget:
+    """A sampler target: one netns's conntrack table per read.
+
+    Args:
+        shell: runs ``conntrack -L`` in the namespace.
+        name: the series' ``target`` (node or pod name).
+        kind: ``node`` or ``pod``.
+    """
+
+    series = "conntrack"
+
+    def __init__(self, shell: Any, name: str, kind: str) -> None:
+        self.shell = shell
+        self.name = name
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"ConntrackTarget(name={self.name!r}, kind={self.kind!r})"
+
+    def read(self) -> dict[str, Any]:
+        """``{"kind", "entries", "states", "timeout_s"}`` now (raises like :func:`snapshot`);
+        the collectors' own connections to the sidecar admin (``127.0.0.1:15000``) are left
+        out."""
+        return {"kind": self.kind, **aggregate(
+            e for e in snapshot(self.shell) if (e.dst, e.dport) != ADMIN_ENDPOINT)}
