@@ -22,6 +22,8 @@ MANIFESTS = typer.Option(None, "--manifests", help="manifests folder "
 
 OVERLAY = typer.Option(None, "--overlay", help="add manifests/overlays/NAME over the base "
                        "manifests (repeatable, applied in order)")
+PROMETHEUS = typer.Option(False, "--prometheus", help="also start the lab's Prometheus "
+                          "(scrapes every sidecar each second, inside the lab's cluster netns)")
 PATHS = typer.Argument(None, help="suites (default: suites/)")
 REPORTS = typer.Option(Path("reports"), "--reports", help="reports folder")
 
@@ -41,17 +43,23 @@ def _env(manifests: Path | None, lab: str, overlays: list[str] | None = None):
 
 @app.command()
 def up(manifests: Path | None = MANIFESTS, lab: str = LAB,
-       overlay: list[str] | None = OVERLAY) -> None:
+       overlay: list[str] | None = OVERLAY, prometheus: bool = PROMETHEUS) -> None:
     """Build the local lab from the manifests (plus overlays) and start every pod (cleans
     leftovers first)."""
+    url = None
     try:
         env = _env(manifests, lab, overlay)
         env.up()
+        if prometheus:
+            url = env.start_prometheus()
     except MeshlabError as exc:
         _fail(exc)
     for pod in env.pods():
         typer.echo(f"{pod.name:24} {pod.ip:12} node={pod.node:10} "
                    f"{'meshed' if pod.meshed else 'no sidecar'}")
+    if url:
+        typer.echo(f"prometheus {url} (in netns {env.plan.cluster_netns}: "
+                   f"'ip netns exec {env.plan.cluster_netns} curl {url}/api/v1/targets')")
     typer.echo(f"lab {lab!r} is up; 'meshlab down --lab {lab}' removes it")
 
 

@@ -38,9 +38,12 @@ fi
 # Packages whose Debian install would start a host service, which the lab never wants:
 # nginx (the peer L7 proxy and app of benchmarks/sidecar.py, run from a temp config inside lab
 # namespaces), wrk (its closed-loop load), openssh-server (the sshd that the SSH NodeDriver
-# test runs inside a lab node netns). A temporary policy-rc.d (exit 101) stops the install from
-# starting them, and the services are disabled so a reboot does not start them either.
-BENCH_PACKAGES="nginx wrk openssh-server"
+# test runs inside a lab node netns), prometheus (the lab's own server, started by
+# meshlab.envs.local.prometheus inside the lab's cluster netns with a config under the lab's
+# state dir; prometheus-node-exporter is only a Recommends, not installed). A temporary
+# policy-rc.d (exit 101) stops the install from starting them, and the services are disabled
+# so a reboot does not start them either.
+BENCH_PACKAGES="nginx wrk openssh-server prometheus"
 missing="$(missing_of "$BENCH_PACKAGES")"
 if [ -n "$missing" ]; then
   echo "setup.sh: installing apt packages (services not started):$missing"
@@ -53,7 +56,7 @@ if [ -n "$missing" ]; then
   apt_install $missing
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    systemctl disable --now nginx ssh >/dev/null 2>&1 || true
+    systemctl disable --now nginx ssh prometheus prometheus-node-exporter >/dev/null 2>&1 || true
   fi
 fi
 

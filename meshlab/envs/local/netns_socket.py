@@ -18,6 +18,8 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from meshlab.envs.local.netns import NETNS_DIR
 from meshlab.errors import LabError
@@ -25,6 +27,7 @@ from meshlab.errors import LabError
 CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
 
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def _setns(fd: int) -> None:
@@ -32,6 +35,74 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _enter_error(netns: str, exc: OSError) -> LabError:
+    if isinstance(exc, FileNotFoundError):
+        return LabError(f"network namespace {netns} does not exist ({NETNS_DIR / netns})")
+    return LabError(f"cannot enter network namespace {netns}: {exc}")
+
+
+def run_in_netns(netns: str, fn: Callable[[], T], *, timeout_s: float | None = None) -> T:
+    """Call ``fn()`` in a short-lived thread that has entered network namespace ``netns``.
+
+    Every socket ``fn`` creates lives in ``netns`` (and stays there, e.g. in a connection
+    pool); the calling thread and every other thread of the runner never change namespace.
+    The helper thread enters ``netns`` with ``setns(2)`` and switches back before it exits.
+
+    Args:
+        netns: a named namespace (``/run/netns/<netns>``), e.g. ``ml-lab-c``.
+        fn: what to run; its return value is handed back, its exception re-raised here.
+        timeout_s: give up waiting for ``fn`` after this many seconds (None: wait); the thread
+            is a daemon, so a hung ``fn`` does not keep the runner alive.
+
+    Returns:
+        What ``fn`` returned.
+
+    Raises:
+        LabError: the namespace does not exist or could not be entered, or ``fn`` did not
+            return within ``timeout_s``.
+        Exception: whatever ``fn`` raised.
+    """
+    path = NETNS_DIR / netns
+    result: list[tuple[bool, Any]] = []
+
+    def enter_and_call() -> None:
+        try:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        except OSError as exc:
+            result.append((False, _enter_error(netns, exc)))
+            return
+        try:
+            target = os.open(path, os.O_RDONLY)
+            try:
+                _setns(target)
+            finally:
+                os.close(target)
+        except OSError as exc:
+            os.close(own)
+            result.append((False, _enter_error(netns, exc)))
+            return
+        try:
+            result.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            result.append((False, exc))
+        finally:
+            _setns(own)  # be tidy: the thread exits right after anyway
+            os.close(own)
+
+    worker = threading.Thread(target=enter_and_call, name=f"netns-{netns}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise LabError(f"call in network namespace {netns} did not return within "
+                       f"{timeout_s:g} s")
+    if not result:
+        raise LabError(f"call in network namespace {netns} produced nothing")
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def netns_socket(netns: str, family: int = socket.AF_INET,
@@ -49,38 +120,10 @@ def netns_socket(netns: str, family: int = socket.AF_INET,
     Raises:
         LabError: the namespace does not exist or could not be entered.
     """
-    path = NETNS_DIR / netns
-    result: list[socket.socket | OSError] = []
-
-    def enter_and_create() -> None:
-        try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            try:
-                target = os.open(path, os.O_RDONLY)
-                try:
-                    _setns(target)
-                    try:
-                        result.append(socket.socket(family, type_))
-                    finally:
-                        _setns(own)  # be tidy: the thread exits right after anyway
-                finally:
-                    os.close(target)
-            finally:
-                os.close(own)
-        except OSError as exc:  # handed to the caller's thread below
-            result.append(exc)
-
-    worker = threading.Thread(target=enter_and_create, name=f"netns-socket-{netns}", daemon=True)
-    worker.start()
-    worker.join()
-    if not result:
-        raise LabError(f"creating a socket in netns {netns} produced nothing")
-    got = result[0]
-    if isinstance(got, socket.socket):
-        return got
-    if isinstance(got, FileNotFoundError):
-        raise LabError(f"network namespace {netns} does not exist ({path})") from got
-    raise LabError(f"cannot create a socket in network namespace {netns}: {got}") from got
+    try:
+        return run_in_netns(netns, lambda: socket.socket(family, type_))
+    except OSError as exc:
+        raise LabError(f"cannot create a socket in network namespace {netns}: {exc}") from exc
 
 
 def netns_connect(netns: str, host: str, port: int, timeout_s: float) -> socket.socket:

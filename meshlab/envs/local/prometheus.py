@@ -1,0 +1,302 @@
+"""A real Prometheus server inside the local lab (Debian's ``/usr/bin/prometheus``).
+
+It runs in the lab's cluster netns ``ml-<lab>-c``, which holds the underlay bridge ``ul0``:
+the bridge gets the underlay's first address (172.18.0.1/16, the "monitoring host") and routes
+to every node's pod CIDR via that node's underlay IP (as a host-gw CNI host would), so the
+server reaches each pod's 15090/15020 like the in-cluster Prometheus of Istio's addon. Nothing
+is configured in the host netns; the runner queries through a thread that entered the cluster
+netns (:func:`meshlab.envs.local.netns_socket.run_in_netns`).
+
+Scrape config (``<state>/prometheus/prometheus.yml``), after Istio's Prometheus setup
+(istio.io "Prometheus" integration, ``samples/addons/prometheus.yaml``):
+
+- job ``envoy-stats``: ``<pod ip>:15090`` ``/stats/prometheus`` (Envoy's own stats, Istio's
+  "Option 2" custom scrape job), and
+- job ``kubernetes-pods``: ``<pod ip>:15020`` ``/stats/prometheus`` (pilot-agent's merged
+  output that the injected ``prometheus.io/*`` annotations point at; it starts with the
+  sidecar process's ``process_*`` metrics, :mod:`meshlab.proxy.process_metrics`),
+
+one target per meshed pod from ``file_sd_configs`` files the lab writes, with the target labels
+the Kubernetes relabelling of those jobs gives: ``namespace``, ``pod``, ``node``, ``app``.
+Scrape interval 1 s, TSDB under the lab's state dir (tmpfs, removed by ``down``), retention 1 h,
+run as the ``prometheus`` user that the Debian package creates (``nobody`` without it).
+
+The PID is recorded in the lab state (``pids["prometheus"]``), and the process lives in the
+cluster netns, so ``down`` — and the next ``up`` after a ``kill -9``'d runner — stops it
+(:func:`meshlab.envs.local.state.cleanup` kills recorded PIDs and every process of the lab's
+namespaces).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import pwd
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshlab.envs.base import run_argv
+from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids
+from meshlab.envs.local.network import UNDERLAY_BRIDGE
+from meshlab.envs.local.plan import LabPlan
+from meshlab.envs.local.state import LabState
+from meshlab.errors import LabError
+
+PROMETHEUS_BIN = "/usr/bin/prometheus"
+PORT = 9090
+PID_KEY = "prometheus"
+"""Key of the server's PID in :attr:`LabState.pids`."""
+SCRAPE_INTERVAL_S = 1
+RETENTION = "1h"
+METRICS_PATH = "/stats/prometheus"
+JOBS = {"envoy-stats": 15090, "kubernetes-pods": 15020}
+"""Scrape job name → sidecar port scraped at :data:`METRICS_PATH`."""
+READY_TIMEOUT_S = 30.0
+RUN_AS = ("prometheus", "nobody")
+"""Users to run as, first that exists."""
+
+
+def monitor_ip(plan: LabPlan) -> str:
+    """The cluster netns' address on the underlay: its first host address (172.18.0.1)."""
+    net = ipaddress.ip_network(plan.topology.cluster.underlay_cidr)
+    return str(net.network_address + 1)
+
+
+def server_url(plan: LabPlan) -> str:
+    """``http://<monitor ip>:9090``."""
+    return f"http://{monitor_ip(plan)}:{PORT}"
+
+
+def server_dir(lab: str) -> Path:
+    """``<state dir>/prometheus``: config, targets files, TSDB (``data``) and log."""
+    return LabState.dir_for(lab) / "prometheus"
+
+
+def targets_file(lab: str, job: str) -> Path:
+    """The ``file_sd_configs`` file of ``job``."""
+    return server_dir(lab) / f"targets-{job}.json"
+
+
+def target_groups(plan: LabPlan, port: int) -> list[dict[str, Any]]:
+    """File-SD target groups: one per meshed pod, ``{"targets": ["<ip>:<port>"], "labels":
+    {"namespace", "pod", "node", "app"}}`` (``app``: the pod's ``app`` label, else its
+    workload name)."""
+    return [{"targets": [f"{pp.ip}:{port}"],
+             "labels": {"namespace": pp.pod.namespace, "pod": pp.name, "node": pp.node.name,
+                        "app": pp.pod.labels.get("app", pp.pod.workload.name)}}
+            for pp in plan.pods.values() if pp.pod.meshed]
+
+
+def server_config(lab: str) -> dict[str, Any]:
+    """The ``prometheus.yml`` document (scrape timeout = interval: Prometheus rejects a
+    longer one)."""
+    interval = f"{SCRAPE_INTERVAL_S}s"
+    return {
+        "global": {"scrape_interval": interval, "scrape_timeout": interval,
+                   "evaluation_interval": interval},
+        "scrape_configs": [
+            {"job_name": job, "metrics_path": METRICS_PATH,
+             "file_sd_configs": [{"files": [str(targets_file(lab, job))],
+                                  "refresh_interval": "5s"}]}
+            for job in JOBS],
+    }
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # file SD reads whole files only
+
+
+def write_files(plan: LabPlan) -> Path:
+    """Write the targets files and the config; returns the config path."""
+    folder = server_dir(plan.lab)
+    folder.mkdir(parents=True, exist_ok=True)
+    for job, port in JOBS.items():
+        _write(targets_file(plan.lab, job), json.dumps(target_groups(plan, port), indent=1))
+    config = folder / "prometheus.yml"
+    _write(config, yaml.safe_dump(server_config(plan.lab), sort_keys=False))
+    return config
+
+
+def connect_cluster_netns(plan: LabPlan) -> None:
+    """Give ``ul0`` the monitor address and route each node's pod CIDR via the node
+    (idempotent: ``replace``; only inside the cluster netns)."""
+    c = plan.cluster_netns
+    prefix_len = ipaddress.ip_network(plan.topology.cluster.underlay_cidr).prefixlen
+    run_argv(["ip", "-n", c, "addr", "replace", f"{monitor_ip(plan)}/{prefix_len}",
+              "dev", UNDERLAY_BRIDGE])
+    for node in plan.nodes.values():
+        run_argv(["ip", "-n", c, "route", "replace", node.pod_cidr, "via", node.ip])
+
+
+def _user() -> tuple[int, int]:
+    for name in RUN_AS:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return entry.pw_uid, entry.pw_gid
+    return 65534, 65534
+
+
+def is_server(pid: int, lab: str, exec_wait_s: float = 1.0) -> bool:
+    """True when ``pid`` is this lab's Prometheus (alive, its config under the lab's dir).
+
+    A process's ``/proc/<pid>/cmdline`` reads empty while it forks and execs (``ip netns
+    exec`` → ``setpriv`` → ``prometheus``), so an empty one is re-read for ``exec_wait_s``.
+    """
+    config = f"--config.file={server_dir(lab) / 'prometheus.yml'}".encode()
+    deadline = time.monotonic() + exec_wait_s
+    while True:
+        if _exited(pid):
+            return False
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if argv or time.monotonic() > deadline:
+            return config in argv.split(b"\0")
+        time.sleep(0.01)  # poll interval while the process execs
+
+
+def _exited(pid: int) -> bool:
+    """True when ``pid`` is gone or a zombie."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done != 0
+    except ChildProcessError:  # not our child (a server started by another runner)
+        try:
+            return ") Z " in Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+
+
+@contextmanager
+def _state_locked(lab: str) -> Iterator[LabState]:
+    """The lab state, loaded fresh under the lab's ``power.lock`` (the lock node power-off and
+    power-on hold, :mod:`meshlab.envs.local.node_power`), so their writes are not lost."""
+    state = LabState.load(lab)
+    if state is None:
+        raise LabError(f"lab {lab!r} is not up (no state file)")
+    with open(state.dir / "power.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield LabState.load(lab) or state
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def running_pid(lab: str) -> int | None:
+    """The PID of the lab's Prometheus if it runs, else None."""
+    state = LabState.load(lab)
+    pid = state.pids.get(PID_KEY) if state else None
+    return pid if pid and is_server(pid, lab) else None
+
+
+def start(plan: LabPlan) -> int:
+    """Start the lab's Prometheus unless it runs (does not wait for it to be ready).
+
+    Returns:
+        Its PID.
+
+    Raises:
+        LabError: the lab is not up, or ``/usr/bin/prometheus`` is missing (``scripts/setup.sh``
+            installs Debian's ``prometheus``).
+    """
+    if not (NETNS_DIR / plan.cluster_netns).exists():
+        raise LabError(f"Prometheus: lab {plan.lab!r} is not up ({plan.cluster_netns} missing)")
+    if not Path(PROMETHEUS_BIN).exists():
+        raise LabError(f"Prometheus: {PROMETHEUS_BIN} not found (run scripts/setup.sh)")
+    with _state_locked(plan.lab) as state:
+        pid = state.pids.get(PID_KEY)
+        if pid and is_server(pid, plan.lab):
+            return pid
+        connect_cluster_netns(plan)
+        config = write_files(plan)
+        folder = config.parent
+        uid, gid = _user()
+        (folder / "data").mkdir(exist_ok=True)
+        for path in [folder / "data", *(folder / "data").rglob("*")]:
+            os.chown(path, uid, gid)
+        argv = [PROMETHEUS_BIN, f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--storage.tsdb.retention.time={RETENTION}",
+                f"--web.listen-address={monitor_ip(plan)}:{PORT}"]
+        log = folder / "prometheus.log"
+        proc = NetnsShell(plan.cluster_netns, "prometheus").popen(
+            argv, stdout=log, stderr=log, user=f"{uid}:{gid}")
+        state.pids[PID_KEY] = proc.pid
+        state.save()
+        return proc.pid
+
+
+def log_tail(lab: str, lines: int = 5) -> str:
+    """The last lines of the server's log (for errors)."""
+    path = server_dir(lab) / "prometheus.log"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+
+def wait_ready(plan: LabPlan, pid: int, client: Any,
+               timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Poll until ``GET /-/ready`` answers 200 and every target of every job has been scraped
+    once (file SD hands targets to the scrape loops only every 5 s, Prometheus'
+    ``discovery.Manager`` ``updatert``), failing fast if the process exited.
+
+    Args:
+        plan: the lab plan (its meshed pods are the targets).
+        pid: the server's PID.
+        client: a :class:`~meshlab.collectors.prometheus_api.PrometheusClient` for it.
+        timeout_s: give up after this many seconds.
+
+    Returns:
+        Seconds waited.
+
+    Raises:
+        LabError: the process exited, or was not ready within ``timeout_s``.
+    """
+    expected = len(JOBS) * sum(1 for pp in plan.pods.values() if pp.pod.meshed)
+    start_s = time.monotonic()
+
+    def scraped() -> bool:
+        if not client.ready():
+            return False
+        found = client.targets()
+        return len(found) == expected and all(t["health"] != "unknown" for t in found)
+
+    while not scraped():
+        if not is_server(pid, plan.lab):
+            raise LabError(f"Prometheus exited during start-up; log:\n{log_tail(plan.lab)}")
+        if time.monotonic() - start_s > timeout_s:
+            raise LabError(f"Prometheus not ready (or its {expected} targets not scraped) "
+                           f"after {timeout_s:g} s; log:\n{log_tail(plan.lab)}")
+        time.sleep(0.1)  # poll interval
+    return time.monotonic() - start_s
+
+
+def stop(lab: str) -> bool:
+    """Stop the lab's Prometheus (SIGTERM, then SIGKILL) and remove its files (idempotent).
+
+    Returns:
+        True when a running server was stopped.
+    """
+    if LabState.load(lab) is None:
+        return False
+    with _state_locked(lab) as state:
+        pid = state.pids.pop(PID_KEY, None)
+        running = bool(pid and is_server(pid, lab))
+        if running:
+            kill_pids([pid])
+        state.save()
+    shutil.rmtree(server_dir(lab), ignore_errors=True)
+    return running
