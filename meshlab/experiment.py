@@ -6,6 +6,7 @@ It only uses the Env protocol, so a suite never knows which env runs it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ class Run:
         self.env = env
         self.journal = journal
         self.client = client
+        self.started_epoch_s = time.time()
         journal.data.update(env.describe())
         journal.save()
         self._log_marks = {p.name: len(env.access_log_lines(p.name))
@@ -200,6 +202,24 @@ class Run:
         self._sampler.stop()
         self.journal.data["collectors"] = self._sampler.summary()
         self.journal.save()
+
+    def query_prometheus(self, client: Any = None) -> dict[str, Any]:
+        """Evaluate the named Prometheus queries (:mod:`meshlab.collectors.prometheus`: request
+        counts by pod/reporter and by response flags, sidecar CPU seconds and memory) over this
+        run, from its start until now, into ``journal["prometheus"]`` (CONTRACTS.md §5).
+
+        Args:
+            client: a :class:`~meshlab.collectors.prometheus_api.PrometheusClient`; default
+                ``env.prometheus()`` (the local lab's server, or a cluster's configured URL).
+
+        Returns:
+            What was recorded; a failed query is in its ``error`` (this never raises for a
+            query, only if ``env.prometheus()`` itself cannot build a client).
+        """
+        from meshlab.collectors.prometheus import record
+
+        return record(self.journal, client or self.env.prometheus(), self.started_epoch_s,
+                      time.time())
 
     def records(self, pod: str) -> list[dict[str, Any]]:
         """The pod sidecar's access-log records written during this run."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from meshlab.errors import ConfigError
+from meshlab.errors import ConfigError, MeshlabError
 
 RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
@@ -113,6 +113,8 @@ class LabPool:
         self.env: Any = None
         self.key: tuple[Path, ...] | None = None
         self.baseline: dict[str, Any] | None = None
+        #: run the lab's Prometheus server (``--meshlab-prometheus=on``)
+        self.prometheus = config.getoption("--meshlab-prometheus", "off") == "on"
 
     def __repr__(self) -> str:
         return f"LabPool(lab={self.lab!r}, up={[str(p) for p in self.key or ()]})"
@@ -137,6 +139,8 @@ class LabPool:
         env = LocalEnv(key, lab=self.lab)  # validates before the old lab goes down
         self.close(keep=False)
         env.up()
+        if self.prometheus:  # before the fingerprint: it runs for the lab's whole life
+            env.start_prometheus()
         self.env, self.key = env, key
         self.baseline = env.fingerprint() if hasattr(env, "fingerprint") else None
         return env
@@ -216,6 +220,11 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
             run.settle()
         pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
             request.fixturenames else None
+        if pool is not None and pool.prometheus and pool.env is meshlab_env:
+            try:
+                run.query_prometheus()
+            except MeshlabError as exc:
+                journal.data["notes"].append(f"Prometheus not queried: {exc}")
         left = pool.leftovers() if pool is not None and pool.env is meshlab_env else []
         if left:
             journal.data["notes"] += [f"left behind: {line}" for line in left]

@@ -21,7 +21,8 @@ class RunSummary:
     Attributes:
         nodeid: the pytest node id (the run's name).
         status: ``passed|failed|error|skipped`` (the test's outcome).
-        tps: requests/s summed over the run's loads, None without loads.
+        tps: requests/s over the run's loads (all their requests / all their run time), None
+            without loads.
         p99_ms: the worst p99 over the run's loads in ms, None without requests.
         error_pct: errors / requests over all loads in percent, None without requests.
         flags: non-``-`` response flags summed over every sidecar, e.g. ``{"UC": 4}``.
@@ -57,6 +58,8 @@ def summarise(nodeid: str, status: str, report: Path) -> RunSummary:
     loads = [load for load in journal.get("loads") or [] if isinstance(load, dict)]
     requests = sum(int(load.get("requests") or 0) for load in loads)
     errors = sum(int(load.get("errors") or 0) for load in loads)
+    elapsed_s = sum(max(0.0, float(load.get("end_epoch_s") or 0.0)
+                        - float(load.get("start_epoch_s") or 0.0)) for load in loads)
     p99s = [(load.get("latency_us") or {}).get("p99") for load in loads]
     p99s = [p for p in p99s if isinstance(p, int | float)]
     flags: dict[str, int] = {}
@@ -67,7 +70,8 @@ def summarise(nodeid: str, status: str, report: Path) -> RunSummary:
                     flags[flag] = flags.get(flag, 0) + int(count)
     return RunSummary(
         nodeid, status,
-        tps=sum(float(load.get("tps") or 0.0) for load in loads) if loads else None,
+        tps=(requests / elapsed_s if elapsed_s > 0
+             else sum(float(load.get("tps") or 0.0) for load in loads)) if loads else None,
         p99_ms=max(p99s) / 1000 if p99s else None,
         error_pct=100.0 * errors / requests if requests else None,
         flags=flags, report=report)

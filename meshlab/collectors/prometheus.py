@@ -31,7 +31,6 @@ the first one after its end.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,16 +135,20 @@ def wait_scraped(client: PrometheusClient, after_epoch_s: float,
     Raises:
         LabError: not within ``timeout_s`` (or no target at all).
     """
-    deadline = time.monotonic() + timeout_s
-    last: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+    from meshlab.polling import PollTimeout, wait_until
+
+    def fresh(samples: list[dict[str, Any]]) -> bool:
+        return bool(samples) and all(s["value"] > after_epoch_s for s in samples)
+
+    try:  # polled every 0.2 s; the scrape interval is 1 s
+        return max(s["t"] for s in wait_until(lambda: client.query("timestamp(up)"), fresh,
+                                              timeout_s=timeout_s, every_s=0.2,
+                                              what="a scrape of every target"))
+    except PollTimeout:
         last = client.query("timestamp(up)")
-        if last and all(s["value"] > after_epoch_s for s in last):
-            return max(s["t"] for s in last)
-        time.sleep(0.2)  # poll interval (the scrape interval is 1 s)
-    stale = [s["labels"].get("instance", "?") for s in last if s["value"] <= after_epoch_s]
-    raise LabError(f"no scrape newer than {after_epoch_s:.3f} within {timeout_s:g} s "
-                   f"(targets: {stale or 'none'})")
+        stale = [s["labels"].get("instance", "?") for s in last if s["value"] <= after_epoch_s]
+        raise LabError(f"no scrape newer than {after_epoch_s:.3f} within {timeout_s:g} s "
+                       f"(targets: {stale or 'none'})") from None
 
 
 def evaluate(client: PrometheusClient, query: NamedQuery, start_epoch_s: float,
