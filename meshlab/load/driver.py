@@ -74,6 +74,8 @@ class SeriesPoint:
         p90_us: 90th percentile latency in µs.
         p99_us: 99th percentile latency in µs.
         max_us: largest latency in µs.
+        hdr: base64 HdrHistogram of this second's latencies in µs (:mod:`meshlab.load.hdr`),
+            None without requests or in results written before it was recorded.
     """
 
     t_s: int
@@ -84,6 +86,7 @@ class SeriesPoint:
     p90_us: int | None
     p99_us: int | None
     max_us: int | None
+    hdr: str | None = None
 
 
 @dataclass

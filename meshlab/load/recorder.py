@@ -144,8 +144,10 @@ class Recorder:
             response), ``error_rate`` (errors / requests, 0.0 without requests), ``latency_us``
             (see :func:`meshlab.load.hdr.percentiles`), ``hdr`` (base64 encoding of the µs
             histogram) and ``series``: one point per second ``{"t_s", "requests", "errors",
-            "status_counts", "p50_us", "p90_us", "p99_us", "max_us"}``, percentiles ``None`` for
-            a second without completed requests.
+            "status_counts", "p50_us", "p90_us", "p99_us", "max_us", "hdr"}``, percentiles and
+            ``hdr`` ``None`` for a second without completed requests. A point's ``hdr`` is the
+            base64 µs histogram of that second alone, so the report can merge any set of
+            seconds (a fault window) into exact percentiles (:func:`meshlab.load.hdr.merge`).
         """
         return {
             "requests": self.requests,
@@ -163,4 +165,4 @@ class Recorder:
         summary = hdr.percentiles(hdr.decode(encoded)) if encoded else dict.fromkeys(
             ("p50", "p90", "p99", "max"))
         return {**point, "p50_us": summary["p50"], "p90_us": summary["p90"],
-                "p99_us": summary["p99"], "max_us": summary["max"]}
+                "p99_us": summary["p99"], "max_us": summary["max"], "hdr": encoded}

@@ -22,6 +22,8 @@ PALETTE = ("#1f6fd1", "#e8890c", "#c81e3a", "#2f9e44", "#7048e8", "#495057")
 FAULT_FILL = "#fbd3d3"
 #: Outline and label colour of a shaded fault window.
 FAULT_EDGE = "#b42318"
+#: Band along the x axis where a collector had a gap (no data).
+GAP_FILL = "#8a94a3"
 _GRID = "#e3e6ea"
 _AXIS = "#5f6b7a"
 _FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif"
@@ -118,7 +120,8 @@ def _segments(points: Sequence[tuple[float, float | None]]) -> list[list[tuple[f
 
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str,
                windows: Sequence[Window] = (), x_range: tuple[float, float] | None = None,
-               width: int = 1120, height: int = 300) -> str:
+               gaps: Sequence[tuple[float, float]] = (), width: int = 1120,
+               height: int = 300) -> str:
     """Render a line chart as a standalone ``<svg>`` element.
 
     Args:
@@ -128,8 +131,11 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         y_label: y-axis label with its unit, e.g. ``"latency (ms)"``.
         windows: x-ranges to shade (fault windows); clipped to the plot, drawn under the lines.
         x_range: ``(low, high)`` of the x axis; default: the extent of the points.
+        gaps: x-ranges where a collector could not read (drawn as a grey band along the x axis,
+            legend "no data").
         width: SVG width in px.
-        height: SVG height in px.
+        height: SVG height in px without the legend; a legend too wide for the title row
+            flows into rows under the chart, 18 px each.
 
     Returns:
         An inline ``<svg>`` element (no ``xmlns``: meant for embedding in HTML); all text in
@@ -147,19 +153,23 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     def sy(y: float) -> float:
         return top + plot_h - (y - y_low) / (y_high - y_low) * plot_h
 
+    gaps = [g for g in gaps if _window_visible(Window("", g[0], g[1]), x_low, x_high)]
+    items = _legend_items(series, any(_window_visible(w, x_low, x_high) for w in windows),
+                          bool(gaps))
+    on_title_row = left + 8.2 * len(title) + 24 + sum(w for *_, w in items) <= width - right
+    rows = [] if on_title_row else _legend_rows(items, width - left - right)
+    total_h = height + 18 * len(rows) + (6 if rows else 0)
     out = [(f'<svg class="chart" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+           f'height="{total_h}" viewBox="0 0 {width} {total_h}" role="img" '
            f'aria-label="{escape(title)}" style="{_FONT}">'),
            f"<title>{escape(title)}</title>",
-           f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+           f'<rect x="0" y="0" width="{width}" height="{total_h}" fill="#ffffff"/>',
            (f'<text x="{left}" y="18" font-size="14" font-weight="600" fill="#1d2733">'
            f"{escape(title)}</text>")]
-    shaded = 0
     for window in windows:
         end = x_high if window.end is None else window.end
-        if end < x_low or window.start > x_high:
+        if not _window_visible(window, x_low, x_high):
             continue
-        shaded += 1
         x0, x1 = sx(window.start), sx(end)
         out.append(f'<g class="fault-window"><title>fault {escape(window.label)}: '
                    f"{format_tick(window.start)} s to "
@@ -169,6 +179,12 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
                    f'stroke-width="0.75" stroke-dasharray="4 3"/>'
                    f'<text x="{x0 + 4:.1f}" y="{top + 13}" font-size="11" fill="{FAULT_EDGE}">'
                    f"{escape(window.label)}</text></g>")
+    for g_start, g_end in gaps:
+        x0, x1 = sx(g_start), sx(g_end)
+        out.append(f'<g class="gap"><title>no data {format_tick(round(g_start, 1))} s to '
+                   f'{format_tick(round(g_end, 1))} s</title><rect x="{x0:.1f}" '
+                   f'y="{top + plot_h - 7}" width="{max(x1 - x0, 2.0):.1f}" height="7" '
+                   f'fill="{GAP_FILL}"/></g>')
     for tick in y_ticks:
         y = sy(tick)
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
@@ -204,23 +220,62 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     if not drawn:
         out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" '
                    f'font-size="13" text-anchor="middle" fill="{_AXIS}">no data</text>')
-    out.append(_legend(series, shaded > 0, right_x=width - right))
+    if on_title_row:
+        out.append(_legend([items], right_x=width - right, top_y=9))
+    else:
+        out.append(_legend(rows, left_x=left, top_y=height + 2))
     out.append("</svg>")
     return "".join(out)
 
 
-def _legend(series: Sequence[Series], shaded: bool, right_x: float) -> str:
-    """Legend items laid out right-aligned on the title row (fault box only when shaded)."""
-    items = [(s.name, escape(s.color), "line") for s in series]
+def _window_visible(window: Window, x_low: float, x_high: float) -> bool:
+    end = x_high if window.end is None else window.end
+    return not (end < x_low or window.start > x_high)
+
+
+#: A legend item: ``(name, colour, kind, dashed, width in px)``.
+_Item = tuple[str, str, str, bool, float]
+
+
+def _legend_items(series: Sequence[Series], shaded: bool, gaps: bool) -> list[_Item]:
+    items: list[_Item] = [(s.name, escape(s.color), "line", s.dashed, 7.0 * len(s.name) + 30)
+                          for s in series]
     if shaded:
-        items.append(("fault window", FAULT_FILL, "box"))
-    parts, x = [], float(right_x)
-    for name, colour, kind in reversed(items):
-        x -= 7.0 * len(name) + 30
-        swatch = (f'<rect x="{x:.1f}" y="9" width="18" height="10" fill="{colour}" '
-                  f'stroke="{FAULT_EDGE}" stroke-width="0.75"/>' if kind == "box" else
-                  f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="14" y2="14" stroke="{colour}" '
-                  f'stroke-width="3"/>')
-        parts.append(f'{swatch}<text x="{x + 22:.1f}" y="18" font-size="12" fill="#1d2733">'
-                     f"{escape(name)}</text>")
+        items.append(("fault window", FAULT_FILL, "box", False, 7.0 * 12 + 30))
+    if gaps:
+        items.append(("no data", GAP_FILL, "gap", False, 7.0 * 7 + 30))
+    return items
+
+
+def _legend_rows(items: list[_Item], max_width: float) -> list[list[_Item]]:
+    """Flow legend items into rows no wider than ``max_width``."""
+    rows: list[list[_Item]] = [[]]
+    used = 0.0
+    for item in items:
+        if rows[-1] and used + item[4] > max_width:
+            rows.append([])
+            used = 0.0
+        rows[-1].append(item)
+        used += item[4]
+    return [row for row in rows if row]
+
+
+def _legend(rows: list[list[_Item]], *, top_y: float, right_x: float | None = None,
+            left_x: float = 0.0) -> str:
+    """Legend rows: right-aligned at ``right_x`` (one row on the title line) or left-aligned
+    from ``left_x`` (rows under the chart); the fault box appears only when a window is drawn."""
+    parts = []
+    for index, row in enumerate(rows):
+        y = top_y + 18 * index
+        x = right_x - sum(item[4] for item in row) if right_x is not None else left_x
+        for name, colour, kind, dashed, item_w in row:
+            dash = ' stroke-dasharray="6 4"' if dashed else ""
+            edge = f' stroke="{FAULT_EDGE}" stroke-width="0.75"' if kind == "box" else ""
+            swatch = (f'<rect x="{x:.1f}" y="{y:.0f}" width="18" height="10" fill="{colour}"'
+                      f'{edge}/>' if kind in ("box", "gap") else
+                      f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="{y + 5:.0f}" y2="{y + 5:.0f}" '
+                      f'stroke="{colour}" stroke-width="3"{dash}/>')
+            parts.append(f'{swatch}<text x="{x + 22:.1f}" y="{y + 9:.0f}" font-size="12" '
+                         f'fill="#1d2733">{escape(name)}</text>')
+            x += item_w
     return f'<g class="legend">{"".join(parts)}</g>'

@@ -114,9 +114,32 @@ _LOAD = _obj({
     "series": _optional(_list(_obj({
         "t_s": _number, "requests": _num, "errors": _num,
         "status_counts": _optional(_obj(values=_number)),
-        "p50_us": _num, "p90_us": _num, "p99_us": _num, "max_us": _num,
+        "p50_us": _num, "p90_us": _num, "p99_us": _num, "max_us": _num, "hdr": _str,
     }, required=("t_s",)))),
 }, required=("name",))
+
+def _positive(value: Any, field: str) -> None:
+    _number(value, field)
+    if value <= 0:
+        raise _Invalid(field, f"expected a number > 0, got {value!r}")
+
+
+#: CONTRACTS.md §5: the sampler's bookkeeping (files relative to the run directory).
+_COLLECTORS = _obj({
+    "interval_s": _optional(_positive), "started_epoch_s": _num, "ended_epoch_s": _num,
+    "files": _optional(_obj(values=_string)), "samples": _optional(_obj(values=_number)),
+    "gaps": _optional(_obj(values=_number)),
+})
+#: CONTRACTS.md §5: Prometheus queries run at the end of the run.
+_PROMETHEUS = _obj({
+    "url": _str, "job": _str, "error": _str,
+    "window": _optional(_obj({"start_epoch_s": _num, "end_epoch_s": _num})),
+    "queries": _optional(_list(_obj({
+        "name": _string, "promql": _str, "error": _str,
+        "result": _optional(_list(_obj({"labels": _optional(_obj(values=_scalar)),
+                                        "value": _num}))),
+    }, required=("name",)))),
+})
 
 _JOURNAL = _obj({
     "schema": _schema, "run_id": _string, "name": _str, "status": _status,
@@ -138,6 +161,8 @@ _JOURNAL = _obj({
     "loads": _optional(_list(_LOAD)),
     "sidecars": _optional(_obj(values=_obj({
         "response_flags": _optional(_obj(values=_obj(values=_number))),
+        "response_codes": _optional(_obj(values=_obj(values=_number))),
+        "requests": _num,
         "access_log_sample": _optional(_list(_string)),
     }))),
     "fault_windows": _optional(_list(_obj({**_named, "start_epoch_s": _number,
@@ -145,6 +170,8 @@ _JOURNAL = _obj({
                                           required=("name", "start_epoch_s")))),
     "observations": _optional(_obj(values=_obj({"kind": _str, "at": _str}))),
     "notes": _optional(_list(_string)),
+    "collectors": _optional(_COLLECTORS),
+    "prometheus": _optional(_PROMETHEUS),
     "verdicts": _optional(_list(_obj({"check": _string, "subject": _str, "expected": _str,
                                       "observed": _str, "passed": _boolean, "message": _str},
                                      required=("check", "passed")))),

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from meshlab.report.charts import PALETTE, Series, Window, line_chart
+from meshlab.report.charts import PALETTE, Series, line_chart
+from meshlab.report.hops import hop_view, path_order
+from meshlab.report.series import RunSeries, load_series
+from meshlab.report.series_charts import (
+    TimeAxis,
+    conntrack_charts,
+    flag_charts,
+    gap_rows,
+    run_axis,
+    socket_charts,
+    tcp_charts,
+)
+from meshlab.report.sources import fault_settings, prometheus_view, raw_files
+from meshlab.report.windows import window_tables
 
 #: What Envoy response flags mean (DESIGN.md §5.6), shown next to the flag table.
 FLAG_MEANINGS: dict[str, str] = {
@@ -67,12 +81,17 @@ def _parse_iso(text: Any) -> datetime | None:
 
 
 def banner(journal: dict[str, Any]) -> dict[str, str]:
-    """The status banner: ``{"kind", "title", "detail"}``; PARTIAL wins over the status."""
+    """The status banner: ``{"kind", "title", "detail"}``; PARTIAL wins over the status (a
+    journal still ``running``/``partial``, or collectors that never stopped)."""
     status = journal["status"]
-    if journal.get("partial") or status == "running":
-        return {"kind": "partial", "title": f"PARTIAL — run status: {status}",
-                "detail": "The run did not finish writing its journal; sections below show "
-                          "what was recorded so far and may be incomplete."}
+    collectors = journal.get("collectors")
+    sampler_open = collectors is not None and collectors.get("ended_epoch_s") is None
+    if journal.get("partial") or status == "running" or sampler_open:
+        detail = ("The run did not finish writing its journal; sections below show what was "
+                  "recorded so far and may be incomplete.")
+        if sampler_open:
+            detail += " The collectors never stopped (collectors.ended_epoch_s is null)."
+        return {"kind": "partial", "title": f"PARTIAL — run status: {status}", "detail": detail}
     details = {"passed": "Every check passed.",
                "failed": "The system under test failed one or more checks.",
                "error": "The experiment itself failed (lab, fault or load error); verdicts "
@@ -99,33 +118,37 @@ def load_rows(loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_windows(load: dict[str, Any], fault_windows: list[dict[str, Any]]) -> list[Window]:
-    """Fault windows placed on the load's time axis (seconds since ``start_epoch_s``)."""
-    start = load.get("start_epoch_s")
-    if start is None:
-        return []
-    return [Window(w["name"], w["start_epoch_s"] - start,
-                   None if w.get("end_epoch_s") is None else w["end_epoch_s"] - start)
-            for w in fault_windows]
+def load_charts(load: dict[str, Any], fault_windows: list[dict[str, Any]],
+                axis: TimeAxis | None = None) -> dict[str, Any]:
+    """The TPS and latency charts of one load: ``{"name", "tps_svg", "latency_svg", "note"}``.
 
-
-def load_charts(load: dict[str, Any], fault_windows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The TPS and latency charts of one load: ``{"name", "tps_svg", "latency_svg", "note"}``."""
+    With the run's ``axis`` the x axis is the run's (points at ``start_epoch_s + t_s``);
+    without it, seconds since the load's own start.
+    """
     series = sorted(load.get("series") or [], key=lambda point: point["t_s"])
-    windows = load_windows(load, fault_windows)
+    start = load.get("start_epoch_s")
     note = ""
-    if fault_windows and load.get("start_epoch_s") is None:
+    x_range: tuple[float, float] | None
+    if start is None and fault_windows:
         note = "Fault windows are not shaded: this load has no start_epoch_s."
-    x_high = max([load.get("duration_s") or 0.0] + [p["t_s"] for p in series])
-    x_range = (0.0, float(x_high)) if x_high > 0 else None
-    tps = [Series("requests/s", [(p["t_s"], p.get("requests")) for p in series], PALETTE[0]),
-           Series("errors/s", [(p["t_s"], p.get("errors")) for p in series], PALETTE[2])]
-    latency = [Series(label, [(p["t_s"], None if p.get(key) is None else p[key] / 1000)
+    if axis is not None and start is not None:
+        offset, x_range, x_label = start - axis.origin_epoch_s, axis.x_range, axis.label
+        windows = axis.windows(fault_windows)
+    else:
+        x_high = max([load.get("duration_s") or 0.0] + [p["t_s"] for p in series])
+        offset, x_label = 0.0, "time since load start (s)"
+        x_range = (0.0, float(x_high)) if x_high > 0 else None
+        windows = [] if start is None else TimeAxis(start, (0.0, 1.0), x_label).windows(
+            fault_windows)
+    tps = [Series("requests/s", [(offset + p["t_s"], p.get("requests")) for p in series],
+                  PALETTE[0]),
+           Series("errors/s", [(offset + p["t_s"], p.get("errors")) for p in series],
+                  PALETTE[2])]
+    latency = [Series(label, [(offset + p["t_s"], None if p.get(key) is None else p[key] / 1000)
                               for p in series], colour)
                for label, key, colour in (("p50", "p50_us", PALETTE[0]),
                                           ("p90", "p90_us", PALETTE[1]),
                                           ("p99", "p99_us", PALETTE[2]))]
-    x_label = "time since load start (s)"
     return {
         "name": load["name"], "note": note, "points": len(series),
         "tps_svg": line_chart(tps, title=f"Throughput per second — {load['name']}",
@@ -249,11 +272,39 @@ def observation_rows(observations: dict[str, Any], max_chars: int = 400) -> list
     return rows
 
 
-def build_view(journal: dict[str, Any]) -> dict[str, Any]:
-    """Everything the report template shows, from a validated journal.
+def _env_view(env: dict[str, Any], faults: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": env.get("name") or "–", "kernel": env.get("kernel") or "not collected",
+            "sysctls": None if env.get("sysctls") is None else sorted(env["sysctls"].items()),
+            "fault_settings": fault_settings(faults)}
+
+
+def _series_view(journal: dict[str, Any], series: RunSeries, order: list[str]
+                 ) -> dict[str, Any] | None:
+    """The collector-series section; None when the run has no ``collectors``."""
+    collectors = journal.get("collectors")
+    axis = run_axis(journal, series)
+    if collectors is None or axis is None:
+        return None
+    windows = axis.windows(journal.get("fault_windows") or [])
+    return {"interval_s": fmt_num(collectors.get("interval_s"), 2),
+            "started": fmt_epoch(collectors.get("started_epoch_s")),
+            "ended": fmt_epoch(collectors.get("ended_epoch_s"))
+            if collectors.get("ended_epoch_s") is not None else "never stopped",
+            "flags": flag_charts(series, axis, windows, order),
+            "tcp": tcp_charts(series, axis, windows, order),
+            "sockets": socket_charts(series, axis, windows, order),
+            "conntrack": conntrack_charts(series, axis, windows,
+                                          collectors.get("interval_s") or 1.0),
+            "gaps": gap_rows(series, axis), "notes": series.notes}
+
+
+def build_view(journal: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
+    """Everything the report template shows, from a validated journal and its run directory.
 
     Args:
         journal: a journal that passed :func:`meshlab.report.journal.load_journal`.
+        run_dir: the run directory holding the series files and raw data (None: the journal
+            alone; collector series and raw links are then absent).
 
     Returns:
         A dict of template values; missing sections are None.
@@ -263,6 +314,10 @@ def build_view(journal: dict[str, Any]) -> dict[str, Any]:
     sidecars = journal.get("sidecars")
     env = journal.get("env")
     verdicts = journal.get("verdicts")
+    series = (load_series(run_dir, journal.get("collectors"), lambda s: ".tcp_stats." in s)
+              if run_dir is not None else RunSeries())
+    axis = run_axis(journal, series)
+    order = [pod for pod, _ in path_order(journal)]
     return {
         "run": {"name": journal.get("name") or journal["run_id"], "run_id": journal["run_id"],
                 "status": journal["status"], "started_at": journal.get("started_at") or "–",
@@ -271,7 +326,10 @@ def build_view(journal: dict[str, Any]) -> dict[str, Any]:
                 "schema": journal["schema"]},
         "banner": banner(journal),
         "loads": None if loads is None else load_rows(loads),
-        "charts": None if loads is None else [load_charts(load, faults) for load in loads],
+        "windows": None if loads is None else window_tables(loads, faults, series.accesslog),
+        "charts": None if loads is None else [load_charts(load, faults, axis) for load in loads],
+        "axis_label": axis.label if axis else "time since load start (s)",
+        "series": _series_view(journal, series, order),
         "statuses": None if loads is None else status_rows(loads),
         "faults": None if journal.get("fault_windows") is None else fault_rows(faults),
         "verdicts": None if verdicts is None else verdict_rows(verdicts),
@@ -280,6 +338,7 @@ def build_view(journal: dict[str, Any]) -> dict[str, Any]:
         "verdicts_failed": sum(1 for v in verdicts or [] if not v["passed"]),
         "flags": None if sidecars is None else flag_rows(sidecars),
         "flag_meanings": FLAG_MEANINGS,
+        "hops": hop_view(journal),
         "access_logs": None if sidecars is None else [
             {"pod": pod, "lines": s.get("access_log_sample")}
             for pod, s in sorted(sidecars.items())],
@@ -287,7 +346,7 @@ def build_view(journal: dict[str, Any]) -> dict[str, Any]:
                        else activity_rows(journal["activities"], journal.get("started_at"))),
         "topology": None if journal.get("topology") is None else topology_view(
             journal["topology"]),
-        "env": None if env is None else {
-            "name": env.get("name") or "–", "kernel": env.get("kernel") or "not collected",
-            "sysctls": None if env.get("sysctls") is None else sorted(env["sysctls"].items())},
+        "env": None if env is None else _env_view(env, faults),
+        "prometheus": prometheus_view(journal.get("prometheus")),
+        "raw": [] if run_dir is None else raw_files(run_dir),
     }

@@ -11,8 +11,10 @@ from meshlab.errors import ConfigError
 from meshlab.report import render_report
 from meshlab.report.charts import FAULT_FILL
 
-SECTIONS = ("header", "status", "summary", "verdicts", "charts", "faults", "errors",
-            "response-flags", "access-logs", "activities", "topology", "environment")
+SECTIONS = ("header", "status", "summary", "windows", "verdicts", "charts", "faults", "series",
+            "series-flags", "series-tcp", "series-sockets", "series-conntrack", "series-gaps",
+            "errors", "hops", "response-flags", "access-logs", "activities", "topology",
+            "environment", "prometheus", "raw")
 
 
 def test_report_contains_every_section(tmp_path, journal, write_run):
@@ -57,10 +59,25 @@ def test_verdicts_flags_topology_and_env_are_listed(tmp_path, journal, write_run
 def test_charts_are_inline_svg_with_the_fault_window_shaded(tmp_path, journal, write_run):
     html = render_report(write_run(tmp_path, journal)).read_text()
 
+    # 2 loads × (TPS + latency), errors by flag at L1 only, 3 tcp_stats, 3 pods' socket
+    # states, 2 conntrack charts
+    assert html.count('<svg class="chart"') == 4 + 1 + 3 + 3 + 2
+    # one run axis: every chart shows the window
+    assert html.count('class="fault-window"') == 13
+    assert f'fill="{FAULT_FILL}"' in html
+    assert "requests/s" in html and "latency (ms)" in html
+    assert "time since collectors started (s)" in html and "time since load start" not in html
+
+
+def test_charts_fall_back_to_the_load_axis_without_collectors(tmp_path, journal, write_run):
+    del journal["collectors"]
+
+    html = render_report(write_run(tmp_path, journal)).read_text()
+
     assert html.count('<svg class="chart"') == 4  # TPS + latency for each of the two loads
     assert html.count('class="fault-window"') == 2  # only the poweroff load overlaps it
-    assert f'fill="{FAULT_FILL}"' in html
-    assert "requests/s" in html and "latency (ms)" in html and "time since load start (s)" in html
+    assert "time since load start (s)" in html
+    assert "Collector series: not collected" in html
 
 
 def test_report_references_no_external_resource(tmp_path, journal, write_run):
@@ -106,7 +123,8 @@ def test_minimal_journal_renders_every_section_as_not_collected(tmp_path, write_
 
     for what in ("Loads", "Verdicts", "Load time series", "Fault windows", "Status counts",
                  "Sidecar response flags", "Access logs", "Activities", "Topology",
-                 "Environment facts"):
+                 "Environment facts", "Collector series", "Sidecar access logs",
+                 "Prometheus queries"):
         assert f"{what}: not collected" in html, what
     assert "ERROR" in html
 
