@@ -225,6 +225,7 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
                 run.query_prometheus()
             except MeshlabError as exc:
                 journal.data["notes"].append(f"Prometheus not queried: {exc}")
+        run.stop_collectors()  # its reads (ss, conntrack) must not count as leftovers
         left = pool.leftovers() if pool is not None and pool.env is meshlab_env else []
         if left:
             journal.data["notes"] += [f"left behind: {line}" for line in left]
