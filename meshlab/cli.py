@@ -26,6 +26,12 @@ PROMETHEUS = typer.Option(False, "--prometheus", help="also start the lab's Prom
                           "(scrapes every sidecar each second, inside the lab's cluster netns)")
 PATHS = typer.Argument(None, help="suites (default: suites/)")
 REPORTS = typer.Option(Path("reports"), "--reports", help="reports folder")
+ENV = typer.Option("local", "--env", help="where the suites run: local (network-namespace lab) "
+                   "or kube (a Kubernetes cluster with Istio; see docs/KUBE.md)")
+KUBE_CONFIG = typer.Option(None, "--kube-config", help="kube env settings YAML (namespace, "
+                           "allow-list, node opt-in label, blast radius, Prometheus, SSH)")
+DRY_RUN = typer.Option(False, "--dry-run", help="kube env: print every manifest and command "
+                       "instead of touching the cluster")
 
 
 def _fail(exc: MeshlabError) -> None:
@@ -88,12 +94,22 @@ def status(lab: str = LAB) -> None:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run(ctx: typer.Context, paths: list[str] = PATHS, reports: Path = REPORTS, lab: str = LAB, manifests: Path | None = MANIFESTS) -> None:
+def run(ctx: typer.Context, paths: list[str] = PATHS, reports: Path = REPORTS, lab: str = LAB,
+        manifests: Path | None = MANIFESTS, env: str = ENV, kube_config: Path | None = KUBE_CONFIG,
+        dry_run: bool = DRY_RUN) -> None:
     """Run chaos suites with pytest (extra options pass through), print the report paths."""
     import pytest
 
+    if env not in ("local", "kube"):
+        _fail(ConfigError(f"--env: must be local or kube, got {env!r}"))
+    if (kube_config or dry_run) and env != "kube":
+        _fail(ConfigError("--kube-config/--dry-run: only with --env kube"))
     args = list(paths or ["suites"]) + list(ctx.args)
-    args += [f"--meshlab-reports={reports}", f"--meshlab-lab={lab}"]
+    args += [f"--meshlab-reports={reports}", f"--meshlab-lab={lab}", f"--meshlab-env={env}"]
+    if kube_config:
+        args.append(f"--meshlab-kube-config={kube_config}")
+    if dry_run:
+        args.append("--meshlab-dry-run")
     if manifests:
         args.append(f"--meshlab-manifests={manifests}")
     before = {p.parent for p in reports.glob("*/results.json")}
