@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from meshlab.errors import ConfigError, MeshlabError
+from meshlab.errors import MeshlabError
 
 RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
 RUN_REPORT_KEY = pytest.StashKey[Path]()
+DRY_RUN_KEY = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +45,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--meshlab-prometheus", default="on", choices=("on", "off"),
                     help="run the lab's Prometheus server and query it at the end of each run "
                          "(default on)")
+    group.addoption("--meshlab-kube-config", default=None,
+                    help="kube env settings YAML (namespace, allow-list, node opt-in label, "
+                         "blast radius, Prometheus URL, SSH; docs/KUBE.md)")
+    group.addoption("--meshlab-dry-run", action="store_true",
+                    help="kube env: print every manifest and command instead of touching the "
+                         "cluster; tests end as skipped 'dry run'")
     group.addoption("--meshlab-keep-lab", action="store_true",
                     help="leave the lab up after the session (meshlab down removes it)")
 
@@ -68,6 +75,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report on the item so ``meshlab_run`` knows the test's outcome."""
     rep = yield
+    if item.config.getoption("--meshlab-dry-run", False) and rep.failed:
+        # a dry run sends nothing, so what the test asserts on is empty: report it as skipped
+        path = item.config.stash.get(DRY_RUN_KEY, "dry-run.txt")
+        rep.outcome = "skipped"
+        rep.longrepr = (str(item.path), item.location[1] or 0,
+                        f"dry run: manifests and commands printed to {path}")
     item.stash.setdefault(REPORT_KEY, {})[rep.when] = rep
     report = item.stash.get(RUN_REPORT_KEY, None)
     if report is not None and rep.failed:
@@ -113,8 +126,18 @@ class LabPool:
         self.env: Any = None
         self.key: tuple[Path, ...] | None = None
         self.baseline: dict[str, Any] | None = None
-        #: run the lab's Prometheus server (``--meshlab-prometheus=on``)
-        self.prometheus = config.getoption("--meshlab-prometheus", "off") == "on"
+        self.which = str(config.getoption("--meshlab-env", "local"))
+        self.dry_run = bool(config.getoption("--meshlab-dry-run", False))
+        #: where a dry run prints its manifests and commands (shown in the terminal summary)
+        self.dry_run_out: Any = None
+        if self.dry_run:
+            reports = Path(config.getoption("--meshlab-reports", "reports"))
+            reports.mkdir(parents=True, exist_ok=True)
+            self.dry_run_out = (reports / "dry-run.txt").open("w", encoding="utf-8")
+            config.stash[DRY_RUN_KEY] = reports / "dry-run.txt"
+        #: run the local lab's Prometheus server (``--meshlab-prometheus=on``)
+        self.prometheus = (self.which == "local"
+                           and config.getoption("--meshlab-prometheus", "off") == "on")
 
     def __repr__(self) -> str:
         return f"LabPool(lab={self.lab!r}, up={[str(p) for p in self.key or ()]})"
@@ -126,17 +149,12 @@ class LabPool:
             ConfigError: unknown overlay, unsupported env, invalid manifests (nothing built).
             LabError: the lab could not be brought up.
         """
-        which = self.config.getoption("--meshlab-env")
-        if which != "local":
-            raise ConfigError("--meshlab-env=kube: the kube env is not in this version yet "
-                              "(issue #6); use --meshlab-env=local")
-        from meshlab.envs.local.lab import LocalEnv
         from meshlab.envs.spec import manifest_set
 
         key = manifest_set(self.base, overlays)
         if key == self.key:
             return self.env
-        env = LocalEnv(key, lab=self.lab)  # validates before the old lab goes down
+        env = self._build(key)  # validates before the old lab goes down
         self.close(keep=False)
         env.up()
         if self.prometheus:  # before the fingerprint: it runs for the lab's whole life
@@ -144,6 +162,27 @@ class LabPool:
         self.env, self.key = env, key
         self.baseline = env.fingerprint() if hasattr(env, "fingerprint") else None
         return env
+
+    def _build(self, key: tuple[Path, ...]) -> Any:
+        if self.which == "kube":
+            from meshlab.envs.kube.env import KubeEnv
+            from meshlab.envs.kube.settings import load_settings
+
+            settings = load_settings(self.config.getoption("--meshlab-kube-config"),
+                                     dry_run=self.dry_run)
+            return KubeEnv(list(key), settings, lab=self.lab, out=self.dry_run_out)
+        from meshlab.envs.local.lab import LocalEnv
+
+        return LocalEnv(key, lab=self.lab)
+
+    @property
+    def queries_prometheus(self) -> bool:
+        """Whether runs on the current lab query a Prometheus at their end: the local lab's
+        own server, or the cluster's ``prometheus_url`` (not in a dry run)."""
+        if self.which == "local":
+            return self.prometheus
+        settings = getattr(self.env, "settings", None)
+        return bool(settings is not None and settings.prometheus_url and not self.dry_run)
 
     def leftovers(self) -> list[str]:
         """What the current lab has now that it did not have when it came up."""
@@ -160,6 +199,8 @@ class LabPool:
         if self.env is not None and not keep:
             self.env.down()
         self.env = self.key = self.baseline = None
+        if self.dry_run_out is not None:
+            self.dry_run_out.flush()
 
 
 @pytest.fixture(scope="session")
@@ -203,7 +244,8 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
     request.node.user_properties.append(("meshlab_report", str(report)))  # JUnit XML
     run = Run(meshlab_env, journal)
     interval_s = float(request.config.getoption("--meshlab-interval"))
-    if interval_s > 0 and hasattr(meshlab_env, "sidecar_admin"):
+    dry_run = bool(request.config.getoption("--meshlab-dry-run"))
+    if interval_s > 0 and hasattr(meshlab_env, "sidecar_admin") and not dry_run:
         run.start_collectors(interval_s=interval_s)
     interrupted = True
     try:
@@ -220,7 +262,7 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
             run.settle()
         pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
             request.fixturenames else None
-        if pool is not None and pool.prometheus and pool.env is meshlab_env:
+        if pool is not None and pool.queries_prometheus and pool.env is meshlab_env:
             try:
                 run.query_prometheus()
             except MeshlabError as exc:
@@ -240,6 +282,11 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                             config: pytest.Config) -> None:
     """A table of the session's runs: outcome, TPS, p99, error %, response flags, report."""
+    dry_run = config.stash.get(DRY_RUN_KEY, None)
+    if dry_run is not None and dry_run.is_file():
+        terminalreporter.section("meshlab dry run: every manifest and command (nothing sent)")
+        terminalreporter.write(dry_run.read_text(encoding="utf-8"))
+        terminalreporter.write_line(f"(also in {dry_run})")
     runs = config.stash.get(RUNS_KEY, [])
     if not runs:
         return

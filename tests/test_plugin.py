@@ -3,6 +3,7 @@ refusal. The env is replaced through the documented override fixture (``meshlab_
 minimal in-memory env, since what is tested is the plugin's bookkeeping, not the network."""
 
 import json
+from pathlib import Path
 
 CONFTEST = '''
 import pytest
@@ -64,8 +65,28 @@ def test_passes(meshlab_run):
     assert cases["test_fails"].find("failure") is not None
 
 
-def test_kube_env_is_refused_with_a_reason(pytester):
+def test_kube_env_without_a_cluster_errors_with_what_to_set(pytester, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(pytester.path / "no-such-kubeconfig"))
     pytester.makepyfile(test_k="def test_k(meshlab_env):\n    pass\n")
     result = pytester.runpytest("--meshlab-env=kube")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*kube env is not in this version yet*"])
+    result.stdout.fnmatch_lines(["*kubeconfig: *set kubeconfig*"])
+
+
+def test_whole_suite_dry_run_on_kube_prints_manifests_and_commands(pytester, monkeypatch):
+    """``--meshlab-env=kube --meshlab-dry-run`` over the real baseline suite: every manifest
+    and command is printed, nothing needs a cluster, and each test ends as skipped."""
+    monkeypatch.setenv("KUBECONFIG", str(pytester.path / "no-such-kubeconfig"))
+    suite = Path(__file__).resolve().parents[1] / "suites" / "test_baseline.py"
+    pytester.makepyfile(test_dry=suite.read_text())
+    result = pytester.runpytest("--meshlab-env=kube", "--meshlab-dry-run",
+                                "--meshlab-reports=out", "-rs")
+    result.assert_outcomes(skipped=2)
+    out = result.stdout.str()
+    dry = (pytester.path / "out" / "dry-run.txt").read_text()
+    assert "meshlab dry run: every manifest and command" in out
+    for text in ("kind: Namespace", "kind: StatefulSet", "name: fortio-server-l2",
+                 "kind: Service", "kind: Telemetry", "kubectl exec -n meshlab-lab netshoot-0",
+                 "kubectl delete namespace meshlab-lab"):
+        assert text in dry, f"{text!r} missing from the dry run"
+    assert "dry run: manifests and commands printed to" in out

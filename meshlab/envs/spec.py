@@ -50,19 +50,29 @@ def manifest_set(base: Path | str | None = None,
 
 
 def env_from_spec(spec: dict[str, Any]) -> Any:
-    """Rebuild an env object from :meth:`LocalEnv.spec` output (no lab is brought up).
+    """Rebuild an env object from its ``spec()`` output (no lab is brought up, nothing sent).
 
     Args:
-        spec: ``{"env": "local", "lab": str, "manifests": [folder, ...]}``.
+        spec: ``{"env": "local", "lab": str, "manifests": [folder, ...]}``, or for the kube
+            env the same plus ``"settings"`` (:meth:`KubeSettings.to_dict`).
 
     Raises:
         ConfigError: an env this version cannot rebuild, or a malformed spec.
     """
-    if spec.get("env") != "local":
+    if spec.get("env") not in ("local", "kube"):
         raise ConfigError(f"env spec: cannot rebuild env {spec.get('env')!r} here")
-    from meshlab.envs.local.lab import LocalEnv
-
     try:
-        return LocalEnv([Path(p) for p in spec["manifests"]], lab=str(spec["lab"]))
+        folders = [Path(p) for p in spec["manifests"]]
+        if spec["env"] == "kube":
+            from meshlab.envs.kube.env import KubeEnv
+            from meshlab.envs.kube.settings import settings_from_dict
+
+            data = dict(spec["settings"])
+            source = str(data.pop("source", "") or "")
+            return KubeEnv(folders, settings_from_dict(data, source), lab=str(spec["lab"]),
+                           cluster_manifests=spec.get("cluster_manifests"))
+        from meshlab.envs.local.lab import LocalEnv
+
+        return LocalEnv(folders, lab=str(spec["lab"]))
     except KeyError as exc:
         raise ConfigError(f"env spec: missing field {exc}") from exc

@@ -30,7 +30,7 @@ class RunEntry:
     Attributes:
         run_id: the run directory's name (or the journal's ``run_id``).
         name: the run's name (suite node id), or the run id.
-        status: ``passed|failed|error|running``, ``partial`` or ``unreadable``.
+        status: ``passed|failed|error|skipped|running``, ``partial`` or ``unreadable``.
         started_at: ISO start time, or "" when unknown.
         href: link to the report (or to the journal when no report was rendered), relative to
             the index.

@@ -18,7 +18,7 @@ from meshlab.errors import ConfigError
 #: Journal schema prefix this reader understands.
 SCHEMA_PREFIX = "meshlab.run/"
 #: Values of the journal's ``status`` field.
-STATUSES = ("passed", "failed", "error", "running")
+STATUSES = ("passed", "failed", "error", "skipped", "running")
 
 Validator = Callable[[Any, str], None]
 

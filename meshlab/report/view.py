@@ -95,7 +95,9 @@ def banner(journal: dict[str, Any]) -> dict[str, str]:
     details = {"passed": "Every check passed.",
                "failed": "The system under test failed one or more checks.",
                "error": "The experiment itself failed (lab, fault or load error); verdicts "
-                        "may be missing."}
+                        "may be missing.",
+               "skipped": "The test was skipped (pytest.skip, or a dry run); sections show "
+                          "what ran before."}
     return {"kind": status, "title": status.upper(), "detail": details[status]}
 
 

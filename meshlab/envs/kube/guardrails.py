@@ -10,6 +10,8 @@ mutating step of the kube env asks here first:
   ``meshlab.io/chaos=allowed``), which an operator sets per node;
 - **blast radius**: the lab runs at most ``max_pods`` pods; one fault touches at most
   ``max_nodes`` nodes and ``max_pods`` pods (a node fault touches every lab pod on the node);
+- **ownership**: meshlab deletes (at ``up`` and ``down``) only a namespace it created for the
+  same lab (labels ``app.kubernetes.io/managed-by=meshlab``, ``meshlab.io/lab=<lab>``);
 - **dry-run** (``dry_run``) is handled by the env: nothing is sent, everything is printed.
 
 Each refusal is a :class:`GuardrailError` whose message says what was refused, why, and what to
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from meshlab.envs.kube.settings import KubeSettings
+from meshlab.envs.kube.settings import MANAGED_BY, KubeSettings
 from meshlab.errors import ConfigError
 
 #: Namespaces meshlab never applies to or injects into, even when allow-listed.
@@ -126,3 +128,25 @@ def check_fault(settings: KubeSettings, name: str, nodes: Iterable[str], pods: I
             f"max_pods={settings.max_pods}; raise max_pods{_where(settings)}")
     if nodes:
         check_nodes(settings, node_labels or {}, nodes, name)
+
+
+def check_namespace_owner(settings: KubeSettings, labels: Mapping[str, str], lab: str) -> None:
+    """The existing lab namespace (with ``labels``) was made by meshlab for lab ``lab``, so
+    deleting it removes nothing else.
+
+    Raises:
+        GuardrailError: another owner, or another meshlab lab (says what to do instead).
+    """
+    ns = settings.namespace
+    if any(labels.get(k) != v for k, v in MANAGED_BY.items()):
+        key, value = next(iter(MANAGED_BY.items()))
+        raise GuardrailError(
+            f"refused: namespace {ns!r} exists and was not created by meshlab (no label "
+            f"{key}={value}); meshlab only deletes namespaces it created: delete it yourself "
+            f"(kubectl delete namespace {ns}) or set another namespace{_where(settings)}")
+    owner = labels.get("meshlab.io/lab", lab)
+    if owner != lab:
+        raise GuardrailError(
+            f"refused: namespace {ns!r} holds meshlab lab {owner!r}, not {lab!r}; another run "
+            f"may be using it: bring that lab down (meshlab down --env kube --lab {owner}) or "
+            f"set another namespace{_where(settings)}")
