@@ -43,6 +43,10 @@ class Run:
         self.client = client
         self.started_epoch_s = time.time()
         journal.data.update(env.describe())
+        if not getattr(env, "sidecar_has_tcp_stats", True):
+            from meshlab.collectors.tcp_stats_ss import NOTE
+
+            journal.data["notes"].append(NOTE)
         journal.save()
         self._log_marks = {p.name: len(env.access_log_lines(p.name))
                            for p in env.pods() if p.meshed}

@@ -138,12 +138,19 @@ def snapshot(env: Any, pod: str, filter_regex: str | None = "tcp_stats") -> dict
         filter_regex: Envoy's ``/stats?filter=`` regex (None: every stat).
 
     Returns:
-        ``{stat name: integer value}``.
+        ``{stat name: integer value}``. For an env whose sidecars have no tcp_stats extension
+        (``env.sidecar_has_tcp_stats`` False: stock istio-proxy on a cluster), a tcp_stats
+        filter is answered from ``ss`` (:mod:`meshlab.collectors.tcp_stats_ss`).
 
     Raises:
         ConfigError: the pod has no sidecar.
         LabError: the admin endpoint did not answer.
     """
+    if not getattr(env, "sidecar_has_tcp_stats", True) and filter_regex and \
+            "tcp_stats" in filter_regex:
+        from meshlab.collectors import tcp_stats_ss
+
+        return tcp_stats_ss.snapshot(env, pod, filter_regex)
     return parse_stats(env.sidecar_admin(pod, stats_path(filter_regex)))
 
 

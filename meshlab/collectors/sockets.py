@@ -11,7 +11,8 @@ half-close — is available as fields:
 - ``timer`` (``on`` = retransmit, ``keepalive``, ``timewait``, ``persist``…), ``timer_expires_ms``,
   ``timer_retrans`` (retransmits of the current timer)
 - from the TCP_INFO line: ``rto_ms``, ``rtt_ms``, ``retrans`` (current), ``retrans_total``,
-  ``unacked``, ``lost``, ``bytes_sent``, ``bytes_retrans``, ``lastsnd_ms``, ``lastrcv_ms``
+  ``unacked``, ``lost``, ``bytes_sent``, ``bytes_retrans``, ``notsent_bytes``, ``lastsnd_ms``,
+  ``lastrcv_ms``
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class SocketInfo:
     lost: int = 0
     bytes_sent: int = 0
     bytes_retrans: int = 0
+    notsent_bytes: int = 0
     lastsnd_ms: int | None = None
     lastrcv_ms: int | None = None
 
@@ -91,6 +93,8 @@ def _apply_info(sock: SocketInfo, info: str) -> None:
             sock.retrans, sock.retrans_total = int(float(cur)), int(float(total or cur))
         elif key in ("unacked", "lost", "bytes_sent", "bytes_retrans"):
             setattr(sock, key, int(float(value)))
+        elif key == "notsent":
+            sock.notsent_bytes = int(float(value))
         elif key in ("lastsnd", "lastrcv"):
             setattr(sock, f"{key}_ms", int(float(value)))
 

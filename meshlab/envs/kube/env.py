@@ -82,6 +82,9 @@ class KubeEnv:
     """
 
     name = "kube"
+    #: Stock istio-proxy has no tcp_stats transport socket: tcp_stats reads fall back to ``ss``
+    #: in the pod netns (:mod:`meshlab.collectors.tcp_stats_ss`) and runs note it.
+    sidecar_has_tcp_stats = False
 
     def __init__(self, manifests: Sequence[Path | str] | Path | str, settings: KubeSettings,
                  lab: str = "lab", api: ClusterApi | None = None, *, poll_s: float = 1.0,
