@@ -44,6 +44,14 @@ class Shell(Protocol):
     """Runs argv inside one place of the lab (a pod's netns, a node, a container).
 
     Implementations must not go through a shell interpreter: argv is passed as is.
+
+    Optional attributes (a Shell without them has the default):
+
+    - ``shares_files: bool`` (default True): the commands see this process's filesystem (a
+      local netns). False (a pod exec): a file a command writes is in the pod, so the load
+      driver has the runner write a pod-local file and fetches it with ``cat``.
+    - ``runner_python: str | None`` (default None: ``sys.executable``): the interpreter with
+      meshlab installed, as the commands see it (the load runner's).
     """
 
     name: str

@@ -5,6 +5,12 @@ monkey-patching must never reach the suite process, and the lab runs the process
 client pod's network namespace (``ip netns exec``). This module therefore only builds argv, runs it
 through a Shell and parses the JSON of CONTRACTS.md §2 into a :class:`LoadResult`.
 
+On a cluster the runner runs in the client pod (a pod exec): the shell says so with
+``shares_files = False``, the runner then writes a pod-local file which
+:class:`~meshlab.load.result_file.ResultFile` fetches with ``cat`` through the same shell and
+removes, and the shell's ``runner_python`` is the interpreter (see
+:class:`meshlab.envs.base.Shell`). Both envs take the same code path.
+
 Typical use from a suite::
 
     spec = LoadSpec(url="http://fortio-server:8080/echo", users=4, rate_per_s=200, duration_s=30)
@@ -29,10 +35,11 @@ from hdrh.histogram import HdrHistogram
 from meshlab.envs.base import Shell
 from meshlab.errors import LabError
 from meshlab.load import hdr
+from meshlab.load.result_file import ResultFile
 from meshlab.load.spec import MAX_DURATION_S, MAX_USERS, LoadSpec
 
-__all__ = ["MAX_DURATION_S", "MAX_USERS", "LoadHandle", "LoadResult", "LoadSpec", "SeriesPoint",
-           "read_result", "run_load", "runner_argv", "start_load"]
+__all__ = ["MAX_DURATION_S", "MAX_USERS", "LoadHandle", "LoadResult", "LoadSpec", "ResultFile",
+           "SeriesPoint", "read_result", "run_load", "runner_argv", "start_load"]
 
 RUNNER_MODULE = "meshlab.load.locust_runner"
 WAIT_MARGIN_S = 30.0
@@ -40,12 +47,12 @@ WAIT_MARGIN_S = 30.0
 _STDERR_TAIL_CHARS = 2000
 
 
-def runner_argv(spec: LoadSpec, out_path: Path, python: str = sys.executable) -> list[str]:
+def runner_argv(spec: LoadSpec, out_path: Path | str, python: str = sys.executable) -> list[str]:
     """The command that runs :mod:`meshlab.load.locust_runner` for ``spec``.
 
     Args:
         spec: the load to drive.
-        out_path: where the runner writes the result JSON.
+        out_path: where the runner writes the result JSON (as the runner sees it).
         python: interpreter that has meshlab installed.
 
     Returns:
@@ -194,21 +201,22 @@ def _tail(text: str) -> str:
     return text[-_STDERR_TAIL_CHARS:] if text else "(no stderr)"
 
 
-def _prepare(out_path: Path) -> Path:
-    out_path = Path(out_path)
-    out_path.unlink(missing_ok=True)  # never mistake a previous run's file for this one's
-    return out_path
+def _python(shell: Shell, python: str | None) -> str:
+    """``python``, else the shell's ``runner_python``, else this interpreter."""
+    return python or getattr(shell, "runner_python", None) or sys.executable
 
 
 def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
-             python: str = sys.executable) -> LoadResult:
+             python: str | None = None) -> LoadResult:
     """Run the load to completion through ``shell`` and return its result.
 
     Args:
-        shell: where the runner runs (e.g. the client pod's netns).
+        shell: where the runner runs (e.g. the client pod's netns, or the pod itself).
         spec: the load.
-        out_path: result JSON path, readable from this process too.
-        python: interpreter with meshlab installed, as seen by ``shell``.
+        out_path: result JSON path on this machine (fetched there when ``shell`` does not
+            share this machine's filesystem, see :class:`ResultFile`).
+        python: interpreter with meshlab installed, as seen by ``shell``; default: the
+            shell's ``runner_python``, else ``sys.executable``.
 
     Returns:
         The parsed :class:`LoadResult`.
@@ -217,13 +225,14 @@ def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
         LabError: the runner exited non-zero, timed out (``duration_s + 30`` s) or wrote no
             valid result; the message carries the tail of its stderr.
     """
-    out_path = _prepare(out_path)
-    argv = runner_argv(spec, out_path, python)
+    out = ResultFile(shell, spec.name, out_path)
+    argv = runner_argv(spec, out.runner_path, _python(shell, python))
     result = shell.run(argv, check=False, timeout_s=spec.duration_s + spec.timeout_s + WAIT_MARGIN_S)
     if not result.ok:
+        out.discard()
         raise LabError(f"load {spec.name!r} failed (exit {result.returncode}) on {shell.name}: "
                        f"{_tail(result.stderr)}")
-    return read_result(out_path, name=spec.name)
+    return read_result(out.fetch(), name=spec.name)
 
 
 class LoadHandle:
@@ -231,15 +240,16 @@ class LoadHandle:
 
     Attributes:
         spec: the load.
-        out_path: the result JSON path.
-        stderr_path: file receiving the runner's stderr.
-        process: the runner process (through the shell's transport).
+        result_file: the runner's result file (:class:`ResultFile`).
+        stderr_path: local file receiving the runner's stderr.
+        process: the runner process through the shell's transport (``subprocess.Popen``, or a
+            Popen-like such as the kube env's ``ExecProcess``).
     """
 
-    def __init__(self, spec: LoadSpec, out_path: Path, stderr_path: Path,
-                 process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, spec: LoadSpec, result_file: ResultFile, stderr_path: Path,
+                 process: Any) -> None:
         self.spec = spec
-        self.out_path = out_path
+        self.result_file = result_file
         self.stderr_path = stderr_path
         self.process = process
         self._deadline_s = time.monotonic() + spec.duration_s + spec.timeout_s + WAIT_MARGIN_S
@@ -252,6 +262,11 @@ class LoadHandle:
     def running(self) -> bool:
         """True while the runner process has not exited."""
         return self.process.poll() is None
+
+    @property
+    def out_path(self) -> Path:
+        """The result JSON path on this machine."""
+        return self.result_file.local
 
     def wait(self, timeout_s: float | None = None) -> LoadResult:
         """Wait for the runner to finish and return its result.
@@ -270,12 +285,14 @@ class LoadHandle:
         except subprocess.TimeoutExpired as exc:
             self.process.kill()
             self.process.wait()
+            self.result_file.discard()
             raise LabError(f"load {self.spec.name!r} did not finish within {timeout_s:.0f} s; "
                            f"killed: {_tail(self._stderr())}") from exc
         if returncode != 0:
+            self.result_file.discard()
             raise LabError(f"load {self.spec.name!r} failed (exit {returncode}): "
                            f"{_tail(self._stderr())}")
-        return read_result(self.out_path, name=self.spec.name)
+        return read_result(self.result_file.fetch(), name=self.spec.name)
 
     def stop(self, grace_s: float = 10.0) -> LoadResult:
         """Stop the load early (SIGTERM); the runner writes what it recorded so far.
@@ -298,14 +315,16 @@ class LoadHandle:
 
 
 def start_load(shell: Shell, spec: LoadSpec, out_path: Path,
-               python: str = sys.executable) -> LoadHandle:
+               python: str | None = None) -> LoadHandle:
     """Start the load in the background, e.g. to inject a fault while it runs.
 
     Args:
         shell: where the runner runs.
         spec: the load.
-        out_path: result JSON path; the runner's stderr goes to ``<out_path>.stderr``.
-        python: interpreter with meshlab installed, as seen by ``shell``.
+        out_path: result JSON path on this machine (see :func:`run_load`); the runner's stderr
+            goes to the local ``<out_path>.stderr``.
+        python: interpreter with meshlab installed, as seen by ``shell`` (default as for
+            :func:`run_load`).
 
     Returns:
         A :class:`LoadHandle`; call :meth:`LoadHandle.wait` for the result.
@@ -313,8 +332,9 @@ def start_load(shell: Shell, spec: LoadSpec, out_path: Path,
     Raises:
         LabError: the runner could not be started.
     """
-    out_path = _prepare(out_path)
-    stderr_path = out_path.with_name(out_path.name + ".stderr")
+    out = ResultFile(shell, spec.name, out_path)
+    stderr_path = out.local.with_name(out.local.name + ".stderr")
     stderr_path.unlink(missing_ok=True)
-    process = shell.popen(runner_argv(spec, out_path, python), stderr=stderr_path)
-    return LoadHandle(spec, out_path, stderr_path, process)
+    process = shell.popen(runner_argv(spec, out.runner_path, _python(shell, python)),
+                          stderr=stderr_path)
+    return LoadHandle(spec, out, stderr_path, process)

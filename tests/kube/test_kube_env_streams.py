@@ -100,8 +100,8 @@ def test_exec_exit_codes_stderr_and_stdin(fake, env):
                         "tr", "a-z", "A-Z"]
     with pytest.raises(CommandError, match="exit 3.*it failed"):
         shell.run(["false"])
-    with pytest.raises(LabError, match="KubePodShell.popen is not implemented"):
-        shell.popen(["sleep", "1"])
+    with pytest.raises(LabError, match="user='1337:1337' is not supported through exec"):
+        shell.popen(["sleep", "1"], user="1337:1337")
 
 
 def test_sidecar_admin_goes_through_a_port_forward_to_15000(fake, env):

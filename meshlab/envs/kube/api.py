@@ -290,10 +290,7 @@ class KubeApi:
         shown = kubectl_exec_argv(namespace, pod, container, argv)
         what = " ".join(shown)
         start = time.monotonic()
-        ws = self._call(what, lambda: stream(
-            self.core.connect_get_namespaced_pod_exec, pod, namespace, command=list(argv),
-            container=container, stdin=input_text is not None, stdout=True, stderr=True,
-            tty=False, _preload_content=False))
+        ws = self._open_exec(what, namespace, pod, container, argv, input_text is not None)
         try:
             if input_text is not None:
                 ws.write_stdin(input_text)
@@ -309,6 +306,24 @@ class KubeApi:
             ws.close()
         return CommandResult(argv=shown, returncode=exit_code(status, what), stdout=out,
                              stderr=err, duration_s=time.monotonic() - start)
+
+    def exec_stream(self, namespace: str, pod: str, container: str, argv: list[str]) -> Any:
+        """Start ``argv`` in a container (no stdin, no TTY) and return the open exec stream
+        (``kubernetes.stream.ws_client.WSClient``: channels 1 stdout, 2 stderr, 3 the exit
+        ``Status``), for a background command (:class:`meshlab.envs.kube.process.ExecProcess`).
+
+        Raises:
+            LabError: the exec could not start.
+        """
+        what = " ".join(kubectl_exec_argv(namespace, pod, container, argv))
+        return self._open_exec(what, namespace, pod, container, argv, False)
+
+    def _open_exec(self, what: str, namespace: str, pod: str, container: str, argv: list[str],
+                   stdin: bool) -> Any:
+        return self._call(what, lambda: stream(
+            self.core.connect_get_namespaced_pod_exec, pod, namespace, command=list(argv),
+            container=container, stdin=stdin, stdout=True, stderr=True, tty=False,
+            _preload_content=False))
 
     def port_forward_http(self, namespace: str, pod: str, port: int, method: str, path: str, *,
                           timeout_s: float) -> tuple[int, str]:

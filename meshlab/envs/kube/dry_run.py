@@ -6,9 +6,9 @@ holding the manifest's YAML, every command as its ``kubectl`` (exec, debug, logs
 ``ssh`` equivalent, one per line. Nothing is sent; the answers are plausible and empty so a
 suite proceeds as far as it can: the namespace and objects it "created" exist in memory, each
 workload's pods are listed Ready (``<workload>-<ordinal>``, on the node the placement chose,
-with an ``istio-proxy`` container where Istio would inject one), exec exits 0 with no output,
-logs and admin bodies are empty, nodes are listed as none (the node opt-in label check is then
-skipped, and said so).
+with an ``istio-proxy`` container where Istio would inject one), exec exits 0 with no output
+(a background exec "ends at once"), logs and admin bodies are empty, nodes are listed as none
+(the node opt-in label check is then skipped, and said so).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import yaml
 
 from meshlab.envs.base import CommandResult
 from meshlab.envs.kube.facade import kubectl_exec_argv
+from meshlab.envs.kube.process import FinishedStream
 from meshlab.envs.ssh_config import SshConfig
 from meshlab.errors import LabError
 
@@ -209,6 +210,12 @@ class DryRunApi:
         stdin = "" if input_text is None else f" <<'EOF'\n{input_text.rstrip()}\nEOF"
         self.say(shlex.join(shown) + stdin)
         return CommandResult(argv=shown, returncode=0, stdout="", stderr="")
+
+    def exec_stream(self, namespace: str, pod: str, container: str, argv: list[str]) -> Any:
+        """Print the ``kubectl exec`` line of a background command; it "ends at once", exit 0,
+        without output."""
+        self.say(shlex.join(kubectl_exec_argv(namespace, pod, container, argv)))
+        return FinishedStream()
 
     def port_forward_http(self, namespace: str, pod: str, port: int, method: str, path: str, *,
                           timeout_s: float) -> tuple[int, str]:

@@ -251,13 +251,14 @@ class KubeEnv:
         return self._info(self._find(name))
 
     def pod_shell(self, pod: str) -> KubePodShell:
-        """Exec in the pod: network tools in the debug container, the rest in the app's."""
+        """Exec in the pod: network tools in the debug container, the rest in the app's; the
+        load runner with ``settings.runner_python``, its result fetched from the pod."""
         obj = self._find(pod)
         if self._debug is None:
             self._debug = DebugContainers(self.api, self.namespace, self.settings.debug_image,
                                           self.settings.ready_timeout_s, self.poll_s)
         return KubePodShell(self.api, self.namespace, obj["metadata"]["name"],
-                            app_container(obj), self._debug)
+                            app_container(obj), self._debug, self.settings.runner_python)
 
     # nodes -----------------------------------------------------------------------------
     def _node_labels(self) -> dict[str, dict[str, str]]:

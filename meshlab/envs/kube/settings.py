@@ -12,6 +12,12 @@ Read from a YAML file (``--meshlab-kube-config`` / ``meshlab run --kube-config``
     max_pods: 10                           # guardrail: pods in the lab / pods one fault hits
     prometheus_url: http://prometheus.istio-system:9090
     ssh: {nodes: {ip-10-0-1-5: 10.0.1.5}, key_file: ~/.ssh/chaos, power_on_command: [...]}
+    runner_python: /opt/meshlab/.venv/bin/python   # meshlab's interpreter in the client pod
+
+Loads run the Locust runner (``python -m meshlab.load.locust_runner``) inside the client pod
+(``netshoot``), so that pod's image must have meshlab installed: map the manifests' netshoot
+image to the meshlab image (``Dockerfile``; its venv is ``/opt/meshlab/.venv``) with
+``image_map`` and point ``runner_python`` at that venv's interpreter (the default does).
 
 Every field has a default except what a cluster cannot guess; a bad value fails fast with the
 file and the field named (:class:`~meshlab.errors.ConfigError`).
@@ -35,6 +41,8 @@ DEFAULT_NAMESPACE = "meshlab-lab"
 DEFAULT_NODE_LABEL = "meshlab.io/chaos=allowed"
 #: The debug image for ``ss``/``conntrack``/``iptables`` in a pod's netns (ephemeral container).
 DEFAULT_DEBUG_IMAGE = "nicolaka/netshoot:v0.13"
+#: meshlab's interpreter in the meshlab image (``Dockerfile``: the venv at /opt/meshlab/.venv).
+DEFAULT_RUNNER_PYTHON = "/opt/meshlab/.venv/bin/python"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9_.-]{1,63}=[A-Za-z0-9_.-]{0,63}$")
 
@@ -60,7 +68,10 @@ class KubeSettings:
         debug_image: image of the ephemeral debug container (NET_ADMIN) used for ``ss``,
             ``conntrack`` and ``iptables`` in a pod's netns.
         image_map: image name in the manifests → image to pull (for meshlab-only apps such as
-            tcp-echo, which a cluster needs pushed to its own registry).
+            tcp-echo, which a cluster needs pushed to its own registry, and the client pod's
+            netshoot image → the meshlab image the load runner needs).
+        runner_python: the interpreter with meshlab installed in the client pod's image, which
+            runs the load runner there (a path, or a name on the container's ``PATH``).
         ssh: how to reach nodes for node faults and node-netns commands (``nsenter``); None:
             node faults and node shells are refused with a reason.
         dry_run: print every manifest and command instead of touching the cluster.
@@ -79,6 +90,7 @@ class KubeSettings:
     ready_timeout_s: float = 300.0
     debug_image: str = DEFAULT_DEBUG_IMAGE
     image_map: dict[str, str] = field(default_factory=dict)
+    runner_python: str = DEFAULT_RUNNER_PYTHON
     ssh: SshConfig | None = None
     dry_run: bool = False
     source: str = ""
@@ -118,6 +130,10 @@ class KubeSettings:
                 ("http://", "https://")):
             raise self._fail("prometheus_url", f"must be an http(s) URL, got "
                                                f"{self.prometheus_url!r}")
+        if not isinstance(self.runner_python, str) or not self.runner_python or any(
+                c.isspace() for c in self.runner_python):
+            raise self._fail("runner_python", "must be an interpreter path without spaces, got "
+                                              f"{self.runner_python!r}")
         if not isinstance(self.dry_run, bool):
             raise self._fail("dry_run", f"must be true or false, got {self.dry_run!r}")
 

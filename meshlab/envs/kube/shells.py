@@ -8,7 +8,8 @@ transport differs:
   ``NET_ADMIN``, so they run in an ephemeral debug container (``settings.debug_image``, the
   netshoot image ``kubectl debug --profile=netadmin`` would use) that shares the pod's network
   namespace, created once per pod by :class:`DebugContainers`. Other commands run in the app
-  container (the pod's first non-``istio-proxy`` container).
+  container (the pod's first non-``istio-proxy`` container). A background command
+  (:meth:`KubePodShell.popen`) is an :class:`~meshlab.envs.kube.process.ExecProcess`.
 - :class:`NsenterShell` wraps a node's :class:`~meshlab.envs.ssh.SshShell`: argv runs as
   ``nsenter -t 1 -n <argv>``, in the network namespace of the node's PID 1 (the node's root
   netns, also when sshd itself runs in a container).
@@ -16,13 +17,16 @@ transport differs:
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from meshlab.envs.base import CommandResult, Shell
-from meshlab.envs.kube.facade import ClusterApi
+from meshlab.envs.kube.facade import ClusterApi, kubectl_exec_argv
+from meshlab.envs.kube.process import ExecProcess, wrap
 from meshlab.errors import CommandError, LabError
 
 #: Programs run in the debug container instead of the app container (argv[0] basename).
@@ -33,6 +37,9 @@ DEBUG_TOOLS = frozenset({
 DEBUG_PREFIX = "meshlab-debug"
 SIDECAR = "istio-proxy"
 NSENTER = ["nsenter", "-t", "1", "-n"]
+SIGNAL_TIMEOUT_S = 30.0
+"""Timeout in seconds of the short execs (``cat`` pid file, ``kill``) that signal a background
+command."""
 
 
 def app_container(pod: dict[str, Any]) -> str:
@@ -133,11 +140,20 @@ class KubePodShell:
         pod: the pod name.
         app: the app container's name.
         debug: the env's :class:`DebugContainers`.
+        runner_python: interpreter with meshlab installed in the pod's image
+            (``settings.runner_python``), for the load runner; None: the runner's own.
+
+    Attributes:
+        shares_files: False: a file a command writes is in the pod, not on this machine (the
+            load driver fetches the runner's result with ``cat``).
     """
 
+    shares_files = False
+
     def __init__(self, api: ClusterApi, namespace: str, pod: str, app: str,
-                 debug: DebugContainers) -> None:
+                 debug: DebugContainers, runner_python: str | None = None) -> None:
         self.api, self.namespace, self.pod, self.app, self.debug = api, namespace, pod, app, debug
+        self.runner_python = runner_python
         self.name = pod
 
     def __repr__(self) -> str:
@@ -160,15 +176,26 @@ class KubePodShell:
         return result
 
     def popen(self, argv: list[str], *, stdout: Path | None = None, stderr: Path | None = None,
-              user: str | None = None) -> Any:
-        """Not supported through exec.
+              user: str | None = None) -> ExecProcess:
+        """Start ``argv`` in the pod in the background (see :mod:`meshlab.envs.kube.process`):
+        its stdout/stderr are appended to the local files as they arrive, and signals reach it
+        in the pod.
 
         Raises:
-            LabError: always; background processes in cluster pods are not supported yet.
+            LabError: ``user`` was given (an exec runs as the container's user), or the exec
+                could not start.
         """
-        raise LabError(f"KubePodShell.popen is not implemented (pod {self.pod}): background "
-                       "processes in cluster pods are not supported; use run() with a bounded "
-                       "command")
+        if user is not None:
+            raise LabError(f"popen in pod {self.pod}: user={user!r} is not supported through "
+                           "exec (commands run as the container's user)")
+        container = self.container_for(argv)
+        pid_file = f"/tmp/meshlab-bg-{secrets.token_hex(6)}.pid"
+        wrapped = wrap(list(argv), pid_file)
+        stream = self.api.exec_stream(self.namespace, self.pod, container, wrapped)
+        what = " ".join(kubectl_exec_argv(self.namespace, self.pod, container, list(argv)))
+        run = partial(self.api.exec, self.namespace, self.pod, container,
+                      timeout_s=SIGNAL_TIMEOUT_S)
+        return ExecProcess(stream, what, pid_file, run, stdout=stdout, stderr=stderr)
 
 
 class NsenterShell:
