@@ -58,9 +58,30 @@ PROXY_SERVER = """  access_log {d}/access.log;
   }}"""
 
 
-def app_config(workdir: Path, port: int) -> str:
-    """nginx.conf of the app: ``return 200`` with a 1 KB text body on ``port``, no access log."""
-    return _COMMON.format(d=workdir, body=APP_SERVER.format(port=port, payload="x" * BODY_BYTES))
+STATUS_SERVER = """
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ stub_status; }}
+  }}"""
+
+
+def app_config(workdir: Path, port: int, status_port: int | None = None) -> str:
+    """nginx.conf of the app: ``return 200`` with a 1 KB text body on ``port``, no access log.
+
+    With ``status_port``, ``stub_status`` (total requests handled, see :func:`handled_requests`)
+    is served on ``127.0.0.1:status_port`` as well.
+    """
+    body = APP_SERVER.format(port=port, payload="x" * BODY_BYTES)
+    if status_port is not None:
+        body += STATUS_SERVER.format(port=status_port)
+    return _COMMON.format(d=workdir, body=body)
+
+
+def handled_requests(stub_status: str) -> int:
+    """Total requests from a ``stub_status`` page (third number of its ``accepts handled
+    requests`` line)."""
+    lines = stub_status.splitlines()
+    return int(lines[lines.index("server accepts handled requests") + 1].split()[2])
 
 
 def proxy_config(workdir: Path, port: int, upstream: str, bind_ip: str | None = None) -> str:

@@ -6,6 +6,9 @@ Units: latencies in ms (from the loadgen's µs HDR percentiles), CPU in vCPU per
 
 from __future__ import annotations
 
+from _common import machine_line
+from _common import verdict as _verdict
+
 TARGETS = {
     "added_p90_ms": 0.25,
     "added_p99_ms": 0.35,
@@ -71,17 +74,11 @@ def summarise(doc: dict) -> dict:
     return out
 
 
-def _verdict(value: float, target: float, *, higher_is_better: bool = False) -> dict:
-    met = value >= target if higher_is_better else value <= target
-    return {"value": value, "target": target, "met": met}
-
-
 def markdown(doc: dict) -> str:
     """The human summary written to ``sidecar-latest.md``."""
     s, m, st = doc["summary"], doc["machine"], doc["settings"]
     lines = [f"# Sidecar benchmark ({doc['started']})", "",
-             (f"Machine: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
-             f"Python {m['python']}, {m['nginx']}, {m['wrk']}."),
+             machine_line(m),
              (f"Load: {st['rate_rps']:.0f} rps fixed rate (open loop, latency from scheduled send "
              f"time), {st['conns']} connections, {st['response_bytes']} B responses, "
              f"{st['warmup_s']:.0f} s warm-up + {st['duration_s']:.0f} s; closed loop wrk "

@@ -19,16 +19,12 @@ See ``benchmarks/README.md`` for the method.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import json
-import platform
 import re
 import secrets
-import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +32,7 @@ sys.path.insert(0, str(HERE))
 
 import _nginx
 import _procs
+from _common import bench_run, machine_info, write_results
 from _procs import Proc
 from _report import TARGETS, markdown, summarise
 
@@ -165,16 +162,6 @@ def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | Non
                             stderr=subprocess.DEVNULL)
 
 
-def machine_info() -> dict:
-    """CPU model, core count, kernel, python, nginx and wrk versions."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in
-                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
-    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    return {"cpu_model": cpu, "cores": len(list(Path("/sys/devices/system/cpu").glob("cpu[0-9]*"))),
-            "kernel": platform.release(), "python": sys.version.split()[0],
-            "nginx": _nginx.nginx_version(), "wrk": (wrk.stdout or wrk.stderr).split("\n")[0]}
-
-
 def run_all(args: argparse.Namespace, workdir: Path) -> dict:
     """All three modes on one topology; returns the raw per-mode records."""
     tag = secrets.token_hex(3)
@@ -228,14 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
-    def on_term(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    started = dt.datetime.now(dt.UTC)
-    with tempfile.TemporaryDirectory(prefix="mlbench-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)
+    with bench_run("mlbench-") as (started, workdir):
         modes = run_all(args, workdir)
         profile = None
         if "profile_raw" in modes.get("meshlab", {}):
@@ -252,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["summary"] = summarise(doc)
     if profile:
         doc["profile_sidecar_a"] = profile
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"sidecar-{stamp}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = markdown(doc)
-    (args.out / "sidecar-latest.md").write_text(md)
-    print(md)
+    write_results(args.out, "sidecar", started, doc, markdown(doc))
     return 0
 
 

@@ -15,11 +15,11 @@ from typing import Any
 from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
 from meshlab.collectors.sampler import Sampler
-from meshlab.errors import MeshlabError
+from meshlab.errors import ConfigError, MeshlabError
 from meshlab.faults.base import Fault, active
 from meshlab.journal import RunJournal
 from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
-from meshlab.load.spec import LoadSpec
+from meshlab.load.spec import MODES, LoadSpec
 
 DEFAULT_CLIENT = "netshoot"
 ACCESS_LOG_SAMPLE = 20
@@ -32,15 +32,22 @@ class Run:
         env: the env (implements :class:`meshlab.envs.base.Env`), already up.
         journal: where everything is recorded.
         client: the pod loads run from by default (the book's ``netshoot``).
+        load_mode: the mode of loads that do not pass ``mode=`` (pytest
+            ``--meshlab-load-mode``): ``"closed-loop"`` (Locust) or ``"open-loop"``; a load
+            without ``rate_per_s`` stays closed-loop (open loop needs a rate).
 
     The access logs are read from the lines written after the run started, so each run's flag
     counts are its own.
     """
 
-    def __init__(self, env: Any, journal: RunJournal, client: str = DEFAULT_CLIENT) -> None:
+    def __init__(self, env: Any, journal: RunJournal, client: str = DEFAULT_CLIENT,
+                 load_mode: str = "closed-loop") -> None:
+        if load_mode not in MODES:
+            raise ConfigError(f"load_mode: must be one of {', '.join(MODES)}, got {load_mode!r}")
         self.env = env
         self.journal = journal
         self.client = client
+        self.load_mode = load_mode
         self.started_epoch_s = time.time()
         journal.data.update(env.describe())
         if not getattr(env, "sidecar_has_tcp_stats", True):
@@ -56,14 +63,22 @@ class Run:
         return f"Run(env={self.env.name!r}, journal={self.journal!r})"
 
     def _spec(self, name: str, url: str, users: int, rate_per_s: float | None, duration_s: float,
-              max_requests: int | None, timeout_s: float) -> LoadSpec:
+              max_requests: int | None, timeout_s: float, processes: int = 1,
+              mode: str | None = None, connections: int | None = None,
+              distribution: str = "constant") -> LoadSpec:
+        if mode is None:  # the run's default; an unthrottled load can only be closed-loop
+            mode = "closed-loop" if rate_per_s is None else self.load_mode
         return LoadSpec(url=url, users=users, duration_s=duration_s, rate_per_s=rate_per_s,
-                        max_requests=max_requests, timeout_s=timeout_s, name=name)
+                        max_requests=max_requests, timeout_s=timeout_s, name=name,
+                        processes=processes, mode=mode, distribution=distribution,
+                        connections=users if connections is None else connections)
 
     def load(self, name: str, url: str, *, users: int = 4, rate_per_s: float | None = None,
              duration_s: float = 5.0, max_requests: int | None = None, timeout_s: float = 10.0,
-             from_pod: str | None = None) -> LoadResult:
-        """Drive Locust load from a pod to ``url`` and journal the result.
+             from_pod: str | None = None, processes: int = 1, jobs: bool = False,
+             mode: str | None = None, connections: int | None = None,
+             distribution: str = "constant") -> LoadResult:
+        """Drive load from a pod to ``url`` (Locust users, or open loop) and journal the result.
 
         Args:
             name: the load's name in the journal and the report.
@@ -74,18 +89,38 @@ class Run:
             max_requests: stop after this many requests.
             timeout_s: per-request timeout in seconds.
             from_pod: client pod (default: the run's client).
+            processes: runner processes the load is split into (rate, users and requests
+                shared), their results merged exactly (:mod:`meshlab.load.group`).
+            jobs: run the processes as one Kubernetes Job each beside the client pod instead
+                (kube env only: ``env.load_jobs``, :mod:`meshlab.envs.kube.load_jobs`).
+            mode: ``"closed-loop"`` (Locust users) or ``"open-loop"`` (requests started at
+                ``rate_per_s`` on a schedule, latency corrected for coordinated omission,
+                :mod:`meshlab.load.open_loop`); default: the run's ``load_mode`` when
+                ``rate_per_s`` is set, else closed-loop.
+            connections: open loop: connection pool size (default ``users``, so switching a
+                suite's mode keeps its connection count).
+            distribution: open loop: ``"constant"`` or ``"poisson"`` arrivals.
 
         Returns:
             The :class:`LoadResult` (latencies in µs).
 
         Raises:
-            ConfigError: a bad load option (names the field).
+            ConfigError: a bad load option (names the field), or ``jobs`` on an env without
+                Jobs.
             LabError: the load runner failed.
         """
-        spec = self._spec(name, url, users, rate_per_s, duration_s, max_requests, timeout_s)
-        shell = self.env.pod_shell(from_pod or self.client)
+        spec = self._spec(name, url, users, rate_per_s, duration_s, max_requests, timeout_s,
+                          processes, mode, connections, distribution)
+        out_path = self.journal.dir / f"load-{name}.json"
+        if jobs and not hasattr(self.env, "load_jobs"):
+            raise ConfigError(f"load {name!r}: jobs=True needs an env that runs Jobs (kube); "
+                              f"the {self.env.name} env runs processes=N in the client pod")
+        shell = None if jobs else self.env.pod_shell(from_pod or self.client)
         with self.journal.activity(f"load:{name}") as rec:
-            result = run_load(shell, spec, self.journal.dir / f"load-{name}.json")
+            if jobs:
+                result = self.env.load_jobs(from_pod or self.client, spec, out_path)
+            else:
+                result = run_load(shell, spec, out_path)
             rec["output"] = f"{result.requests} requests, {result.tps:.1f} TPS"
         self.journal.add_load(name, result.to_dict())
         return result
@@ -93,11 +128,16 @@ class Run:
     @contextmanager
     def background_load(self, name: str, url: str, *, users: int = 4,
                         rate_per_s: float | None = None, duration_s: float = 5.0,
-                        timeout_s: float = 10.0, from_pod: str | None = None
+                        timeout_s: float = 10.0, from_pod: str | None = None,
+                        processes: int = 1, mode: str | None = None,
+                        connections: int | None = None, distribution: str = "constant"
                         ) -> Iterator[LoadHandle]:
         """Run a load in the background for the block (e.g. while a fault is active); the
-        result is journaled when the block ends (the load is waited for, or stopped on error)."""
-        spec = self._spec(name, url, users, rate_per_s, duration_s, None, timeout_s)
+        result is journaled when the block ends (the load is waited for, or stopped on error).
+        With ``processes`` > 1 the handle is a :class:`~meshlab.load.group.LoadGroup`; the
+        other options are those of :meth:`load`."""
+        spec = self._spec(name, url, users, rate_per_s, duration_s, None, timeout_s, processes,
+                          mode, connections, distribution)
         shell = self.env.pod_shell(from_pod or self.client)
         with self.journal.activity(f"load:{name}") as rec:
             handle = start_load(shell, spec, self.journal.dir / f"load-{name}.json")

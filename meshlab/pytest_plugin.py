@@ -27,6 +27,8 @@ RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
 RUN_REPORT_KEY = pytest.StashKey[Path]()
 DRY_RUN_KEY = pytest.StashKey[Path]()
+#: ``--meshlab-load-mode`` values and the :class:`~meshlab.load.spec.LoadSpec` mode of each.
+LOAD_MODES = {"locust": "closed-loop", "open-loop": "open-loop"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,6 +53,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--meshlab-dry-run", action="store_true",
                     help="kube env: print every manifest and command instead of touching the "
                          "cluster; tests end as skipped 'dry run'")
+    group.addoption("--meshlab-load-mode", default="locust", choices=tuple(LOAD_MODES),
+                    help="mode of the loads a suite does not give a mode: locust (closed "
+                         "loop, default) or open-loop (constant rate, latency corrected for "
+                         "coordinated omission; a load without a rate stays closed-loop)")
     group.addoption("--meshlab-keep-lab", action="store_true",
                     help="leave the lab up after the session (meshlab down removes it)")
 
@@ -242,7 +248,8 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[An
     report = journal.dir / REPORT_NAME
     request.node.stash[RUN_REPORT_KEY] = report
     request.node.user_properties.append(("meshlab_report", str(report)))  # JUnit XML
-    run = Run(meshlab_env, journal)
+    run = Run(meshlab_env, journal,
+              load_mode=LOAD_MODES[request.config.getoption("--meshlab-load-mode", "locust")])
     interval_s = float(request.config.getoption("--meshlab-interval"))
     dry_run = bool(request.config.getoption("--meshlab-dry-run"))
     if interval_s > 0 and hasattr(meshlab_env, "sidecar_admin") and not dry_run:

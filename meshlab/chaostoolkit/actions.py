@@ -94,8 +94,10 @@ def _summary(name: str, result: LoadResult) -> dict[str, Any]:
 
 def start_load(name: str, url: str, users: int = 4, rate_per_s: float | None = None,
                duration_s: float = 30.0, timeout_s: float = 10.0, from_pod: str | None = None,
-               configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Start Locust load in the background (it runs while later activities inject faults).
+               configuration: dict[str, Any] | None = None, mode: str = "closed-loop",
+               connections: int | None = None, distribution: str = "constant"
+               ) -> dict[str, Any]:
+    """Start load in the background (it runs while later activities inject faults).
 
     Args:
         name: the load's name (``stop_load`` and the probes refer to it; journal key).
@@ -106,6 +108,10 @@ def start_load(name: str, url: str, users: int = 4, rate_per_s: float | None = N
         timeout_s: per-request connect/read timeout in seconds.
         from_pod: client pod (default ``netshoot``, the book's client).
         configuration: the experiment configuration (injected by Chaos Toolkit).
+        mode: ``"closed-loop"`` (Locust users) or ``"open-loop"`` (a schedule at
+            ``rate_per_s``, latency corrected for coordinated omission).
+        connections: open loop: connection pool size (default ``users``).
+        distribution: open loop: ``"constant"`` or ``"poisson"`` arrivals.
 
     Returns:
         ``{"load", "url", "users", "rate_per_s", "duration_s", "pid", "run_dir"}``.
@@ -116,7 +122,8 @@ def start_load(name: str, url: str, users: int = 4, rate_per_s: float | None = N
     """
     s = session.current(configuration)
     spec = LoadSpec(url=url, users=users, duration_s=duration_s, rate_per_s=rate_per_s,
-                    timeout_s=timeout_s, name=name)
+                    timeout_s=timeout_s, name=name, mode=mode, distribution=distribution,
+                    connections=users if connections is None else connections)
     handle = s.start_load(name, spec, from_pod)
     return {"load": name, "url": url, "users": users, "rate_per_s": rate_per_s,
             "duration_s": duration_s, "pid": handle.process.pid, "run_dir": str(s.journal.dir)}

@@ -34,7 +34,8 @@ SS_STATES = frozenset({"ESTAB", "SYN-SENT", "SYN-RECV", "FIN-WAIT-1", "FIN-WAIT-
                        "TIME-WAIT", "CLOSE", "CLOSE-WAIT", "LAST-ACK", "LISTEN", "CLOSING",
                        "UNCONN"})
 _LOAD_KEYS = frozenset({"url", "users", "rate_per_s", "duration_s", "max_requests",
-                        "timeout_s", "name", "from_pod"})
+                        "timeout_s", "name", "from_pod", "mode", "distribution", "connections",
+                        "seed"})
 
 
 def _load(s: session.Session, load: str | dict[str, Any]) -> LoadResult:

@@ -1,4 +1,5 @@
-"""Load drivers: the Locust runner process, its µs HdrHistogram recording and the Shell driver.
+"""Load drivers: the runner process (Locust closed loop, or the open-loop schedule of
+:mod:`meshlab.load.open_loop`), its µs HdrHistogram recording and the Shell driver.
 
 Importing this package never imports locust or gevent (they live in the runner process only).
 """

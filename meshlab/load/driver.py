@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ def runner_argv(spec: LoadSpec, out_path: Path | str, python: str = sys.executab
         argv += ["--rate-per-s", repr(float(spec.rate_per_s))]
     if spec.max_requests is not None:
         argv += ["--max-requests", str(spec.max_requests)]
+    if spec.mode == "open-loop":
+        argv += ["--mode", spec.mode, "--distribution", spec.distribution, "--connections",
+                 str(spec.connections), "--seed", str(spec.seed)]
     return argv
 
 
@@ -83,6 +86,10 @@ class SeriesPoint:
         max_us: largest latency in µs.
         hdr: base64 HdrHistogram of this second's latencies in µs (:mod:`meshlab.load.hdr`),
             None without requests or in results written before it was recorded.
+        p50_uncorrected_us: open loop: median latency from the actual send, µs (likewise
+            ``p90_``/``p99_``/``max_uncorrected_us`` and ``hdr_uncorrected``); None otherwise.
+        late: open loop: requests completed in this second that were sent late.
+        skipped: open loop: requests intended in this second and never sent.
     """
 
     t_s: int
@@ -94,6 +101,26 @@ class SeriesPoint:
     p99_us: int | None
     max_us: int | None
     hdr: str | None = None
+    p50_uncorrected_us: int | None = None
+    p90_uncorrected_us: int | None = None
+    p99_uncorrected_us: int | None = None
+    max_uncorrected_us: int | None = None
+    hdr_uncorrected: str | None = None
+    late: int | None = None
+    skipped: int | None = None
+
+
+OPEN_LOOP_KEYS = frozenset((
+    "distribution", "connections", "latency_uncorrected_us", "hdr_uncorrected", "late",
+    "skipped", "late_threshold_us", "p50_uncorrected_us", "p90_uncorrected_us",
+    "p99_uncorrected_us", "max_uncorrected_us"))
+"""Result and series keys only open-loop results have (CONTRACTS.md §2); :meth:`LoadResult.
+to_dict` leaves them out when they are None (a closed-loop result)."""
+
+
+def _without_unset(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items()
+            if value is not None or key not in OPEN_LOOP_KEYS}
 
 
 @dataclass
@@ -101,8 +128,10 @@ class LoadResult:
     """A load run's outcome: the fields of CONTRACTS.md §2 plus the journal ``name``.
 
     Attributes:
-        tool: ``"locust"``.
-        mode: ``"closed-loop"`` (a user sends its next request after the previous finished).
+        tool: ``"locust"`` (closed loop) or ``"meshlab"`` (open loop).
+        mode: ``"closed-loop"`` (a user sends its next request after the previous finished)
+            or ``"open-loop"`` (requests started on a schedule; ``latency_us``, ``hdr`` and the
+            series' percentiles are then corrected: measured from each intended start).
         target_url: the URL requested.
         users: concurrent users.
         rate_per_s: requested aggregate rate in requests/s, None for unthrottled.
@@ -117,6 +146,17 @@ class LoadResult:
         latency_us: ``min, mean, p50, p90, p99, p999, max`` in µs (None without requests).
         hdr: base64 HdrHistogram of all latencies in µs (see :mod:`meshlab.load.hdr`).
         series: one :class:`SeriesPoint` per second.
+        processes: runner processes whose results were merged into this one
+            (:mod:`meshlab.load.merge`); 1 in results written before it was recorded.
+        distribution: open loop: ``"constant"`` or ``"poisson"`` (None for closed loop, like
+            the following fields).
+        connections: open loop: the connection pool size.
+        latency_uncorrected_us: open loop: as ``latency_us``, measured from the actual send.
+        hdr_uncorrected: open loop: base64 HdrHistogram of those latencies, µs.
+        late: open loop: requests sent more than ``late_threshold_us`` after their intended
+            start.
+        skipped: open loop: scheduled requests never sent.
+        late_threshold_us: open loop: the lateness threshold, µs.
         name: the spec's name (not part of the runner's file; included in :meth:`to_dict`).
     """
 
@@ -136,6 +176,14 @@ class LoadResult:
     latency_us: dict[str, float | None]
     hdr: str
     series: list[SeriesPoint] = field(default_factory=list)
+    distribution: str | None = None
+    connections: int | None = None
+    latency_uncorrected_us: dict[str, float | None] | None = None
+    hdr_uncorrected: str | None = None
+    late: int | None = None
+    skipped: int | None = None
+    late_threshold_us: int | None = None
+    processes: int = 1
     name: str = ""
 
     def __repr__(self) -> str:
@@ -153,7 +201,8 @@ class LoadResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: the §2 fields, preceded by ``name`` when it is set (journal form)."""
-        data = asdict(self)
+        data = _without_unset(asdict(self))
+        data["series"] = [_without_unset(point) for point in data["series"]]
         name = data.pop("name")
         return {"name": name, **data} if name else data
 
@@ -170,8 +219,9 @@ class LoadResult:
         """
         try:
             series = [SeriesPoint(**point) for point in data["series"]]
-            kwargs = {key: data[key] for key in cls.__dataclass_fields__
-                      if key not in ("series", "name")}
+            kwargs = {key: data[key] for key, spec in cls.__dataclass_fields__.items()
+                      if key not in ("series", "name")
+                      and (key in data or spec.default is MISSING)}
         except (KeyError, TypeError) as exc:
             raise LabError(f"malformed load result: missing or bad field {exc}") from exc
         return cls(**kwargs, series=series, name=data.get("name") or name)
@@ -224,7 +274,11 @@ def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
     Raises:
         LabError: the runner exited non-zero, timed out (``duration_s + 30`` s) or wrote no
             valid result; the message carries the tail of its stderr.
+
+    With ``spec.processes`` > 1 this is ``start_load(...).wait()`` (:mod:`meshlab.load.group`).
     """
+    if spec.processes > 1:
+        return start_load(shell, spec, out_path, python).wait()
     out = ResultFile(shell, spec.name, out_path)
     argv = runner_argv(spec, out.runner_path, _python(shell, python))
     result = shell.run(argv, check=False, timeout_s=spec.duration_s + spec.timeout_s + WAIT_MARGIN_S)
@@ -327,11 +381,17 @@ def start_load(shell: Shell, spec: LoadSpec, out_path: Path,
             :func:`run_load`).
 
     Returns:
-        A :class:`LoadHandle`; call :meth:`LoadHandle.wait` for the result.
+        A :class:`LoadHandle`; call :meth:`LoadHandle.wait` for the result. With
+        ``spec.processes`` > 1 a :class:`~meshlab.load.group.LoadGroup` (the same interface)
+        over one runner per process, whose result is the exact merge of theirs.
 
     Raises:
         LabError: the runner could not be started.
     """
+    if spec.processes > 1:
+        from meshlab.load.group import start_group
+
+        return start_group(shell, spec, out_path, python)  # type: ignore[return-value]
     out = ResultFile(shell, spec.name, out_path)
     stderr_path = out.local.with_name(out.local.name + ".stderr")
     stderr_path.unlink(missing_ok=True)

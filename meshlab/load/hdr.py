@@ -12,6 +12,8 @@ results with it.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable
 
 from hdrh.histogram import HdrHistogram
@@ -75,15 +77,44 @@ def percentiles(histogram: HdrHistogram) -> dict[str, float | None]:
     keys = ["min", "mean", *PERCENTILE_KEYS, "max"]
     if histogram.get_total_count() == 0:
         return dict.fromkeys(keys)
-    by_percentile = histogram.get_percentile_to_value_dict(list(PERCENTILE_KEYS.values()))
+    by_percentile = _values_at_percentiles(histogram, PERCENTILE_KEYS.values())
     out: dict[str, float | None] = {
         "min": int(histogram.get_min_value()),
-        "mean": round(float(histogram.get_mean_value()), 1),
+        "mean": round(_mean(histogram), 1),
     }
     for key, pct in PERCENTILE_KEYS.items():
         out[key] = int(by_percentile[pct])
     out["max"] = int(histogram.get_max_value())
     return {key: out[key] for key in keys}
+
+
+def _values_at_percentiles(histogram: HdrHistogram, pcts: Iterable[float]) -> dict[float, int]:
+    """``histogram.get_percentile_to_value_dict(pcts)`` (for percentiles > 0), much faster.
+
+    hdrh walks every bucket in Python (~25 ms for a µs histogram, which made summarising an
+    hour of per-second histograms take minutes); this takes the running count of the buckets
+    in C (``itertools.accumulate``) and bisects it for each percentile's target count: the value
+    of the first bucket whose running count reaches the target, as hdrh returns it.
+    """
+    cumulative = list(itertools.accumulate(histogram.counts[:histogram.counts_len]))
+    out = {}
+    for pct in pcts:
+        index = bisect.bisect_left(cumulative, histogram.get_target_count_at_percentile(pct))
+        out[pct] = histogram.get_highest_equivalent_value(histogram.get_value_from_index(index))
+    return out
+
+
+def _mean(histogram: HdrHistogram) -> float:
+    """``histogram.get_mean_value()`` (each bucket's count times its middle value), computed
+    over the non-empty buckets only instead of hdrh's Python iterator over all of them."""
+    total = 0
+    for index, count in enumerate(histogram.counts[:histogram.counts_len]):
+        if count:
+            value = histogram.get_value_from_index(index)
+            lowest = histogram.get_lowest_equivalent_value(value)
+            size = histogram.get_highest_equivalent_value(value) - lowest + 1
+            total += count * (lowest + (size >> 1))
+    return float(total) / histogram.get_total_count()
 
 
 def encode(histogram: HdrHistogram) -> str:

@@ -4,6 +4,12 @@ Usage (run inside the client pod's netns by the lab; needs nothing but the URL):
 
     python -m meshlab.load.locust_runner --url URL --users N [--rate-per-s R] --duration-s D
         [--max-requests M] --timeout-s T --out result.json
+    python -m meshlab.load.locust_runner --mode open-loop --url URL --rate-per-s R
+        [--distribution constant|poisson] [--connections N] [--seed S] --duration-s D
+        [--max-requests M] --timeout-s T --out result.json
+
+``--mode open-loop`` runs :mod:`meshlab.load.open_loop` (asyncio, no gevent, no Locust) instead;
+stopping, the result file and the exit statuses are the same.
 
 Locust runs through its library API (``Environment`` + local runner) with a generated
 ``FastHttpUser`` that GETs the URL over keep-alive connections. With ``--rate-per-s`` each user
@@ -41,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from meshlab.errors import ConfigError
 from meshlab.load.recorder import NO_RESPONSE, Recorder
-from meshlab.load.spec import LoadSpec
+from meshlab.load.spec import DEFAULT_CONNECTIONS, DISTRIBUTIONS, MODES, LoadSpec
 
 ALARM_MARGIN_S = 20
 """Seconds past ``duration_s`` after which SIGALRM ends a hung runner (exit 3)."""
@@ -62,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path]:
         prog="python -m meshlab.load.locust_runner",
         description="Drive HTTP GET load with Locust and write a µs-resolution result JSON.")
     parser.add_argument("--url", required=True, help="target http(s) URL")
-    parser.add_argument("--users", type=int, required=True, help="concurrent users (>= 1)")
+    parser.add_argument("--mode", choices=MODES, default="closed-loop",
+                        help="closed-loop: Locust users (default); open-loop: a request "
+                             "schedule at --rate-per-s, latency corrected for coordinated "
+                             "omission")
+    parser.add_argument("--users", type=int, default=None,
+                        help="concurrent users (>= 1; closed-loop, required there)")
     parser.add_argument("--rate-per-s", type=float, default=None,
                         help="aggregate requests/s (default: as fast as possible)")
     parser.add_argument("--duration-s", type=float, required=True,
@@ -71,12 +82,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path]:
                         help="stop after this many requests")
     parser.add_argument("--timeout-s", type=float, required=True,
                         help="connect and per-read timeout of each request, seconds")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="constant",
+                        help="open-loop inter-arrival times (default constant)")
+    parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
+                        help=f"open-loop connection pool size (default {DEFAULT_CONNECTIONS})")
+    parser.add_argument("--seed", type=int, default=0, help="open-loop Poisson RNG seed")
     parser.add_argument("--out", type=Path, required=True, help="result JSON path")
     args = parser.parse_args(argv)
+    if args.users is None and args.mode == "closed-loop":
+        parser.error("--users: required in closed-loop mode")
     try:
-        spec = LoadSpec(url=args.url, users=args.users, rate_per_s=args.rate_per_s,
+        spec = LoadSpec(url=args.url, users=1 if args.users is None else args.users,
+                        rate_per_s=args.rate_per_s,
                         duration_s=args.duration_s, max_requests=args.max_requests,
-                        timeout_s=args.timeout_s)
+                        timeout_s=args.timeout_s, mode=args.mode,
+                        distribution=args.distribution, connections=args.connections,
+                        seed=args.seed)
     except ConfigError as exc:
         field, _, message = str(exc).removeprefix("LoadSpec.").partition(":")
         parser.error(f"--{field.replace('_', '-')}:{message}")
@@ -192,18 +213,9 @@ def run(spec: LoadSpec) -> dict[str, Any]:
         sys.stderr.write(f"locust_runner: requests recorded as status 0 after unexpected client "
                          f"errors: {dict(unexpected)}\n")
 
-    elapsed_s = end_s - start_s
-    summary = recorder.summary()
-    return {
-        "tool": "locust", "mode": "closed-loop", "target_url": spec.url,
-        "users": spec.users, "rate_per_s": spec.rate_per_s, "duration_s": spec.duration_s,
-        "start_epoch_s": round(start_epoch_s, 6), "end_epoch_s": round(start_epoch_s + elapsed_s, 6),
-        "requests": summary["requests"], "errors": summary["errors"],
-        "status_counts": summary["status_counts"],
-        "tps": round(summary["requests"] / elapsed_s, 3) if elapsed_s > 0 else 0.0,
-        "error_rate": summary["error_rate"], "latency_us": summary["latency_us"],
-        "hdr": summary["hdr"], "series": summary["series"],
-    }
+    head = {"tool": "locust", "mode": "closed-loop", "target_url": spec.url, "users": spec.users,
+            "rate_per_s": spec.rate_per_s, "duration_s": spec.duration_s, "processes": 1}
+    return recorder.result(head, start_epoch_s, end_s - start_s)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -243,7 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(math.ceil(spec.duration_s + spec.timeout_s) + ALARM_MARGIN_S)
     try:
-        write_json_atomic(out, run(spec))
+        if spec.mode == "open-loop":
+            from meshlab.load.open_loop import run_open_loop
+
+            write_json_atomic(out, run_open_loop(spec))
+        else:
+            write_json_atomic(out, run(spec))
     except Exception as exc:  # noqa: BLE001 - the process boundary: report any failure
         traceback.print_exc()
         sys.stderr.write(f"locust_runner: load against {spec.url} failed: "

@@ -16,6 +16,15 @@ MAX_DURATION_S = 3600.0
 """Longest load a spec may ask for, in seconds."""
 MAX_USERS = 10_000
 """Most concurrent users (greenlets, each with its own connection) one runner may start."""
+MODES = ("closed-loop", "open-loop")
+"""Load modes: Locust users (:mod:`meshlab.load.locust_runner`) or the constant-rate schedule
+(:mod:`meshlab.load.open_loop`)."""
+DISTRIBUTIONS = ("constant", "poisson")
+"""Open-loop inter-arrival distributions (:func:`meshlab.load.schedule.offsets_s`)."""
+DEFAULT_CONNECTIONS = 64
+"""Open-loop connection pool size when none is given (opened on demand, so a slow rate uses few)."""
+MAX_PROCESSES = 64
+"""Most runner processes one load may be split into (:attr:`LoadSpec.processes`)."""
 
 
 def _fail(field_name: str, message: str) -> ConfigError:
@@ -32,24 +41,43 @@ class LoadSpec:
 
     Attributes:
         url: target ``http://`` or ``https://`` URL, as seen from where the runner runs.
-        users: concurrent Locust users (each one keep-alive connection, one request at a time).
-        rate_per_s: aggregate request rate in requests/s, or None for as fast as possible.
+        users: concurrent Locust users (each one keep-alive connection, one request at a time);
+            closed-loop only (an open-loop result reports it as given).
+        rate_per_s: aggregate request rate in requests/s, or None for as fast as possible
+            (closed-loop only: open-loop needs a rate).
         duration_s: run time in seconds (0 < duration_s <= 3600); the runner stops hard then.
         max_requests: stop after this many requests (None = no limit).
         timeout_s: connect and per-read socket timeout of each request, in seconds.
         name: label of the load in the run journal (``loads[].name``).
+        mode: ``"closed-loop"`` (Locust users, the default) or ``"open-loop"`` (requests
+            started on a schedule at ``rate_per_s`` whatever the target's speed, latency
+            corrected for coordinated omission; :mod:`meshlab.load.open_loop`).
+        distribution: open-loop inter-arrival times: ``"constant"`` or ``"poisson"``.
+        connections: open-loop keep-alive connection pool size (1..10000): more requests in
+            flight wait for a free connection (and count as late).
+        seed: open-loop RNG seed of the Poisson arrivals.
+        processes: runner processes the load is split into (1..64): each gets ``rate_per_s /
+            processes`` and an equal share of ``max_requests`` and of ``users`` (closed loop)
+            or ``connections`` (open loop), remainders to the first ones, so each must get at
+            least one; their results are merged exactly (:mod:`meshlab.load.group`,
+            :mod:`meshlab.load.merge`). The runner itself always runs one process.
 
     Raises:
         ConfigError: a field is out of range; the message names the field.
     """
 
     url: str
-    users: int
+    users: int = 1
     duration_s: float
     rate_per_s: float | None = None
     max_requests: int | None = None
     timeout_s: float = 10.0
     name: str = "load"
+    mode: str = "closed-loop"
+    distribution: str = "constant"
+    connections: int = DEFAULT_CONNECTIONS
+    seed: int = 0
+    processes: int = 1
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url) if isinstance(self.url, str) else None
@@ -78,3 +106,32 @@ class LoadSpec:
                                      f"got {self.timeout_s!r}")
         if not isinstance(self.name, str) or not self.name:
             raise _fail("name", f"must be a non-empty string, got {self.name!r}")
+        self._check_open_loop()
+        self._check_processes()
+
+    def _check_processes(self) -> None:
+        n = self.processes
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_PROCESSES:
+            raise _fail("processes", f"must be an integer in 1..{MAX_PROCESSES}, got {n!r}")
+        pool = "connections" if self.mode == "open-loop" else "users"
+        shared = {pool: getattr(self, pool), "max_requests": self.max_requests}
+        for name, value in shared.items():
+            if isinstance(value, int) and value < n:
+                raise _fail("processes", f"{n} processes need {name} >= {n} (each process "
+                                         f"gets a share of it), got {name}={value}")
+
+    def _check_open_loop(self) -> None:
+        if self.mode not in MODES:
+            raise _fail("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise _fail("distribution", f"must be one of {', '.join(DISTRIBUTIONS)}, "
+                                        f"got {self.distribution!r}")
+        if not isinstance(self.connections, int) or isinstance(self.connections, bool) or not (
+                1 <= self.connections <= MAX_USERS):
+            raise _fail("connections", f"must be an integer in 1..{MAX_USERS}, "
+                                       f"got {self.connections!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise _fail("seed", f"must be an integer, got {self.seed!r}")
+        if self.mode == "open-loop" and self.rate_per_s is None:
+            raise _fail("rate_per_s", "open-loop mode needs a rate (requests/s > 0): it sends "
+                                      "on a schedule, never as fast as possible")

@@ -111,10 +111,17 @@ _LOAD = _obj({
     "start_epoch_s": _num, "end_epoch_s": _num,
     "status_counts": _optional(_obj(values=_number)),
     "latency_us": _optional(_obj(values=_num)),
+    "hdr": _str, "processes": _num, "users": _num, "rate_per_s": _num,
+    # CONTRACTS.md §2, open loop: latency_us/hdr are corrected, these measured from the send
+    "distribution": _str, "connections": _num, "late": _num, "skipped": _num,
+    "late_threshold_us": _num, "latency_uncorrected_us": _optional(_obj(values=_num)),
+    "hdr_uncorrected": _str,
     "series": _optional(_list(_obj({
         "t_s": _number, "requests": _num, "errors": _num,
         "status_counts": _optional(_obj(values=_number)),
         "p50_us": _num, "p90_us": _num, "p99_us": _num, "max_us": _num, "hdr": _str,
+        "p50_uncorrected_us": _num, "p90_uncorrected_us": _num, "p99_uncorrected_us": _num,
+        "max_uncorrected_us": _num, "hdr_uncorrected": _str, "late": _num, "skipped": _num,
     }, required=("t_s",)))),
 }, required=("name",))
 

@@ -110,10 +110,13 @@ def _elapsed_s(load: dict[str, Any]) -> Any:
 
 
 def load_rows(loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Summary-table rows, one per load."""
+    """Summary-table rows, one per load. An open-loop load's latencies are the corrected ones
+    (CONTRACTS.md §2); ``latency_uncorrected_ms`` (None otherwise) and ``late_skipped`` show the
+    uncorrected ones and the late/skipped counts beside them."""
     rows = []
     for load in loads:
         latency = load.get("latency_us") or {}
+        uncorrected = load.get("latency_uncorrected_us")
         ratio = load.get("error_rate")
         if ratio is None and load.get("requests") and load.get("errors") is not None:
             ratio = load["errors"] / load["requests"]
@@ -124,6 +127,10 @@ def load_rows(loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "tps": fmt_num(load.get("tps"), 1), "error_pct": fmt_pct(ratio),
             "error_bad": bool(ratio), "duration": fmt_num(_elapsed_s(load), 1),
             "latency_ms": [fmt_ms(latency.get(key)) for _, key in _LATENCY_KEYS],
+            "latency_uncorrected_ms": None if uncorrected is None else [
+                fmt_ms(uncorrected.get(key)) for _, key in _LATENCY_KEYS],
+            "late_skipped": None if load.get("late") is None else
+            f"late {fmt_num(load.get('late'), 0)}, skipped {fmt_num(load.get('skipped'), 0)}",
         })
     return rows
 

@@ -6,7 +6,9 @@ namespaced objects of any collection (``/api/v1/...`` or ``/apis/<group>/<versio
 POST → 201 or 409, GET, PUT); pods with status, which a created StatefulSet/Deployment gets
 from a tiny "controller" (node from the nodeSelector / affinity, ``istio-proxy`` injected as
 Istio would, Ready unless the workload is listed in ``not_ready``); events (fieldSelector
-``involvedObject.name``); logs; the ``ephemeralcontainers`` subresource; and exec and
+``involvedObject.name``); logs; Jobs, whose pod a tiny "job controller" creates with its
+phase and log from :attr:`FakeKube.job_handler` (the test's kubelet); the ``ephemeralcontainers``
+subresource; and exec and
 port-forward over a minimal WebSocket (RFC 6455) with the ``v5/v4.channel.k8s.io`` framing.
 Every request is recorded (method, path, query, JSON body), so tests assert what the real
 ``kubernetes`` client sent, pointed at this server through a generated kubeconfig.
@@ -96,6 +98,11 @@ class FakeKube:
         self.admin_handler: Callable[[str, str, str], tuple[int, str]] = \
             lambda pod, method, path: (404, "not found\n")
         self.admin_requests: list[str] = []
+        #: ``(namespace, Job) -> state()``; ``state() -> (phase, log)`` is read whenever the
+        #: Job's pod is (default: Succeeded at once with an empty log)
+        self.job_handler: Callable[[str, dict[str, Any]], Callable[[], tuple[str, str]]] = \
+            lambda ns, job: lambda: ("Succeeded", "")
+        self._job_pods: dict[tuple[str, str], Callable[[], tuple[str, str]]] = {}
         self._gone_after: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -181,6 +188,27 @@ class FakeKube:
                          None, "containers": containers},
                 "status": status}
 
+    def _spawn_job_pod(self, ns: str, job: dict[str, Any]) -> None:
+        name, template = job["metadata"]["name"], job["spec"]["template"]
+        pod = f"{name}-{len(self.pods):05d}"[:63]
+        self.pods[(ns, pod)] = {
+            "metadata": {"name": pod, "namespace": ns,
+                         "labels": {**(template["metadata"].get("labels") or {}),
+                                    "job-name": name},
+                         "ownerReferences": [{"kind": "Job", "name": name}]},
+            "spec": {**template["spec"], "nodeName": (template["spec"].get("nodeSelector") or {})
+                     .get("kubernetes.io/hostname")},
+            "status": {"phase": "Pending"}}
+        self._job_pods[(ns, pod)] = self.job_handler(ns, job)
+
+    def _refresh_job_pods(self) -> None:
+        for key, state in self._job_pods.items():
+            if key in self.pods:
+                phase, log = state()
+                self.pods[key]["status"]["phase"] = phase
+                container = self.pods[key]["spec"]["containers"][0]["name"]
+                self.logs[(key[0], key[1], container)] = log
+
     # request handling --------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any
                ) -> tuple[int, Any]:
@@ -238,6 +266,7 @@ class FakeKube:
 
     def _pods(self, method: str, ns: str, name: str | None, sub: str | None,
               query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        self._refresh_job_pods()
         if name is None:
             return 200, {"kind": "PodList", "items": [p for (n, _), p in self.pods.items()
                                                       if n == ns]}
@@ -270,6 +299,8 @@ class FakeKube:
             self.objects[key] = obj
             if body.get("kind") in ("StatefulSet", "Deployment"):
                 self._spawn_pods(ns, body)
+            if body.get("kind") == "Job":
+                self._spawn_job_pod(ns, obj)
             return 201, obj
         if name is None:
             selector = dict(kv.split("=", 1) for kv in (query.get("labelSelector") or [""])[0]
@@ -284,7 +315,7 @@ class FakeKube:
             gone = self.objects.pop(key)
             for pod in [k for k, p in self.pods.items() if k[0] == ns and
                         p["metadata"]["ownerReferences"][0]["name"] == name
-                        and gone.get("kind") in ("StatefulSet", "Deployment")]:
+                        and gone.get("kind") in ("StatefulSet", "Deployment", "Job")]:
                 del self.pods[pod]
             return 200, gone
         if method == "PUT":

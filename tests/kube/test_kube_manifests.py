@@ -271,7 +271,7 @@ def test_nightly_rbac_is_the_least_the_kube_env_needs():
                for g in r["apiGroups"] for res in r["resources"]}
     assert granted == {("", "pods"), ("", "pods/exec"), ("", "pods/log"), ("", "pods/portforward"),
                        ("", "pods/ephemeralcontainers"), ("", "services"), ("", "events"),
-                       ("apps", "statefulsets"), ("apps", "deployments"),
+                       ("apps", "statefulsets"), ("apps", "deployments"), ("batch", "jobs"),
                        ("networking.istio.io", "destinationrules"),
                        ("networking.istio.io", "virtualservices"),
                        ("networking.istio.io", "envoyfilters"),

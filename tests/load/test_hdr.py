@@ -74,3 +74,18 @@ def test_out_of_range_values_are_clamped() -> None:
 def test_decode_garbage_raises_lab_error(garbage: str) -> None:
     with pytest.raises(LabError, match="HdrHistogram"):
         hdr.decode(garbage)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_percentiles_equal_hdrh_own_walk(seed: int) -> None:
+    """The fast bisect/mean of :func:`hdr.percentiles` give exactly hdrh's values."""
+    rng = random.Random(seed)
+    histogram = hdr.new_histogram()
+    for _ in range(rng.choice([1, 7, 5000])):
+        hdr.record_us(histogram, rng.choice([rng.randint(1, hdr.HIGHEST_US),
+                                             rng.lognormvariate(6, 1.5), 1]))
+    got = hdr.percentiles(histogram)
+    want = histogram.get_percentile_to_value_dict(list(hdr.PERCENTILE_KEYS.values()))
+    assert [got[key] for key in hdr.PERCENTILE_KEYS] == [
+        want[pct] for pct in hdr.PERCENTILE_KEYS.values()]
+    assert got["mean"] == round(histogram.get_mean_value(), 1)

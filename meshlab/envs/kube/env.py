@@ -39,6 +39,8 @@ from meshlab.envs.kube.shells import (
 )
 from meshlab.envs.spec import MANIFESTS_ROOT
 from meshlab.errors import ConfigError, LabError, MeshlabError
+from meshlab.load.driver import LoadResult
+from meshlab.load.spec import LoadSpec
 from meshlab.manifest_loader import load_topology
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -259,6 +261,27 @@ class KubeEnv:
                                           self.settings.ready_timeout_s, self.poll_s)
         return KubePodShell(self.api, self.namespace, obj["metadata"]["name"],
                             app_container(obj), self._debug, self.settings.runner_python)
+
+    def load_jobs(self, client: str, spec: LoadSpec, out_path: Path) -> LoadResult:
+        """Run ``spec`` as ``spec.processes`` worker Jobs beside the client pod and return the
+        exact merge of their results (:mod:`meshlab.envs.kube.load_jobs`).
+
+        Raises:
+            GuardrailError: the workers would take the lab past ``max_pods``, or the client's
+                node is not opted in; checked before any Job is created.
+            LabError: a worker failed or overran (its log or reason named); always in a dry
+                run, after printing the Jobs.
+        """
+        from meshlab.envs.kube.load_jobs import JobLoad
+
+        obj = self._find(client)
+        check_lab_size(self.settings, len(self._pod_objects()), workers=spec.processes)
+        node = (obj.get("spec") or {}).get("nodeName") or ""
+        if node and not self.api.dry_run:
+            check_nodes(self.settings, self._node_labels(), [node],
+                        f"the workers of load {spec.name!r}")
+        return JobLoad(self.api, self.settings, self.lab, obj, spec, out_path,
+                       self.poll_s).run()
 
     # nodes -----------------------------------------------------------------------------
     def _node_labels(self) -> dict[str, dict[str, str]]:

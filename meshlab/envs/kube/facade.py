@@ -19,6 +19,7 @@ TYPED_KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "ServiceAccount"): ("CoreV1Api", "namespaced_service_account"),
     ("apps/v1", "StatefulSet"): ("AppsV1Api", "namespaced_stateful_set"),
     ("apps/v1", "Deployment"): ("AppsV1Api", "namespaced_deployment"),
+    ("batch/v1", "Job"): ("BatchV1Api", "namespaced_job"),  # load workers (load_jobs.py)
 }
 #: Plurals of custom kinds that do not follow "lowercase + s".
 _PLURALS = {"Telemetry": "telemetries"}

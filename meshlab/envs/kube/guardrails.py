@@ -86,12 +86,18 @@ def check_nodes(settings: KubeSettings, node_labels: Mapping[str, Mapping[str, s
                 f"{settings.node_label}")
 
 
-def check_lab_size(settings: KubeSettings, pods: int) -> None:
-    """The lab's pod count is within ``max_pods``.
+def check_lab_size(settings: KubeSettings, pods: int, workers: int = 0) -> None:
+    """The lab's pod count, plus ``workers`` load-worker pods (Jobs) added to it, is within
+    ``max_pods``.
 
     Raises:
         GuardrailError: too many pods (says which setting to raise).
     """
+    if workers and pods + workers > settings.max_pods:
+        raise GuardrailError(
+            f"refused: {workers} load workers would bring the lab's {pods} pods to "
+            f"{pods + workers}, more than max_pods={settings.max_pods}; raise "
+            f"max_pods{_where(settings)} or use fewer processes")
     if pods > settings.max_pods:
         raise GuardrailError(
             f"refused: the lab runs {pods} pods, more than max_pods={settings.max_pods}; "
