@@ -125,6 +125,54 @@ def run(ctx: typer.Context, paths: list[str] = PATHS, reports: Path = REPORTS, l
 
 
 @app.command()
+def load(url: str = typer.Argument(..., help="target as the client pod sees it, e.g. "
+                                   "http://fortio-server:8070/echo"),
+         mode: str = typer.Option("open-loop", "--mode", help="open-loop (constant rate, "
+                                  "coordinated-omission corrected) or closed-loop (Locust users)"),
+         rate_per_s: float | None = typer.Option(100.0, "--rate", help="requests/s (open loop: "
+                                                 "the schedule; closed loop: a pacing cap)"),
+         duration_s: float = typer.Option(10.0, "--duration-s", help="run time in seconds"),
+         connections: int = typer.Option(16, "--connections", help="open loop: keep-alive "
+                                         "connection pool; closed loop: Locust users"),
+         distribution: str = typer.Option("constant", "--distribution",
+                                          help="open loop: constant or poisson arrivals"),
+         processes: int = typer.Option(1, "--processes", help="runner processes (histograms "
+                                       "merged exactly)"),
+         from_pod: str = typer.Option("netshoot", "--from-pod", help="client pod"),
+         lab: str = LAB, reports: Path = REPORTS) -> None:
+    """Drive one bounded load from a pod of the running local lab; write a run report and print
+    TPS and corrected/uncorrected latency percentiles (ms)."""
+    from meshlab.envs.local.lab import LocalEnv
+    from meshlab.experiment import Run
+    from meshlab.journal import RunJournal
+
+    try:
+        env = LocalEnv(lab=lab)
+        run = Run(env, RunJournal(reports, f"meshlab load {url}"), client=from_pod)
+        closed = mode == "closed-loop"
+        result = run.load("cli", url, users=connections if closed else 1, rate_per_s=rate_per_s,
+                          duration_s=duration_s, mode=mode, processes=processes,
+                          connections=None if closed else connections,
+                          distribution=distribution)
+        path = run.finish("passed")
+    except MeshlabError as exc:
+        _fail(exc)
+    out = {"mode": result.mode, "requests": result.requests, "errors": result.errors,
+           "tps": round(result.tps, 1),
+           "latency_ms": {k: None if v is None else round(v / 1000, 3)
+                          for k, v in result.latency_us.items()}}
+    uncorrected = getattr(result, "latency_uncorrected_us", None)
+    if uncorrected:
+        out["latency_uncorrected_ms"] = {k: None if v is None else round(v / 1000, 3)
+                                         for k, v in uncorrected.items()}
+    for key in ("late", "skipped"):
+        if getattr(result, key, None) is not None:
+            out[key] = getattr(result, key)
+    typer.echo(json.dumps(out, indent=1))
+    typer.echo(f"report: {path.resolve()}")
+
+
+@app.command()
 def report(run_dir: Path) -> None:
     """Re-render report.html from a run folder's results.json (also for a partial run)."""
     from meshlab.report.index import render_index
