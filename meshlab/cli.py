@@ -100,10 +100,6 @@ def run(ctx: typer.Context, paths: list[str] = PATHS, reports: Path = REPORTS, l
     """Run chaos suites with pytest (extra options pass through), print the report paths."""
     import pytest
 
-    if env not in ("local", "kube"):
-        _fail(ConfigError(f"--env: must be local or kube, got {env!r}"))
-    if (kube_config or dry_run) and env != "kube":
-        _fail(ConfigError("--kube-config/--dry-run: only with --env kube"))
     args = list(paths or ["suites"]) + list(ctx.args)
     args += [f"--meshlab-reports={reports}", f"--meshlab-lab={lab}", f"--meshlab-env={env}"]
     if kube_config:
@@ -143,11 +139,15 @@ def load(url: str = typer.Argument(..., help="target as the client pod sees it, 
     """Drive one bounded load from a pod of the running local lab; write a run report and print
     TPS and corrected/uncorrected latency percentiles (ms)."""
     from meshlab.envs.local.lab import LocalEnv
+    from meshlab.envs.local.state import LabState
     from meshlab.experiment import Run
     from meshlab.journal import RunJournal
 
     try:
-        env = LocalEnv(lab=lab)
+        state = LabState.load(lab)
+        if state is None or state.status != "up":
+            raise LabError(f"lab {lab!r} is not up: run 'meshlab up --lab {lab}' first")
+        env = LocalEnv([Path(m) for m in state.manifests], lab=lab)  # as it was brought up
         run = Run(env, RunJournal(reports, f"meshlab load {url}"), client=from_pod)
         closed = mode == "closed-loop"
         result = run.load("cli", url, users=connections if closed else 1, rate_per_s=rate_per_s,

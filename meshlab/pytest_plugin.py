@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from meshlab.errors import MeshlabError
+from meshlab.errors import ConfigError, MeshlabError
 
 RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
@@ -71,6 +71,11 @@ def pytest_configure(config: pytest.Config) -> None:
     interval_s = config.getoption("--meshlab-interval", 1.0)
     if interval_s is not None and interval_s < 0:
         raise pytest.UsageError(f"--meshlab-interval: must be >= 0 seconds, got {interval_s}")
+    if config.getoption("--meshlab-env", "local") != "kube" and (
+            config.getoption("--meshlab-dry-run", False)
+            or config.getoption("--meshlab-kube-config", None)):
+        raise pytest.UsageError("--meshlab-dry-run/--meshlab-kube-config: only with "
+                                "--meshlab-env=kube (the local lab has no dry run)")
     config.addinivalue_line("markers", "meshlab_lab(overlays=[...]): run on the base lab plus "
                             "these manifests/overlays/<name> folders")
     if hasattr(signal, "SIGTERM"):
@@ -81,8 +86,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report on the item so ``meshlab_run`` knows the test's outcome."""
     rep = yield
-    if item.config.getoption("--meshlab-dry-run", False) and rep.failed:
-        # a dry run sends nothing, so what the test asserts on is empty: report it as skipped
+    if (item.config.getoption("--meshlab-dry-run", False) and rep.failed and rep.when == "call"
+            and not (call.excinfo is not None and call.excinfo.errisinstance(ConfigError))):
+        # A dry run sends nothing, so what the test body asserts on is empty: report it as
+        # skipped. Setup/teardown errors and refusals (ConfigError, GuardrailError) still fail.
         path = item.config.stash.get(DRY_RUN_KEY, "dry-run.txt")
         rep.outcome = "skipped"
         rep.longrepr = (str(item.path), item.location[1] or 0,
@@ -208,6 +215,15 @@ class LabPool:
         if self.dry_run_out is not None:
             self.dry_run_out.flush()
 
+    def shutdown(self) -> None:
+        """End of session: tear the lab down (:meth:`close`) and close the dry-run printout."""
+        try:
+            self.close()
+        finally:
+            if self.dry_run_out is not None:
+                self.dry_run_out.close()
+                self.dry_run_out = None
+
 
 @pytest.fixture(scope="session")
 def meshlab_labs(pytestconfig: pytest.Config, meshlab_manifests: Path,
@@ -217,7 +233,7 @@ def meshlab_labs(pytestconfig: pytest.Config, meshlab_manifests: Path,
     try:
         yield pool
     finally:
-        pool.close()
+        pool.shutdown()
 
 
 @pytest.fixture

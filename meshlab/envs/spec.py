@@ -67,9 +67,7 @@ def env_from_spec(spec: dict[str, Any]) -> Any:
             from meshlab.envs.kube.env import KubeEnv
             from meshlab.envs.kube.settings import settings_from_dict
 
-            data = dict(spec["settings"])
-            source = str(data.pop("source", "") or "")
-            return KubeEnv(folders, settings_from_dict(data, source), lab=str(spec["lab"]),
+            return KubeEnv(folders, settings_from_dict(spec["settings"]), lab=str(spec["lab"]),
                            cluster_manifests=spec.get("cluster_manifests"))
         from meshlab.envs.local.lab import LocalEnv
 

@@ -160,7 +160,8 @@ class KubeSettings:
 
 
 def settings_from_dict(data: Any, source: str = "", **overrides: Any) -> KubeSettings:
-    """Build :class:`KubeSettings` from parsed YAML (plus keyword overrides, e.g. ``dry_run``).
+    """Build :class:`KubeSettings` from parsed YAML (plus keyword overrides, e.g. ``dry_run``);
+    a ``source`` key (as :meth:`KubeSettings.to_dict` writes it) names the origin.
 
     Raises:
         ConfigError: not a mapping, an unknown key, or a bad value (file and field named).
@@ -170,6 +171,9 @@ def settings_from_dict(data: Any, source: str = "", **overrides: Any) -> KubeSet
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}must be a mapping of settings, got {type(data).__name__}")
+    data = dict(data)
+    source = str(data.pop("source", None) or source)  # to_dict() round-trips
+    where = f"{source}: " if source else ""
     known = {f.name for f in fields(KubeSettings)} - {"source"}
     unknown = sorted(set(data) - known)
     if unknown:
