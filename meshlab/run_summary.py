@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.report.render import JOURNAL_NAME
+from meshlab.report.trends import run_numbers
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,8 @@ class RunSummary:
         nodeid: the pytest node id (the run's name).
         status: ``passed|failed|error|skipped`` (the test's outcome).
         tps: requests/s over the run's loads (all their requests / all their run time), None
-            without loads.
-        p99_ms: the worst p99 over the run's loads in ms, None without requests.
+            without loads (:func:`meshlab.report.trends.run_numbers`, as the index shows it).
+        p99_ms: p99 over all the run's requests (merged histograms) in ms, None without.
         error_pct: errors / requests over all loads in percent, None without requests.
         flags: non-``-`` response flags summed over every sidecar, e.g. ``{"UC": 4}``.
         report: the ``report.html`` path.
@@ -58,10 +59,7 @@ def summarise(nodeid: str, status: str, report: Path) -> RunSummary:
     loads = [load for load in journal.get("loads") or [] if isinstance(load, dict)]
     requests = sum(int(load.get("requests") or 0) for load in loads)
     errors = sum(int(load.get("errors") or 0) for load in loads)
-    elapsed_s = sum(max(0.0, float(load.get("end_epoch_s") or 0.0)
-                        - float(load.get("start_epoch_s") or 0.0)) for load in loads)
-    p99s = [(load.get("latency_us") or {}).get("p99") for load in loads]
-    p99s = [p for p in p99s if isinstance(p, int | float)]
+    tps, p99_us = run_numbers({"loads": loads})  # the same numbers as reports/index.html
     flags: dict[str, int] = {}
     for sidecar in (journal.get("sidecars") or {}).values():
         for by_flag in ((sidecar or {}).get("response_flags") or {}).values():
@@ -70,9 +68,7 @@ def summarise(nodeid: str, status: str, report: Path) -> RunSummary:
                     flags[flag] = flags.get(flag, 0) + int(count)
     return RunSummary(
         nodeid, status,
-        tps=(requests / elapsed_s if elapsed_s > 0
-             else sum(float(load.get("tps") or 0.0) for load in loads)) if loads else None,
-        p99_ms=max(p99s) / 1000 if p99s else None,
+        tps=tps, p99_ms=None if p99_us is None else p99_us / 1000,
         error_pct=100.0 * errors / requests if requests else None,
         flags=flags, report=report)
 

@@ -21,15 +21,23 @@ from meshlab.report.charts import FAULT_EDGE, PALETTE
 HISTORY_RUNS = 30
 
 
+def load_elapsed_s(load: dict[str, Any]) -> Any:
+    """A load's actual run time in seconds (a stopped load ends before its planned
+    ``duration_s``): from its start/end, else ``requests / tps``, else ``duration_s``."""
+    start, end = load.get("start_epoch_s"), load.get("end_epoch_s")
+    if isinstance(start, int | float) and isinstance(end, int | float) and end >= start:
+        return end - start
+    requests, tps = load.get("requests"), load.get("tps")
+    if isinstance(requests, int | float) and isinstance(tps, int | float) and tps > 0:
+        return requests / tps
+    return load.get("duration_s")
+
+
 def run_numbers(journal: dict[str, Any]) -> tuple[float | None, float | None]:
     """``(tps, p99_us)`` over every load of the run; None without loads/latencies."""
     loads = journal.get("loads") or []
     requests = sum(load.get("requests") or 0 for load in loads)
-    elapsed_s = 0.0
-    for load in loads:
-        start, end = load.get("start_epoch_s"), load.get("end_epoch_s")
-        elapsed_s += end - start if start is not None and end is not None and end > start \
-            else load.get("duration_s") or 0.0
+    elapsed_s = sum(load_elapsed_s(load) or 0.0 for load in loads)
     tps = requests / elapsed_s if loads and elapsed_s > 0 else None
     encoded = [load.get("hdr") for load in loads if load.get("requests")]
     if encoded and all(isinstance(e, str) and e for e in encoded):

@@ -25,6 +25,7 @@ from meshlab.report.series_charts import (
     tcp_charts,
 )
 from meshlab.report.sources import fault_settings, prometheus_view, raw_files
+from meshlab.report.trends import load_elapsed_s
 from meshlab.report.windows import window_tables
 
 #: What Envoy response flags mean (DESIGN.md §5.6), shown next to the flag table.
@@ -101,14 +102,6 @@ def banner(journal: dict[str, Any]) -> dict[str, str]:
     return {"kind": status, "title": status.upper(), "detail": details[status]}
 
 
-def _elapsed_s(load: dict[str, Any]) -> Any:
-    """The load's actual run time (a stopped load ends before its planned ``duration_s``)."""
-    start, end = load.get("start_epoch_s"), load.get("end_epoch_s")
-    if isinstance(start, int | float) and isinstance(end, int | float) and end >= start:
-        return end - start
-    return load.get("duration_s")
-
-
 def load_rows(loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Summary-table rows, one per load. An open-loop load's latencies are the corrected ones
     (CONTRACTS.md §2); ``latency_uncorrected_ms`` (None otherwise) and ``late_skipped`` show the
@@ -125,7 +118,7 @@ def load_rows(loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "target": load.get("target_url") or "–",
             "requests": fmt_num(load.get("requests"), 0), "errors": fmt_num(load.get("errors"), 0),
             "tps": fmt_num(load.get("tps"), 1), "error_pct": fmt_pct(ratio),
-            "error_bad": bool(ratio), "duration": fmt_num(_elapsed_s(load), 1),
+            "error_bad": bool(ratio), "duration": fmt_num(load_elapsed_s(load), 1),
             "latency_ms": [fmt_ms(latency.get(key)) for _, key in _LATENCY_KEYS],
             "latency_uncorrected_ms": None if uncorrected is None else [
                 fmt_ms(uncorrected.get(key)) for _, key in _LATENCY_KEYS],
