@@ -26,9 +26,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from meshlab.collectors.admin_http import ADMIN_HOST, ADMIN_PORT
+
 CONNTRACK_ARGV = ["conntrack", "-L"]
 #: The sidecar admin endpoint the collectors poll (its entries are left out of the series).
-ADMIN_ENDPOINT = ("127.0.0.1", 15000)
+ADMIN_ENDPOINT = (ADMIN_HOST, ADMIN_PORT)
 
 
 @dataclass(frozen=True)

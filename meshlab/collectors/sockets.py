@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from meshlab.collectors.admin_http import ADMIN_HOST, ADMIN_PORT
+
 SS_ARGV = ["ss", "-Htanoie"]
 
 _TIMER = re.compile(r"timer:\((\w+),(?:(\d+)min)?(?:([\d.]+)sec)?(?:([\d.]+)ms)?,(\d+)\)")
@@ -180,7 +182,7 @@ def aggregate(sockets: Iterable[SocketInfo]) -> dict[str, Any]:
 
 
 #: The sidecar admin address the collectors themselves poll (left out of the series).
-ADMIN_ADDRESS = "127.0.0.1:15000"
+ADMIN_ADDRESS = f"{ADMIN_HOST}:{ADMIN_PORT}"
 
 
 class SocketsTarget:

@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from markupsafe import Markup
-
 from meshlab import __version__
 from meshlab.errors import ConfigError
 from meshlab.report.journal import load_journal
-from meshlab.report.render import JOURNAL_NAME, REPORT_NAME, template_env
+from meshlab.report.render import JOURNAL_NAME, REPORT_NAME, mark_svg, template_env
 from meshlab.report.trends import run_numbers, trend_rows
 
 #: The index file written into the reports folder.
@@ -90,8 +88,7 @@ def render_index(reports_dir: Path) -> Path:
     runs = [read_entry(d) for d in reports_dir.iterdir()
             if d.is_dir() and (d / JOURNAL_NAME).is_file()] if reports_dir.is_dir() else []
     runs.sort(key=lambda r: (r.started_at, r.run_id), reverse=True)
-    trends = [dict(row, tps_svg=Markup(row["tps_svg"]), p99_svg=Markup(row["p99_svg"]))
-              for row in trend_rows(runs)]
+    trends = mark_svg(trend_rows(runs))
     html = template_env().get_template("index.html.j2").render(runs=runs, trends=trends,
                                                                version=__version__)
     reports_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ JOURNAL_NAME = "results.json"
 #: The report file written next to it.
 REPORT_NAME = "report.html"
 #: View keys holding chart SVG (built by meshlab.report.charts).
-_SVG_KEYS = frozenset({"svg", "tps_svg", "latency_svg"})
+_SVG_KEYS = frozenset({"svg", "tps_svg", "latency_svg", "p99_svg"})
 
 
 @cache
@@ -36,13 +36,13 @@ def template_env() -> Environment:
                        undefined=StrictUndefined, keep_trailing_newline=True)
 
 
-def _mark_svg(value: Any) -> Any:
+def mark_svg(value: Any) -> Any:
     """Mark the view's chart SVG strings safe (charts.py escapes every text in them)."""
     if isinstance(value, dict):
-        return {k: Markup(v) if k in _SVG_KEYS and isinstance(v, str) else _mark_svg(v)
+        return {k: Markup(v) if k in _SVG_KEYS and isinstance(v, str) else mark_svg(v)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [_mark_svg(item) for item in value]
+        return [mark_svg(item) for item in value]
     return value
 
 
@@ -63,7 +63,7 @@ def render_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     journal = load_journal(run_dir / JOURNAL_NAME)
     write_smp(run_dir, journal)
-    view = _mark_svg(build_view(journal, run_dir))
+    view = mark_svg(build_view(journal, run_dir))
     html = template_env().get_template("report.html.j2").render(version=__version__, **view)
     out = run_dir / REPORT_NAME
     tmp = out.with_suffix(".html.tmp")

@@ -240,6 +240,17 @@ class AccessTarget(Target):
         return {int(t) for t, _ in self.gaps} - seen
 
 
+def error_label(flags: str, code: int) -> str | None:
+    """What an access-log count shows as an error: its response flags, or for flag ``-`` a
+    status that is not 2xx/3xx ("no response" for 0, "HTTP 503 (no flag)"); None for a normal
+    response."""
+    if flags != "-":
+        return flags
+    if 200 <= code < 400:
+        return None
+    return "no response" if code == 0 else f"HTTP {code} (no flag)"
+
+
 def accesslog_series(lines: Iterable[dict[str, Any]]) -> dict[str, AccessTarget]:
     """Collect ``accesslog`` count rows per target (malformed rows are skipped)."""
     out = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshlab.report.charts import PALETTE, Series, Window, line_chart
-from meshlab.report.series import Point, RunSeries, Target
+from meshlab.report.series import Point, RunSeries, Target, error_label
 
 #: Most lines one chart draws (the largest ones are kept; the rest are listed in a note).
 MAX_LINES = 8
@@ -191,10 +191,8 @@ def flag_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
         target = series.accesslog[pod]
         per_label: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         for second, _cluster, flags, code, n in target.counts:
-            if flags != "-":
-                per_label[flags][second] += n
-            elif not 200 <= code < 400:
-                per_label["no response" if code == 0 else f"HTTP {code}"][second] += n
+            if (label := error_label(flags, code)) is not None:
+                per_label[label][second] += n
         if not per_label:
             quiet.append(pod)
             continue

@@ -288,11 +288,11 @@ def _env_view(env: dict[str, Any], faults: list[dict[str, Any]]) -> dict[str, An
             "fault_settings": fault_settings(faults)}
 
 
-def _series_view(journal: dict[str, Any], series: RunSeries, order: list[str]
+def _series_view(journal: dict[str, Any], series: RunSeries, axis: Any, order: list[str]
                  ) -> dict[str, Any] | None:
-    """The collector-series section; None when the run has no ``collectors``."""
+    """The collector-series section on the run's time ``axis``; None when the run has no
+    ``collectors``."""
     collectors = journal.get("collectors")
-    axis = run_axis(journal, series)
     if collectors is None or axis is None:
         return None
     windows = axis.windows(journal.get("fault_windows") or [])
@@ -339,7 +339,7 @@ def build_view(journal: dict[str, Any], run_dir: Path | None = None) -> dict[str
         "windows": None if loads is None else window_tables(loads, faults, series.accesslog),
         "charts": None if loads is None else [load_charts(load, faults, axis) for load in loads],
         "axis_label": axis.label if axis else "time since load start (s)",
-        "series": _series_view(journal, series, order),
+        "series": _series_view(journal, series, axis, order),
         "statuses": None if loads is None else status_rows(loads),
         "faults": None if journal.get("fault_windows") is None else fault_rows(faults),
         "verdicts": None if verdicts is None else verdict_rows(verdicts),

@@ -23,7 +23,7 @@ from typing import Any
 
 from meshlab.errors import LabError
 from meshlab.load import hdr
-from meshlab.report.series import AccessTarget
+from meshlab.report.series import AccessTarget, error_label
 
 _LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 
@@ -96,10 +96,8 @@ def _flags(seconds: set[int], start: float, accesslog: dict[str, AccessTarget]
         for second, _cluster, flags, code, n in target.counts:
             if math.floor(second + 0.5 - start) not in seconds:
                 continue
-            if flags != "-":
-                found[(flags, pod)] += n
-            elif not 200 <= code < 400:
-                found[("no response" if code == 0 else f"HTTP {code} (no flag)", pod)] += n
+            if (label := error_label(flags, code)) is not None:
+                found[(label, pod)] += n
     return [{"flag": flag, "pod": pod, "count": n}
             for (flag, pod), n in sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))]
 
