@@ -16,7 +16,15 @@ T = TypeVar("T")
 
 class PollTimeout(LabError, AssertionError):
     """The condition did not hold within the deadline (also an AssertionError, so pytest
-    reports it as a test failure)."""
+    reports it as a test failure).
+
+    Attributes:
+        last: the last value ``fn`` returned (for a caller's own diagnosis).
+    """
+
+    def __init__(self, message: str, last: object = None) -> None:
+        super().__init__(message)
+        self.last = last
 
 
 def wait_until(fn: Callable[[], T], ok: Callable[[T], bool] = bool, *, timeout_s: float,
@@ -31,7 +39,8 @@ def wait_until(fn: Callable[[], T], ok: Callable[[T], bool] = bool, *, timeout_s
         every_s: poll interval in seconds.
 
     Raises:
-        PollTimeout: ``ok`` never held; the message names ``what`` and the last value.
+        PollTimeout: ``ok`` never held; the message names ``what`` and the last value (also
+            its ``last`` attribute).
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -39,5 +48,6 @@ def wait_until(fn: Callable[[], T], ok: Callable[[T], bool] = bool, *, timeout_s
         if ok(value):
             return value
         if time.monotonic() > deadline:
-            raise PollTimeout(f"{what}: not seen within {timeout_s:g} s (last: {value!r:.300})")
+            raise PollTimeout(f"{what}: not seen within {timeout_s:g} s (last: {value!r:.300})",
+                              last=value)
         time.sleep(every_s)  # poll interval

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from meshlab.collectors.admin_http import ADMIN_HOST, ADMIN_PORT
@@ -60,10 +60,6 @@ class ConntrackEntry:
     def state_key(self) -> str:
         """The state, or the protocol for a stateless entry (the series' ``states`` key)."""
         return self.state or self.protocol
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
 
 
 def parse_line(line: str) -> ConntrackEntry | None:

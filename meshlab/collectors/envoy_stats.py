@@ -65,12 +65,7 @@ def parse_stats(text: str) -> dict[str, int]:
     Names may contain ``:`` (``listener.0.0.0.0_15006``… does not, but IPv6 addresses do), so
     the value is what follows the *last* ``": "``.
     """
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        name, sep, value = line.rpartition(": ")
-        if sep and name and value.lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+    return parse_stats_text(text, histograms=False)[0]
 
 
 #: Envoy's text-format histogram quantiles → the series' keys (docs/CONTRACTS.md §5).
@@ -102,8 +97,10 @@ def parse_histogram(value: str) -> dict[str, float | int | None] | None:
     return {key: _number(found.get(q)) for q, key in SERIES_QUANTILES.items()}
 
 
-def parse_stats_text(text: str) -> tuple[dict[str, int], dict[str, dict[str, float | int | None]]]:
-    """Parse a whole ``/stats`` text page.
+def parse_stats_text(text: str, histograms: bool = True
+                     ) -> tuple[dict[str, int], dict[str, dict[str, float | int | None]]]:
+    """Parse a whole ``/stats`` text page (``histograms=False``: integers only, histogram
+    lines skipped unparsed).
 
     Returns:
         ``({name: integer value}, {histogram name: quantiles of parse_histogram})``; text
@@ -117,7 +114,7 @@ def parse_stats_text(text: str) -> tuple[dict[str, int], dict[str, dict[str, flo
             continue
         if value.lstrip("-").isdigit():
             scalars[name] = int(value)
-        elif (quantiles := parse_histogram(value)) is not None:
+        elif histograms and (quantiles := parse_histogram(value)) is not None:
             hists[name] = quantiles
     return scalars, hists
 

@@ -152,9 +152,9 @@ def wait_scraped(client: PrometheusClient, after_epoch_s: float,
 
 
 def evaluate(client: PrometheusClient, query: NamedQuery, start_epoch_s: float,
-             end_epoch_s: float, eval_end_epoch_s: float) -> dict[str, Any]:
-    """One named query over ``[start, end]``; ``eval_end_epoch_s`` is a time whose latest
-    samples are newer than ``end`` (:func:`wait_scraped`).
+             eval_end_epoch_s: float) -> dict[str, Any]:
+    """One named query over ``[start, end]``, evaluated at ``eval_end_epoch_s``: a time whose
+    latest samples are newer than the window's end (:func:`wait_scraped`).
 
     Returns:
         ``{"name", "promql", "result": [{"labels", "value"}], "error": None}``.
@@ -194,7 +194,7 @@ def collect(client: PrometheusClient, start_epoch_s: float, end_epoch_s: float, 
         return out
     for query in queries:
         try:
-            out["queries"].append(evaluate(client, query, start_epoch_s, end_epoch_s, eval_end))
+            out["queries"].append(evaluate(client, query, start_epoch_s, eval_end))
         except Exception as exc:  # noqa: BLE001 - recorded, never raised into the run
             err = f"{type(exc).__name__}: {exc}"
             out["queries"].append({"name": query.name, "promql": query.selector,

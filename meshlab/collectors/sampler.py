@@ -237,13 +237,6 @@ class Sampler:
                 except RuntimeError:  # the pool is shutting down
                     return
 
-    def sample_once(self, timeout_s: float = 30.0) -> None:
-        """Run one tick now and wait for its reads (tests, benchmarks; needs :meth:`start`)."""
-        self._tick()
-        with self._lock:
-            pending = list(self._busy.values())
-        wait_futures(pending, timeout=timeout_s)
-
     def _read(self, index: int, target: Target) -> None:
         t = time.time()
         try:

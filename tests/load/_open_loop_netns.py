@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from _private_netns import run_in_private_netns
 from test_stall_server import load_stall_server
 
 from meshlab.load import hdr
+from meshlab.polling import wait_until
 
 ss = load_stall_server()
 RUNNER = [sys.executable, "-m", "meshlab.load.locust_runner", "--mode", "open-loop"]
@@ -81,11 +81,12 @@ def run_open_loop(out: Path, *args: str, stall_at: tuple[int, ...] = (), stall_s
 
 
 def stop_after(requests: int, deadline_s: float = 20.0) -> Callable[[Any, Any], None]:
-    """A ``while_running`` that sends SIGTERM once the server has seen ``requests`` (polled)."""
+    """A ``while_running`` that sends SIGTERM once the server has seen ``requests`` (polled;
+    :class:`~meshlab.polling.PollTimeout` if it has not within ``deadline_s``)."""
     def hook(child: subprocess.Popen[str], server: Any) -> None:
-        deadline = time.monotonic() + deadline_s
-        while server.requests < requests and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: server.requests, lambda seen: seen >= requests,
+                   timeout_s=deadline_s, every_s=0.02,
+                   what=f"stall server saw {requests} requests")
         child.send_signal(signal.SIGTERM)
     return hook
 

@@ -14,7 +14,6 @@ sweep waits until the deleted workloads' pods are gone; ``down`` releases the cl
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 from meshlab.envs.kube.facade import ClusterApi
@@ -23,6 +22,7 @@ from meshlab.envs.kube.objects import LAB_LABEL
 from meshlab.envs.kube.ready import workload_of
 from meshlab.envs.kube.settings import MANAGED_BY, KubeSettings
 from meshlab.errors import LabError
+from meshlab.polling import PollTimeout, wait_until
 
 KEEP_LABEL = "meshlab.io/keep-namespace"
 #: ``(apiVersion, kind)`` swept from a kept namespace (the nightly Role may delete these).
@@ -104,12 +104,12 @@ class LabNamespace:
     def _delete(self) -> None:
         ns, timeout_s = self.settings.namespace, self.settings.ready_timeout_s
         self.api.delete_namespace(ns)
-        deadline = time.monotonic() + timeout_s
-        while self.api.read_namespace(ns) is not None:
-            if time.monotonic() > deadline:
-                raise LabError(f"namespace {ns} still exists {timeout_s:g} s after its deletion "
-                               f"(finalizers? kubectl get namespace {ns} -o yaml)")
-            time.sleep(self.poll_s)
+        try:
+            wait_until(lambda: self.api.read_namespace(ns), lambda found: found is None,
+                       timeout_s=timeout_s, every_s=self.poll_s, what=f"namespace {ns} gone")
+        except PollTimeout:
+            raise LabError(f"namespace {ns} still exists {timeout_s:g} s after its deletion "
+                           f"(finalizers? kubectl get namespace {ns} -o yaml)") from None
 
     def sweep(self) -> list[str]:
         """Delete every meshlab object of the swept kinds and wait for their pods to go.
@@ -123,11 +123,14 @@ class LabNamespace:
                 deleted.append(f"{kind}/{name}")
         workloads = {d.split("/", 1)[1] for d in deleted
                      if d.split("/", 1)[0] in ("StatefulSet", "Deployment")}
-        deadline = time.monotonic() + self.settings.ready_timeout_s
-        while left := [p["metadata"]["name"] for p in self.api.list_pods(ns)
-                       if workload_of(p) in workloads]:
-            if time.monotonic() > deadline:
-                raise LabError(f"pods {left} of the swept workloads still exist "
-                               f"{self.settings.ready_timeout_s:g} s after their deletion")
-            time.sleep(self.poll_s)
+        def left() -> list[str]:
+            return [p["metadata"]["name"] for p in self.api.list_pods(ns)
+                    if workload_of(p) in workloads]
+
+        try:
+            wait_until(left, lambda names: not names, timeout_s=self.settings.ready_timeout_s,
+                       every_s=self.poll_s, what="swept workloads' pods gone")
+        except PollTimeout as exc:
+            raise LabError(f"pods {exc.last} of the swept workloads still exist "
+                           f"{self.settings.ready_timeout_s:g} s after their deletion") from None
         return deleted

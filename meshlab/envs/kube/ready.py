@@ -1,8 +1,8 @@
 """Pod readiness on a cluster: which lab pods are Ready, and why one is not.
 
-A pod is ready when it is not being deleted and its ``Ready`` condition is ``True`` (kubelet
-sets it once every container, the ``istio-proxy`` sidecar included, passes its readiness
-probe). A pod that is not gets one reason, first match wins, as ``kubectl describe`` would show
+A pod is ready when its ``Ready`` condition is ``True`` (kubelet sets it once every container,
+the ``istio-proxy`` sidecar included, passes its readiness probe); pods being deleted are not
+lab pods at all (:func:`lab_pods`). A pod that is not gets one reason, first match wins, as ``kubectl describe`` would show
 it: a container's waiting reason (``ImagePullBackOff: Back-off pulling image …``,
 ``CrashLoopBackOff``), the scheduler's ``PodScheduled=False`` condition (``Unschedulable: 0/3
 nodes are available …``), the pod's last event, else its phase.
@@ -10,12 +10,11 @@ nodes are available …``), the pod's last event, else its phase.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from meshlab.envs.kube.facade import ClusterApi
 from meshlab.errors import LabError
+from meshlab.polling import PollTimeout, wait_until
 
 
 def workload_of(pod: dict[str, Any]) -> str:
@@ -30,9 +29,8 @@ def workload_of(pod: dict[str, Any]) -> str:
 
 
 def is_ready(pod: dict[str, Any]) -> bool:
-    """The pod is not terminating and its ``Ready`` condition is ``True``."""
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return False
+    """The pod's ``Ready`` condition is ``True`` (terminating pods are left out before, by
+    :func:`lab_pods`)."""
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
 
@@ -76,8 +74,7 @@ def lab_pods(api: ClusterApi, namespace: str, expected: dict[str, int]) -> list[
 
 
 def wait_ready(api: ClusterApi, namespace: str, expected: dict[str, int], timeout_s: float,
-               poll_s: float = 1.0, clock: Callable[[], float] = time.monotonic
-               ) -> list[dict[str, Any]]:
+               poll_s: float = 1.0) -> list[dict[str, Any]]:
     """Poll until every expected workload has its replica count of Ready pods.
 
     Args:
@@ -86,7 +83,6 @@ def wait_ready(api: ClusterApi, namespace: str, expected: dict[str, int], timeou
         expected: workload name → replicas.
         timeout_s: give up after this many seconds.
         poll_s: seconds between polls.
-        clock: monotonic clock (tests).
 
     Returns:
         The lab's pods, all Ready.
@@ -95,17 +91,19 @@ def wait_ready(api: ClusterApi, namespace: str, expected: dict[str, int], timeou
         LabError: not ready in time; names the first pod not ready and why, or the workload
             with missing pods and its last event (e.g. a ``FailedCreate`` by admission).
     """
-    deadline = clock() + timeout_s
-    while True:
+    def poll() -> tuple[list[dict[str, Any]], dict[str, int]]:
         pods = lab_pods(api, namespace, expected)
         counts = {w: 0 for w in expected}
         for p in pods:
             counts[workload_of(p)] += is_ready(p)
-        if all(counts[w] >= n for w, n in expected.items()):
-            return pods
-        if clock() >= deadline:
-            break
-        time.sleep(poll_s)
+        return pods, counts
+
+    try:
+        return wait_until(poll, lambda pc: all(pc[1][w] >= n for w, n in expected.items()),
+                          timeout_s=timeout_s, every_s=poll_s,
+                          what=f"lab pods of {namespace} Ready")[0]
+    except PollTimeout as exc:
+        pods, counts = exc.last
     for p in sorted(pods, key=lambda p: p["metadata"]["name"]):
         if not is_ready(p):
             name = p["metadata"]["name"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from meshlab.envs.base import CommandResult, Shell
 from meshlab.envs.kube.facade import ClusterApi, kubectl_exec_argv
 from meshlab.envs.kube.process import ExecProcess, wrap
 from meshlab.errors import CommandError, LabError
+from meshlab.polling import PollTimeout, wait_until
 
 #: Programs run in the debug container instead of the app container (argv[0] basename).
 DEBUG_TOOLS = frozenset({
@@ -115,15 +115,17 @@ class DebugContainers:
         return name
 
     def _wait_running(self, pod: str, name: str) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        state: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            state = self._states(self.api.read_pod(self.namespace, pod)).get(name, {})
-            if "running" in state:
-                return
-            if "terminated" in state:
-                break
-            time.sleep(self.poll_s)
+        def state_of() -> dict[str, Any]:
+            return self._states(self.api.read_pod(self.namespace, pod)).get(name, {})
+
+        try:
+            state = wait_until(state_of, lambda st: "running" in st or "terminated" in st,
+                               timeout_s=self.timeout_s, every_s=self.poll_s,
+                               what=f"debug container {name} running")
+        except PollTimeout as exc:
+            state = exc.last or {}
+        if "running" in state:
+            return
         detail = state.get("waiting") or state.get("terminated") or {}
         raise LabError(f"debug container {name} in {self.namespace}/{pod} not running after "
                        f"{self.timeout_s:g} s: {detail.get('reason', 'no status')}: "

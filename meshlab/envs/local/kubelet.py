@@ -16,7 +16,7 @@ from pathlib import Path
 from meshlab.envs.local import istiod
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.istio_iptables import PROXY_GID, PROXY_UID
-from meshlab.envs.local.netns import NetnsShell
+from meshlab.envs.local.netns import NetnsShell, process_alive
 from meshlab.envs.local.plan import LabPlan, PodPlan
 from meshlab.envs.local.state import LabState
 from meshlab.errors import LabError
@@ -124,17 +124,9 @@ def wait_ready(plan: LabPlan, state: LabState, timeout_s: float = 30.0,
 
 def _check_alive(state: LabState, pod: str) -> None:
     for key, pid in state.pids.items():
-        if key.startswith(pod + "/") and not _running(pid):
+        if key.startswith(pod + "/") and not process_alive(pid):
             raise LabError(f"pod {pod}: container {key.split('/', 1)[1]} exited during start-up"
                            f"{_log_tail(state, pod, key.split('/', 1)[1])}")
-
-
-def _running(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return Path(f"/proc/{pid}").exists()
 
 
 def _log_tail(state: LabState, pod: str, container: str | None = None, lines: int = 5) -> str:

@@ -113,7 +113,7 @@ def kill_pids(pids: list[int], grace_s: float = 2.0,
             pass
     deadline = time.monotonic() + grace_s
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if _alive(p)]
+        alive = [p for p in alive if process_alive(p)]
         if alive:
             time.sleep(0.02)
     for pid in alive:
@@ -123,17 +123,17 @@ def kill_pids(pids: list[int], grace_s: float = 2.0,
             pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs: a child of ours that exited is reaped and counts as gone; any
+    other process counts as gone once ``/proc/<pid>`` is gone or it is a zombie (state ``Z``)."""
     try:  # a zombie child counts as gone once reaped
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
-    except ChildProcessError:
-        stat = Path(f"/proc/{pid}/stat")
-        return stat.exists() and ") Z " not in stat.read_text()
+    except ChildProcessError:  # not our child (e.g. started by another runner)
+        try:
+            return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
 
 
 def delete_netns(name: str) -> None:

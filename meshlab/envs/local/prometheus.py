@@ -44,11 +44,12 @@ from typing import Any
 import yaml
 
 from meshlab.envs.base import run_argv
-from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids
+from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids, process_alive
 from meshlab.envs.local.network import UNDERLAY_BRIDGE
 from meshlab.envs.local.plan import LabPlan
 from meshlab.envs.local.state import LabState
 from meshlab.errors import LabError
+from meshlab.polling import PollTimeout, wait_until
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 PORT = 9090
@@ -155,29 +156,22 @@ def is_server(pid: int, lab: str, exec_wait_s: float = 1.0) -> bool:
     exec`` → ``setpriv`` → ``prometheus``), so an empty one is re-read for ``exec_wait_s``.
     """
     config = f"--config.file={server_dir(lab) / 'prometheus.yml'}".encode()
-    deadline = time.monotonic() + exec_wait_s
-    while True:
-        if _exited(pid):
-            return False
+
+    def cmdline() -> bytes | None:
+        """The argv bytes, None once the process is gone."""
+        if not process_alive(pid):
+            return None
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            return False
-        if argv or time.monotonic() > deadline:
-            return config in argv.split(b"\0")
-        time.sleep(0.01)  # poll interval while the process execs
+            return None
 
-
-def _exited(pid: int) -> bool:
-    """True when ``pid`` is gone or a zombie."""
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done != 0
-    except ChildProcessError:  # not our child (a server started by another runner)
-        try:
-            return ") Z " in Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return True
+        argv = wait_until(cmdline, lambda got: got != b"", timeout_s=exec_wait_s,
+                          every_s=0.01, what=f"pid {pid} exec'd")
+    except PollTimeout:
+        return False  # still empty: not (yet) Prometheus
+    return argv is not None and config in argv.split(b"\0")
 
 
 @contextmanager
@@ -274,13 +268,19 @@ def wait_ready(plan: LabPlan, pid: int, client: Any,
         found = client.targets()
         return len(found) == expected and all(t["health"] != "unknown" for t in found)
 
-    while not scraped():
+    def scraped_or_exited() -> bool:
+        if scraped():
+            return True
         if not is_server(pid, plan.lab):
             raise LabError(f"Prometheus exited during start-up; log:\n{log_tail(plan.lab)}")
-        if time.monotonic() - start_s > timeout_s:
-            raise LabError(f"Prometheus not ready (or its {expected} targets not scraped) "
-                           f"after {timeout_s:g} s; log:\n{log_tail(plan.lab)}")
-        time.sleep(0.1)  # poll interval
+        return False
+
+    try:
+        wait_until(scraped_or_exited, timeout_s=timeout_s, every_s=0.1,
+                   what="Prometheus ready and its targets scraped")
+    except PollTimeout:
+        raise LabError(f"Prometheus not ready (or its {expected} targets not scraped) "
+                       f"after {timeout_s:g} s; log:\n{log_tail(plan.lab)}") from None
     return time.monotonic() - start_s
 
 
