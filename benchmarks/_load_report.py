@@ -165,8 +165,6 @@ def markdown(doc: dict) -> str:
         lines += [f"| {r['percentile']} | {r['computed_ms']} | {r['corrected_ms']} | "
                   f"{_cell(r['uncorrected_ms'])} | {_cell(r['error_pct'])} |"
                   for r in s["latency"]]
-    if not doc.get("open_loop_available"):
-        lines += ["", "The runner has no open-loop mode yet: rate and latency parts skipped."]
     lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]
     for name, v in s["targets"].items():
         goal = f"≥ {v['target']}" if name.startswith("meshlab_vs") else f"≤ {v['target']}"

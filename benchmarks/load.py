@@ -55,13 +55,6 @@ OPEN_LOOP_FLOOD_RPS = 50_000.0
 process's ceiling (most requests are then late)."""
 
 
-def open_loop_available() -> bool:
-    """Whether meshlab's runner has the open-loop mode (``--mode open-loop``)."""
-    out = subprocess.run([gen.PY, "-m", "meshlab.load.locust_runner", "--help"],
-                         capture_output=True, text=True, check=False)
-    return "--mode" in out.stdout and "open-loop" in out.stdout
-
-
 def nginx_served(ns: str) -> int:
     """Requests nginx has handled so far (its ``stub_status``, asked from inside ``ns``)."""
     with connect_in_netns(ns, ("127.0.0.1", STATUS_PORT), timeout_s=2.0) as sock:
@@ -84,8 +77,7 @@ def _run(pair: VethPair, role: str, argv: list[str], workdir: Path, timeout_s: f
     return {"steady": gen.steady(samples)}
 
 
-def throughput(pair: VethPair, args: argparse.Namespace, workdir: Path, open_loop: bool
-               ) -> dict[str, dict]:
+def throughput(pair: VethPair, args: argparse.Namespace, workdir: Path) -> dict[str, dict]:
     """Every generator against nginx, one process each, ``args.conns`` connections,
     ``args.throughput_s`` seconds; ``args.rounds`` rounds, the order rotated each round."""
     url, d, c = f"http://{B_IP}:{APP_PORT}/", args.throughput_s, args.conns
@@ -104,10 +96,10 @@ def throughput(pair: VethPair, args: argparse.Namespace, workdir: Path, open_loo
         rec = _run(pair, role, gen.wrk_argv(url, c, d), workdir, d + 60)
         return {**rec, **gen.wrk_own((workdir / f"{role}.out").read_text())}
 
-    runs: list[tuple[str, Callable[[str], dict]]] = [("meshlab closed-loop", meshlab)]
-    if open_loop:
-        runs.append(("meshlab open-loop", lambda role: meshlab(role, OPEN_LOOP_FLOOD_RPS)))
-    runs += [("locust", locust), ("wrk", wrk)]
+    runs: list[tuple[str, Callable[[str], dict]]] = [
+        ("meshlab closed-loop", meshlab),
+        ("meshlab open-loop", lambda role: meshlab(role, OPEN_LOOP_FLOOD_RPS)),
+        ("locust", locust), ("wrk", wrk)]
     out: dict[str, dict] = {name: {"rounds": []} for name, _ in runs}
     for r in range(args.rounds):
         for name, run in runs[r % len(runs):] + runs[:r % len(runs)]:
@@ -176,8 +168,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict:
     """Every part on one topology; returns the raw records."""
     tag = secrets.token_hex(3)
     pair = VethPair(f"mlbench-{tag}a", f"mlbench-{tag}b", A_IP, B_IP)
-    open_loop = open_loop_available()
-    doc: dict = {"open_loop_available": open_loop}
+    doc: dict = {}
     with veth_pair(pair, capture=False):
         app_dir = workdir / "app"
         conf = _nginx.write_config(app_dir, _nginx.app_config(app_dir, APP_PORT, STATUS_PORT))
@@ -186,12 +177,12 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict:
         try:
             _procs.wait_port(pair.ns_b, (B_IP, APP_PORT), app)
             if "throughput" not in args.skip:
-                doc["throughput"] = throughput(pair, args, workdir, open_loop)
-            if open_loop and "rate" not in args.skip:
+                doc["throughput"] = throughput(pair, args, workdir)
+            if "rate" not in args.skip:
                 doc["rate"] = rate_accuracy(pair, args, workdir)
         finally:
             _procs.stop([app])
-        if open_loop and "latency" not in args.skip:
+        if "latency" not in args.skip:
             doc["latency"] = latency_accuracy(pair, args, workdir)
     return doc
 

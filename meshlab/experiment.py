@@ -71,7 +71,7 @@ class Run:
         return LoadSpec(url=url, users=users, duration_s=duration_s, rate_per_s=rate_per_s,
                         max_requests=max_requests, timeout_s=timeout_s, name=name,
                         processes=processes, mode=mode, distribution=distribution,
-                        connections=users if connections is None else connections)
+                        connections=connections)
 
     def load(self, name: str, url: str, *, users: int = 4, rate_per_s: float | None = None,
              duration_s: float = 5.0, max_requests: int | None = None, timeout_s: float = 10.0,

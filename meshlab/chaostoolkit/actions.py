@@ -123,7 +123,7 @@ def start_load(name: str, url: str, users: int = 4, rate_per_s: float | None = N
     s = session.current(configuration)
     spec = LoadSpec(url=url, users=users, duration_s=duration_s, rate_per_s=rate_per_s,
                     timeout_s=timeout_s, name=name, mode=mode, distribution=distribution,
-                    connections=users if connections is None else connections)
+                    connections=connections)
     handle = s.start_load(name, spec, from_pod)
     return {"load": name, "url": url, "users": users, "rate_per_s": rate_per_s,
             "duration_s": duration_s, "pid": handle.process.pid, "run_dir": str(s.journal.dir)}

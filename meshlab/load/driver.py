@@ -47,6 +47,12 @@ WAIT_MARGIN_S = 30.0
 _STDERR_TAIL_CHARS = 2000
 
 
+def wait_budget_s(spec: LoadSpec) -> float:
+    """Seconds the driver waits for a runner of ``spec`` (a one-process load, or each part of
+    a group): ``duration_s + timeout_s + WAIT_MARGIN_S``."""
+    return spec.duration_s + spec.timeout_s + WAIT_MARGIN_S
+
+
 def runner_argv(spec: LoadSpec, out_path: Path | str, python: str = sys.executable) -> list[str]:
     """The command that runs :mod:`meshlab.load.locust_runner` for ``spec``.
 
@@ -237,13 +243,24 @@ def read_result(path: Path, name: str = "") -> LoadResult:
     Raises:
         LabError: the file is missing or not a valid result.
     """
+    return LoadResult.from_dict(read_result_data(path), name=name)
+
+
+def read_result_data(path: Path) -> dict[str, Any]:
+    """Read a runner's ``--out`` file as the JSON object it holds (the CONTRACTS.md §2 dict, for
+    callers that merge results, :mod:`meshlab.load.group`; :meth:`LoadResult.from_dict` checks
+    its fields).
+
+    Raises:
+        LabError: the file is missing, not JSON or not a JSON object.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise LabError(f"cannot read load result {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise LabError(f"cannot read load result {path}: not a JSON object")
-    return LoadResult.from_dict(data, name=name)
+    return data
 
 
 def _tail(text: str) -> str:
@@ -281,7 +298,7 @@ def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
         return start_load(shell, spec, out_path, python).wait()
     out = ResultFile(shell, spec.name, out_path)
     argv = runner_argv(spec, out.runner_path, _python(shell, python))
-    result = shell.run(argv, check=False, timeout_s=spec.duration_s + spec.timeout_s + WAIT_MARGIN_S)
+    result = shell.run(argv, check=False, timeout_s=wait_budget_s(spec))
     if not result.ok:
         out.discard()
         raise LabError(f"load {spec.name!r} failed (exit {result.returncode}) on {shell.name}: "
@@ -306,7 +323,7 @@ class LoadHandle:
         self.result_file = result_file
         self.stderr_path = stderr_path
         self.process = process
-        self._deadline_s = time.monotonic() + spec.duration_s + spec.timeout_s + WAIT_MARGIN_S
+        self._deadline_s = time.monotonic() + wait_budget_s(spec)
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.process.returncode}"
@@ -332,6 +349,11 @@ class LoadHandle:
             LabError: the runner did not finish in time (it is killed), exited non-zero or
                 wrote no valid result.
         """
+        return LoadResult.from_dict(self.wait_data(timeout_s), name=self.spec.name)
+
+    def wait_data(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """As :meth:`wait`, but return the result as the runner wrote it (the decoded JSON
+        object, see :func:`read_result_data`; its fields are not checked)."""
         if timeout_s is None:
             timeout_s = max(0.0, self._deadline_s - time.monotonic())
         try:
@@ -346,7 +368,7 @@ class LoadHandle:
             self.result_file.discard()
             raise LabError(f"load {self.spec.name!r} failed (exit {returncode}): "
                            f"{_tail(self._stderr())}")
-        return read_result(self.result_file.fetch(), name=self.spec.name)
+        return read_result_data(self.result_file.fetch())
 
     def stop(self, grace_s: float = 10.0) -> LoadResult:
         """Stop the load early (SIGTERM); the runner writes what it recorded so far.

@@ -15,28 +15,23 @@ merged ``out_path``, and ``<that>.stderr``.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from meshlab.envs.base import Shell
 from meshlab.errors import LabError, MeshlabError
+from meshlab.load.driver import LoadResult, start_load, wait_budget_s
+from meshlab.load.locust_runner import write_json_atomic
 from meshlab.load.merge import merge_results
-from meshlab.load.spec import LoadSpec
+from meshlab.load.spec import POOL_FIELD, LoadSpec
 from meshlab.polling import PollTimeout, wait_until
 
 log = logging.getLogger(__name__)
-
-WAIT_MARGIN_S = 30.0
-"""Seconds beyond ``duration_s + timeout_s`` :meth:`LoadGroup.wait` waits (as the driver)."""
-#: Spec fields split over the processes (each gets a near-equal integer share), by mode.
-SHARED_COUNTS = {"closed-loop": ("users", "max_requests"),
-                 "open-loop": ("connections", "max_requests")}
 
 
 def shares(total: int, parts: int) -> list[int]:
@@ -58,7 +53,7 @@ def split_spec(spec: LoadSpec) -> list[LoadSpec]:
     n = spec.processes
     if n == 1:
         return [spec]
-    split = {key: shares(value, n) for key in SHARED_COUNTS[spec.mode]
+    split = {key: shares(value, n) for key in (POOL_FIELD[spec.mode], "max_requests")
              if (value := getattr(spec, key)) is not None}
     rate = None if spec.rate_per_s is None else spec.rate_per_s / n
     return [replace(spec, processes=1, rate_per_s=rate, name=f"{spec.name}.p{i}",
@@ -72,11 +67,16 @@ def part_path(out_path: Path, index: int) -> Path:
     return out_path.with_name(f"{out_path.stem}.p{index}{out_path.suffix}")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON through a temporary file and a rename (no partial file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+def _stop_running(handles: Iterable[Any], why: str) -> None:
+    """Stop (SIGTERM, 5 s grace) the ``handles`` still running; their errors are logged with
+    ``why``."""
+    for handle in handles:
+        if not handle.running:
+            continue
+        try:
+            handle.stop(grace_s=5.0)
+        except MeshlabError as exc:
+            log.warning("load %r stopped %s: %s", handle.spec.name, why, exc)
 
 
 class LoadGroup:
@@ -96,7 +96,7 @@ class LoadGroup:
     def __init__(self, spec: LoadSpec, out_path: Path, handles: list[Any]) -> None:
         self.spec, self.handles = spec, handles
         self._out_path = Path(out_path)
-        self._deadline_s = time.monotonic() + spec.duration_s + spec.timeout_s + WAIT_MARGIN_S
+        self._deadline_s = time.monotonic() + wait_budget_s(spec)
 
     def __repr__(self) -> str:
         live = sum(h.running for h in self.handles)
@@ -112,11 +112,6 @@ class LoadGroup:
         """The merged result's path on this machine."""
         return self._out_path
 
-    @property
-    def part_paths(self) -> list[Path]:
-        """The parts' result paths on this machine."""
-        return [h.out_path for h in self.handles]
-
     def wait(self, timeout_s: float | None = None) -> Any:
         """Wait for every process, merge their results, write and return the merged one.
 
@@ -131,8 +126,6 @@ class LoadGroup:
             LabError: a process did not finish in time (it is killed), failed or wrote no
                 valid result; the others are stopped first, so none is left running.
         """
-        from meshlab.load.driver import LoadResult
-
         deadline_s = self._deadline_s if timeout_s is None else time.monotonic() + timeout_s
         try:  # until all have exited, or one has failed (then it is waited for first)
             wait_until(lambda: [h.process.poll() for h in self.handles],
@@ -146,14 +139,14 @@ class LoadGroup:
         for index in order:
             handle = self.handles[index]
             try:
-                handle.wait(timeout_s=max(0.0, deadline_s - time.monotonic()))
-                parts[index] = json.loads(handle.out_path.read_text())
-            except (MeshlabError, OSError, ValueError) as exc:
-                self._abandon()
+                parts[index] = handle.wait_data(timeout_s=max(0.0, deadline_s - time.monotonic()))
+                LoadResult.from_dict(parts[index])  # a malformed part fails here, not in merge
+            except MeshlabError as exc:
+                _stop_running(self.handles, "after a sibling failed")
                 raise LabError(f"load {self.spec.name!r}: process {index} of "
                                f"{len(self.handles)}: {exc}") from exc
         merged = merge_results([parts[i] for i in range(len(self.handles))])
-        write_json(self._out_path, merged)
+        write_json_atomic(self._out_path, merged)
         return LoadResult.from_dict(merged, name=self.spec.name)
 
     def stop(self, grace_s: float = 10.0) -> Any:
@@ -170,16 +163,6 @@ class LoadGroup:
                     log.warning("load %r: %s", handle.spec.name, exc)
         return self.wait(timeout_s=grace_s)
 
-    def _abandon(self) -> None:
-        """Stop the parts still running after one failed; their errors are logged."""
-        for handle in self.handles:
-            if not handle.running:
-                continue
-            try:
-                handle.stop(grace_s=5.0)
-            except MeshlabError as exc:
-                log.warning("load %r stopped after a sibling failed: %s", handle.spec.name, exc)
-
 
 def start_group(shell: Shell, spec: LoadSpec, out_path: Path,
                 python: str | None = None) -> LoadGroup:
@@ -194,18 +177,12 @@ def start_group(shell: Shell, spec: LoadSpec, out_path: Path,
     Raises:
         LabError: a runner could not be started (those already started are stopped).
     """
-    from meshlab.load.driver import start_load
-
     Path(out_path).unlink(missing_ok=True)
     handles: list[Any] = []
     try:
         for index, part in enumerate(split_spec(spec)):
             handles.append(start_load(shell, part, part_path(out_path, index), python))
     except BaseException:
-        for handle in handles:
-            try:
-                handle.stop(grace_s=5.0)
-            except MeshlabError as exc:
-                log.warning("load %r: %s", handle.spec.name, exc)
+        _stop_running(handles, "after a sibling failed to start")
         raise
     return LoadGroup(spec, out_path, handles)

@@ -84,13 +84,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path]:
                         help="connect and per-read timeout of each request, seconds")
     parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="constant",
                         help="open-loop inter-arrival times (default constant)")
-    parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
-                        help=f"open-loop connection pool size (default {DEFAULT_CONNECTIONS})")
+    parser.add_argument("--connections", type=int, default=None,
+                        help=f"open-loop connection pool size (default --users, or "
+                             f"{DEFAULT_CONNECTIONS} without it)")
     parser.add_argument("--seed", type=int, default=0, help="open-loop Poisson RNG seed")
     parser.add_argument("--out", type=Path, required=True, help="result JSON path")
     args = parser.parse_args(argv)
     if args.users is None and args.mode == "closed-loop":
         parser.error("--users: required in closed-loop mode")
+    if args.users is None and args.connections is None:
+        args.connections = DEFAULT_CONNECTIONS
     try:
         spec = LoadSpec(url=args.url, users=1 if args.users is None else args.users,
                         rate_per_s=args.rate_per_s,

@@ -35,14 +35,13 @@ from typing import Any
 
 from meshlab.errors import LabError
 from meshlab.load import hdr
+from meshlab.load.spec import POOL_FIELD
 
 #: Keys every merged result must agree on (one load).
 SAME_KEYS = ("tool", "mode", "target_url", "distribution", "late_threshold_us")
 #: Integer counts summed, at the top level and in series points (when present).
 COUNT_KEYS = ("requests", "errors", "late", "skipped")
-#: Split spec fields summed back, by mode (an open-loop result reports ``users`` as given).
-SPLIT_KEYS = {"closed-loop": ("users",), "open-loop": ("connections",)}
-#: Series percentile keys by histogram key: (hdr key, {point key: percentiles() key}).
+#: Series percentile keys by histogram key: (hdr key, {point key: quantiles() key}).
 POINT_HISTOGRAMS = (
     ("hdr", {"p50_us": "p50", "p90_us": "p90", "p99_us": "p99", "max_us": "max"}),
     ("hdr_uncorrected", {"p50_uncorrected_us": "p50", "p90_uncorrected_us": "p90",
@@ -132,7 +131,8 @@ def merge_points(points: Sequence[Mapping[str, Any]], t_s: int) -> dict[str, Any
             continue
         encoded = _merge_histogram(points, hdr_key, f"second {t_s}")
         merged[hdr_key] = encoded if merged.get("requests") else None
-        summary = hdr.percentiles(hdr.decode(encoded)) if merged[hdr_key] else {}
+        summary = (hdr.quantiles(hdr.decode(encoded), percentile_keys.values())
+                   if merged[hdr_key] else {})
         for point_key, summary_key in percentile_keys.items():
             if point_key in merged:
                 merged[point_key] = summary.get(summary_key)
@@ -174,9 +174,9 @@ def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for key in SAME_KEYS:
         if any(key in r for r in results):
             merged[key] = _same(results, key)
-    for key in SPLIT_KEYS.get(str(merged.get("mode")), ()):
-        if key in merged:
-            merged[key] = sum(int(r.get(key) or 0) for r in results)
+    pool = POOL_FIELD.get(str(merged.get("mode")))  # split; an open-loop result's users as given
+    if pool in merged:
+        merged[pool] = sum(int(r.get(pool) or 0) for r in results)
     rates = [r.get("rate_per_s") for r in results]
     merged["rate_per_s"] = None if any(v is None for v in rates) else float(sum(rates))
     merged["duration_s"] = max(float(r["duration_s"]) for r in results)

@@ -97,7 +97,6 @@ class OpenLoop:
         self._open = 0  # connections open or connecting
         self.taken = 0
         self.in_flight = 0
-        self._completed = 0
         self._stopping = False
         self.recorder: Recorder | None = None
 
@@ -271,8 +270,8 @@ class OpenLoop:
         self.recorder.record(status, (now_ns - request.intended_ns) / 1000.0, now_ns / 1e9,
                              uncorrected_us=(now_ns - request.sent_ns) / 1000.0,
                              late=request.sent_ns - request.intended_ns > self._late_ns)
-        self._completed += 1
-        if self.spec.max_requests is not None and self._completed >= self.spec.max_requests:
+        if (self.spec.max_requests is not None
+                and self.recorder.requests >= self.spec.max_requests):
             self.stop()
 
     def _give_up(self, conn: Connection, abort: bool) -> None:

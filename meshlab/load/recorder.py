@@ -18,13 +18,13 @@ import math
 from collections import Counter
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-
 from meshlab.load import hdr
 
 NO_RESPONSE = 0
 """Status recorded for a request that got no (complete) HTTP response: connect error, reset,
 timeout."""
+POINT_KEYS = ("p50", "p90", "p99", "max")
+"""Latency summaries of a series point (``<key>_us``), :func:`meshlab.load.hdr.quantiles` keys."""
 
 
 def is_error(status: int) -> bool:
@@ -68,9 +68,9 @@ class _Latencies:
     def point(self, index: int, suffix: str) -> dict[str, Any]:
         """Second ``index``'s ``p50…``/``max`` (``<name><suffix>_us``) and ``hdr<suffix>``."""
         encoded = self.encoded[index]
-        summary = hdr.percentiles(hdr.decode(encoded)) if encoded else dict.fromkeys(
-            ("p50", "p90", "p99", "max"))
-        return {**{f"{key}{suffix}_us": summary[key] for key in ("p50", "p90", "p99", "max")},
+        summary = hdr.quantiles(hdr.decode(encoded), POINT_KEYS) if encoded else dict.fromkeys(
+            POINT_KEYS)
+        return {**{f"{key}{suffix}_us": summary[key] for key in POINT_KEYS},
                 f"hdr{suffix}": encoded}
 
 
@@ -89,7 +89,6 @@ class Recorder:
         requests: requests recorded.
         errors: requests whose status :func:`is_error`.
         status_counts: requests per status code (0 = no response).
-        histogram: latency of every recorded request (open loop: corrected), in microseconds.
         late: open loop: requests recorded as sent late.
         skipped: open loop: scheduled requests never sent (see :meth:`skip`).
         series: closed per-second points (see :meth:`summary` for the keys).
@@ -113,12 +112,6 @@ class Recorder:
         self._bucket_late = 0
         self._bucket_status: Counter[int] = Counter()
         self._skipped_by_second: Counter[int] = Counter()
-
-    @property
-    def histogram(self) -> HdrHistogram:
-        """Latency of every recorded request (open loop: corrected), in microseconds; complete
-        after :meth:`finish` (the open second is added when it closes)."""
-        return self._latency.total
 
     def __repr__(self) -> str:
         return (f"Recorder(requests={self.requests}, errors={self.errors}, "

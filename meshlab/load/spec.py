@@ -19,10 +19,15 @@ MAX_USERS = 10_000
 MODES = ("closed-loop", "open-loop")
 """Load modes: Locust users (:mod:`meshlab.load.locust_runner`) or the constant-rate schedule
 (:mod:`meshlab.load.open_loop`)."""
+POOL_FIELD = {"closed-loop": "users", "open-loop": "connections"}
+"""The spec field that sizes each mode's connection pool (a closed-loop user is one keep-alive
+connection): what ``processes`` splits and a merge sums back (:mod:`meshlab.load.group`,
+:mod:`meshlab.load.merge`)."""
 DISTRIBUTIONS = ("constant", "poisson")
 """Open-loop inter-arrival distributions (:func:`meshlab.load.schedule.offsets_s`)."""
 DEFAULT_CONNECTIONS = 64
-"""Open-loop connection pool size when none is given (opened on demand, so a slow rate uses few)."""
+"""The runner CLI's ``--connections`` when neither it nor ``--users`` (optional in open loop) is
+given; otherwise the spec's default, ``users``. Connections open on demand (a slow rate uses few)."""
 MAX_PROCESSES = 64
 """Most runner processes one load may be split into (:attr:`LoadSpec.processes`)."""
 
@@ -53,8 +58,9 @@ class LoadSpec:
             started on a schedule at ``rate_per_s`` whatever the target's speed, latency
             corrected for coordinated omission; :mod:`meshlab.load.open_loop`).
         distribution: open-loop inter-arrival times: ``"constant"`` or ``"poisson"``.
-        connections: open-loop keep-alive connection pool size (1..10000): more requests in
-            flight wait for a free connection (and count as late).
+        connections: open-loop keep-alive connection pool size (1..10000; None, the default,
+            means ``users``, so switching a load's mode keeps its connection count): more
+            requests in flight wait for a free connection (and count as late).
         seed: open-loop RNG seed of the Poisson arrivals.
         processes: runner processes the load is split into (1..64): each gets ``rate_per_s /
             processes`` and an equal share of ``max_requests`` and of ``users`` (closed loop)
@@ -75,11 +81,13 @@ class LoadSpec:
     name: str = "load"
     mode: str = "closed-loop"
     distribution: str = "constant"
-    connections: int = DEFAULT_CONNECTIONS
+    connections: int | None = None
     seed: int = 0
     processes: int = 1
 
     def __post_init__(self) -> None:
+        if self.connections is None:  # frozen: set the default through object
+            object.__setattr__(self, "connections", self.users)
         parts = urlsplit(self.url) if isinstance(self.url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise _fail("url", f"must be an http:// or https:// URL with a host, got {self.url!r}")
@@ -113,7 +121,7 @@ class LoadSpec:
         n = self.processes
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_PROCESSES:
             raise _fail("processes", f"must be an integer in 1..{MAX_PROCESSES}, got {n!r}")
-        pool = "connections" if self.mode == "open-loop" else "users"
+        pool = POOL_FIELD[self.mode]
         shared = {pool: getattr(self, pool), "max_requests": self.max_requests}
         for name, value in shared.items():
             if isinstance(value, int) and value < n:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hdr_buckets import buckets
 from kube_fake_server import OPT_IN, FakeKube, kube_env
 
 from meshlab.envs.kube.dry_run import DryRunApi
@@ -140,11 +141,6 @@ def posted_jobs(fake: FakeKube) -> list[dict[str, Any]]:
     return [r.body for r in fake.requests if r.method == "POST" and r.path == JOBS]
 
 
-def counts(encoded: str) -> list[int]:
-    histogram = hdr.decode(encoded)
-    return [histogram.get_count_at_index(i) for i in range(histogram.counts_len)]
-
-
 def test_two_worker_jobs_run_the_load_and_their_logs_merge_exactly(fake, kubelet, target,
                                                                    tmp_path):
     env = env_up(fake, tmp_path)
@@ -157,7 +153,7 @@ def test_two_worker_jobs_run_the_load_and_their_logs_merge_exactly(fake, kubelet
     assert run.journal.data["loads"][-1]["processes"] == 2
     parts = [json.loads((run.journal.dir / f"load-dist.p{i}.json").read_text()) for i in (0, 1)]
     assert [p["requests"] for p in parts] == [31, 30]
-    assert counts(result.hdr) == counts(hdr.encode(hdr.merge(p["hdr"] for p in parts)))
+    assert buckets(result.hdr) == buckets(hdr.encode(hdr.merge(p["hdr"] for p in parts)))
 
     jobs = posted_jobs(fake)
     assert len(jobs) == 2

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hdr_buckets import buckets
 
 from meshlab.errors import ConfigError, LabError
 from meshlab.load import hdr
@@ -20,11 +21,6 @@ from meshlab.load.spec import MAX_PROCESSES
 from meshlab.polling import wait_until
 
 URL = "http://127.0.0.1:8080/echo"
-
-
-def counts(encoded: str) -> list[int]:
-    histogram = hdr.decode(encoded)
-    return [histogram.get_count_at_index(i) for i in range(histogram.counts_len)]
 
 
 def parts_of(out: Path, n: int) -> list[dict[str, Any]]:
@@ -79,7 +75,7 @@ def test_run_load_with_two_processes_returns_their_exact_merge(shell, target, tm
     assert a["rate_per_s"] == b["rate_per_s"] == 100.0
     assert result.requests == 101 == target.total
     assert result.status_counts == {"200": 91, "503": 10} and result.errors == 10
-    assert counts(result.hdr) == counts(hdr.encode(hdr.merge([a["hdr"], b["hdr"]])))
+    assert buckets(result.hdr) == buckets(hdr.encode(hdr.merge([a["hdr"], b["hdr"]])))
     for key in ("p50", "p99", "max"):  # a mixture's quantile lies between the parts' ones
         low, high = sorted((a["latency_us"][key], b["latency_us"][key]))
         assert low <= result.latency_us[key] <= high
@@ -101,7 +97,7 @@ def test_open_loop_processes_merge_corrected_uncorrected_late_and_skipped(shell,
         "open-loop", 2, 101, 5)
     assert (result.late, result.skipped) == (a["late"] + b["late"], a["skipped"] + b["skipped"])
     for key in ("hdr", "hdr_uncorrected"):
-        assert counts(getattr(result, key)) == counts(hdr.encode(hdr.merge([a[key], b[key]])))
+        assert buckets(getattr(result, key)) == buckets(hdr.encode(hdr.merge([a[key], b[key]])))
     merged = json.loads(out.read_text())
     assert sum(p["skipped"] for p in merged["series"]) == result.skipped
     assert sum(p["late"] for p in merged["series"]) == result.late

@@ -89,3 +89,15 @@ def test_percentiles_equal_hdrh_own_walk(seed: int) -> None:
     assert [got[key] for key in hdr.PERCENTILE_KEYS] == [
         want[pct] for pct in hdr.PERCENTILE_KEYS.values()]
     assert got["mean"] == round(histogram.get_mean_value(), 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_quantiles_equal_percentiles_for_their_keys(seed: int) -> None:
+    """:func:`hdr.quantiles` (the series points' p50/p90/p99/max, no mean) are exactly the
+    values :func:`hdr.percentiles` gives for those keys, and None for an empty histogram."""
+    keys = ("p50", "p90", "p99", "max")
+    histogram = _histogram(_samples_us(1 + 997 * seed, seed))
+    full = hdr.percentiles(histogram)
+    assert hdr.quantiles(histogram, keys) == {key: full[key] for key in keys}
+    assert hdr.quantiles(histogram, ["p999"]) == {"p999": full["p999"]}
+    assert hdr.quantiles(hdr.new_histogram(), keys) == dict.fromkeys(keys)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hdrh.histogram import HdrHistogram
+from _hdr_buckets import buckets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,14 +21,6 @@ URL = "http://fortio-server:8070/echo"
 
 # (latency µs, status, completion second, fraction of that second, process)
 Sample = tuple[int, int, int, float, int]
-
-
-def buckets(encoded: str | None) -> list[int]:
-    """Every bucket count of an encoded histogram (the whole counts array)."""
-    if encoded is None:
-        return []
-    histogram: HdrHistogram = hdr.decode(encoded)
-    return [histogram.get_count_at_index(i) for i in range(histogram.counts_len)]
 
 
 def record(samples: list[Sample], offset_s: float, open_loop: bool) -> dict[str, Any]:

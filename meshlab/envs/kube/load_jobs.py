@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,11 @@ from meshlab.envs.kube.ready import why_not_ready
 from meshlab.envs.kube.settings import MANAGED_BY, KubeSettings
 from meshlab.errors import LabError
 from meshlab.load.driver import WAIT_MARGIN_S, LoadResult, runner_argv
-from meshlab.load.group import part_path, split_spec, write_json
+from meshlab.load.group import part_path, split_spec
+from meshlab.load.locust_runner import write_json_atomic as write_json
 from meshlab.load.merge import merge_results
 from meshlab.load.spec import LoadSpec
+from meshlab.polling import PollTimeout, wait_until
 
 WORKER_CONTAINER = "load-worker"
 #: ``sh -c PRINT_WRAPPER meshlab-load-worker <result file> <runner argv...>``: run the runner,
@@ -189,25 +190,29 @@ class JobLoad:
 
     def _wait(self) -> dict[int, dict[str, Any]]:
         """Poll until every worker's pod has ended; fail at once when one failed."""
-        deadline = time.monotonic() + self.deadline_s
-        while True:
+        def poll() -> tuple[dict[int, dict[str, Any]], dict[int, str | None]]:
             pods = self._worker_pods()
             phases = {i: (pods[i].get("status") or {}).get("phase") if i in pods else None
                       for i in range(len(self.jobs))}
             failed = [i for i, phase in phases.items() if phase == "Failed"]
             if failed:
                 raise LabError(self._failure(failed[0], pods[failed[0]]))
-            if all(phase == "Succeeded" for phase in phases.values()):
-                return pods
-            if time.monotonic() > deadline:
-                waiting = next(i for i, phase in phases.items() if phase != "Succeeded")
-                why = (why_not_ready(pods[waiting], self.api.list_events(
-                    self.settings.namespace, pods[waiting]["metadata"]["name"]))
-                    if waiting in pods else "no pod was created (see the Job's events)")
-                raise LabError(f"load {self.spec.name!r}: worker {waiting} "
-                               f"({self.jobs[waiting]['metadata']['name']}) did not finish "
-                               f"within {self.deadline_s} s: {why}")
-            time.sleep(self.poll_s)  # poll interval
+            return pods, phases
+
+        try:
+            return wait_until(
+                poll, lambda pp: all(phase == "Succeeded" for phase in pp[1].values()),
+                timeout_s=self.deadline_s, every_s=self.poll_s,
+                what=f"load {self.spec.name!r} workers finished")[0]
+        except PollTimeout as exc:
+            pods, phases = exc.last
+        waiting = next(i for i, phase in phases.items() if phase != "Succeeded")
+        why = (why_not_ready(pods[waiting], self.api.list_events(
+            self.settings.namespace, pods[waiting]["metadata"]["name"]))
+            if waiting in pods else "no pod was created (see the Job's events)")
+        raise LabError(f"load {self.spec.name!r}: worker {waiting} "
+                       f"({self.jobs[waiting]['metadata']['name']}) did not finish "
+                       f"within {self.deadline_s} s: {why}")
 
     def _log(self, pod: dict[str, Any]) -> str:
         return self.api.pod_log(self.settings.namespace, pod["metadata"]["name"],
