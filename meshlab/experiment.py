@@ -22,6 +22,8 @@ from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
 from meshlab.load.spec import MODES, LoadSpec
 
 DEFAULT_CLIENT = "netshoot"
+#: ``ss`` states in which a socket can still deliver a request (``Run.settle``).
+DELIVERING = frozenset({"ESTAB", "SYN-SENT", "SYN-RECV"})
 ACCESS_LOG_SAMPLE = 20
 
 
@@ -183,10 +185,12 @@ class Run:
 
     def settle(self, timeout_s: float = 10.0, every_s: float = 0.1) -> dict[str, int]:
         """Wait until the lab is quiet: no sidecar has a request in flight (every
-        ``*rq_active`` stat is 0) and no established socket of any pod still holds data in
-        flight (``ss``: send queue or a retransmit timer). Stragglers of this run — a request
-        stuck behind retransmissions, a late reset — are then logged here and not in the next
-        run's access-log window.
+        ``*rq_active`` stat is 0) and no socket of any pod still holds work (``ss``): none
+        established or still handshaking (:data:`DELIVERING`; a SYN retransmitted under packet
+        loss connects seconds later) with a send queue or a retransmit timer, none with unread
+        received data, no listener with connections not yet accepted. Stragglers of this run —
+        a request stuck behind retransmissions, one still waiting in the receiver's queue, a
+        late reset — are then logged here and not in the next run's access-log window.
 
         Returns:
             ``{pod: requests + sockets}`` still busy when ``timeout_s`` ran out (empty: all
@@ -207,7 +211,8 @@ class Run:
                         active = sum(int(v) for v in
                                      re.findall(r":\s*(\d+)\s*$", text, re.MULTILINE))
                     active += sum(1 for s in snapshot(self.env.pod_shell(pod.name))
-                                  if s.state == "ESTAB" and (s.send_q or s.timer == "on"))
+                                  if s.recv_q or (s.state in DELIVERING
+                                                  and (s.send_q or s.timer == "on")))
                 except MeshlabError:
                     continue
                 if active:
