@@ -15,7 +15,7 @@ _LINE_NO = re.compile(r":\d+\)$")
 
 
 def _function(frame: str) -> str:
-    """``handle (meshlab/proxy/http_conn.py:120)`` → ``handle (meshlab/proxy/http_conn.py)``."""
+    """``handle (meshlab/proxy/http/conn.py:120)`` → ``handle (meshlab/proxy/http/conn.py)``."""
     frame = _LINE_NO.sub(")", frame.strip())
     return re.sub(r"\(/.*?/(meshlab|asyncio|h11|site-packages|python3\.\d+)/",
                   r"(\1/", frame)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshlab.istio_fields import opt, read_host, read_int, read_keepalive
 from meshlab.model import EnvoyFilter, EnvoyFilterPatch
-from meshlab.proxy.policy import SocketOption
+from meshlab.proxy.config.policy import SocketOption
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.manifest_loader import _Doc

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from meshlab.proxy.policy import TcpKeepalive
+from meshlab.proxy.config.policy import TcpKeepalive
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.manifest_loader import _Doc

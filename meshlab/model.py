@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from meshlab.proxy.policy import SocketOption, TcpKeepalive
+from meshlab.proxy.config.policy import SocketOption, TcpKeepalive
 
 
 def protocol_for_port(name: str, app_protocol: str | None = None) -> str:
@@ -226,7 +226,7 @@ class Topology:
 
 
 # -- Istio traffic configuration (networking.istio.io; parsed by meshlab.istio_resources) --------
-# Socket options and keepalive reuse the sidecar contract's Envoy types (meshlab.proxy.policy).
+# Socket options and keepalive reuse the sidecar contract's Envoy types (meshlab.proxy.config.policy).
 
 @dataclass(frozen=True)
 class ConnectionPoolSpec:

@@ -12,7 +12,7 @@ from meshlab.envs.local.plan import make_plan
 from meshlab.errors import ManifestError
 from meshlab.istio_fields import parse_duration_s, resolve_host
 from meshlab.manifest_loader import load_topology
-from meshlab.proxy.policy import ISTIO_UNLIMITED, parse_policies
+from meshlab.proxy.config.policy import ISTIO_UNLIMITED, parse_policies
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "istio"
 L2 = "fortio-server-l2.mark.svc.cluster.local"

@@ -131,7 +131,7 @@ def response_flag_count(pod: str, flag: str, cluster: str | None = None,
 
 
 def _tcp_stat_names() -> frozenset[str]:
-    from meshlab.proxy.tcp_stats import COUNTERS, GAUGES
+    from meshlab.proxy.stats.tcp_stats import COUNTERS, GAUGES
 
     return frozenset(name for name, _ in COUNTERS + GAUGES)
 
@@ -149,7 +149,7 @@ def tcp_stats_value(pod: str, stat: str, cluster: str | None = None,
     Args:
         pod: a meshed pod, e.g. ``fortio-server-0``.
         stat: e.g. ``cx_tx_retransmitted_segments`` (the counters/gauges of
-            :mod:`meshlab.proxy.tcp_stats`).
+            :mod:`meshlab.proxy.stats.tcp_stats`).
         cluster: only this upstream cluster, e.g.
             ``outbound|8080||fortio-server-l2.mark.svc.cluster.local``.
         configuration: the experiment configuration (injected by Chaos Toolkit).

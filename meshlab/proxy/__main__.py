@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 from meshlab.errors import ConfigError
 from meshlab.proxy.accesslog import AccessLogWriter
-from meshlab.proxy.admin_server import start_admin
-from meshlab.proxy.config import SidecarConfig, load_config
-from meshlab.proxy.io import Sidecar
-from meshlab.proxy.metrics import ProxyStats
-from meshlab.proxy.stats import StatsMatcher, StatsStore
+from meshlab.proxy.admin.server import start_admin
+from meshlab.proxy.config.sidecar import SidecarConfig, load_config
+from meshlab.proxy.listeners import Sidecar
+from meshlab.proxy.stats.metrics import ProxyStats
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
 
 
 def drop_privileges(uid: int, gid: int) -> None:

@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from meshlab.proxy.router import Address
+from meshlab.proxy.upstream.router import Address
 
 #: Key order of Istio's default JSON access log.
 JSON_KEYS: tuple[str, ...] = (

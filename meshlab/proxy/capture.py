@@ -2,7 +2,7 @@
 
 iptables REDIRECTs a pod's traffic to the capture listeners (15001 outbound, 15006 inbound);
 :func:`original_dst` recovers where the connection was going, and a
-:class:`ConnectionHandler` (HTTP or TCP) serves it once :class:`~meshlab.proxy.io.Sidecar` has
+:class:`ConnectionHandler` (HTTP or TCP) serves it once :class:`~meshlab.proxy.listeners.Sidecar` has
 routed it to a cluster.
 """
 
@@ -13,9 +13,9 @@ import socket
 import struct
 
 from meshlab.proxy.accesslog import AccessLogWriter
-from meshlab.proxy.config import SidecarConfig
-from meshlab.proxy.metrics import PeerInfo, ProxyStats
-from meshlab.proxy.router import Address, Cluster, Router
+from meshlab.proxy.config.sidecar import SidecarConfig
+from meshlab.proxy.stats.metrics import PeerInfo, ProxyStats
+from meshlab.proxy.upstream.router import Address, Cluster, Router
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 

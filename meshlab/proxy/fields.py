@@ -1,6 +1,6 @@
 """Field validators shared by the sidecar's config readers (sans-IO).
 
-:mod:`meshlab.proxy.config` (``sidecar.json``) and :mod:`meshlab.proxy.policy` (its ``policies``
+:mod:`meshlab.proxy.config.sidecar` (``sidecar.json``) and :mod:`meshlab.proxy.config.policy` (its ``policies``
 object) check every value with these. Each returns the value typed, or raises
 :class:`~meshlab.errors.ConfigError` whose message starts with the dotted field path ``where``,
 e.g. ``services[0].ports[0].port: expected an integer 1..65535, got 'x'``.

@@ -13,8 +13,8 @@ Rules:
 - ``UH`` → 503 ``no healthy upstream``; ``UT`` → 504 ``upstream request timeout`` (204 empty
   with ``x-envoy-upstream-rq-timeout-alt-response``); ``NR`` → 404 with an empty body; ``UPE`` →
   502; ``UO`` → 503 plus ``x-envoy-overloaded: true``; ``DPE`` → 400 ``Bad Request`` (431 for
-  oversized headers, :mod:`meshlab.proxy.http_limits`); ``FI`` → the configured status with
-  ``fault filter abort`` (:mod:`meshlab.proxy.fault_filter`).
+  oversized headers, :mod:`meshlab.proxy.http.limits`); ``FI`` → the configured status with
+  ``fault filter abort`` (:mod:`meshlab.proxy.http.fault_filter`).
 - A status the app itself returned (even 503) carries no flag and details ``via_upstream``.
 """
 

@@ -18,9 +18,9 @@ from meshlab.envs.local import prometheus as server
 from meshlab.envs.local.plan import make_plan
 from meshlab.envs.spec import DEFAULT_MANIFESTS
 from meshlab.manifest_loader import load_topology
-from meshlab.proxy.admin import agent_response
-from meshlab.proxy.process_metrics import process_values
-from meshlab.proxy.stats import StatsMatcher, StatsStore
+from meshlab.proxy.admin.endpoints import agent_response
+from meshlab.proxy.stats.process_metrics import process_values
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
 
 
 def _fake_proc(tmp_path, utime: int, stime: int, start: int, vsize: int, rss: int):

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from meshlab.proxy.admin import AdminContext, admin_response
-from meshlab.proxy.admin_server import init_cluster_stats
-from meshlab.proxy.admin_state import ServerState
-from meshlab.proxy.config import parse_config
-from meshlab.proxy.metrics import ProxyStats
-from meshlab.proxy.stats import StatsMatcher, StatsStore
+from meshlab.proxy.admin.endpoints import AdminContext, admin_response
+from meshlab.proxy.admin.server import init_cluster_stats
+from meshlab.proxy.admin.state import ServerState
+from meshlab.proxy.config.sidecar import parse_config
+from meshlab.proxy.stats.metrics import ProxyStats
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
 
 FQDN = "fortio-server.mark.svc.cluster.local"
 C = f"outbound|8080||{FQDN}"

@@ -6,12 +6,12 @@ import asyncio
 import pytest
 from _private_netns import run_in_private_netns
 
-from meshlab.proxy.circuit import ClusterResources, Overflow
+from meshlab.proxy.config.policy import ISTIO_UNLIMITED, CircuitBreakers, ClusterPolicy
 from meshlab.proxy.flags import ResetReason
-from meshlab.proxy.metrics import ProxyStats
-from meshlab.proxy.policy import ISTIO_UNLIMITED, CircuitBreakers, ClusterPolicy
-from meshlab.proxy.pool import ConnectionPool
-from meshlab.proxy.stats import StatsMatcher, StatsStore
+from meshlab.proxy.stats.metrics import ProxyStats
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
+from meshlab.proxy.upstream.circuit import ClusterResources, Overflow
+from meshlab.proxy.upstream.pool import ConnectionPool
 
 P = "cluster.c;."
 CB = f"{P}circuit_breakers."

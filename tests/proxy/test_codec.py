@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from test_fuzz import hostile_requests
 
-from meshlab.proxy.http_codec import ServerCodec
-from meshlab.proxy.http_limits import codec_error_reply
+from meshlab.proxy.http.codec import ServerCodec
+from meshlab.proxy.http.limits import codec_error_reply
 
 MAX = 60 * 1024 + 65536
 BODY = b"x" * 10

@@ -9,16 +9,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlab.errors import ConfigError
-from meshlab.proxy import http_actions as actions
 from meshlab.proxy.accesslog import JSON_KEYS, format_json, format_text
-from meshlab.proxy.config import parse_config
+from meshlab.proxy.config.sidecar import parse_config
 from meshlab.proxy.flags import Flag, ResetReason, ResponseFlags, upstream_reset_reply
-from meshlab.proxy.http_core import HttpStream, StreamContext, protocol_error_stream
-from meshlab.proxy.http_retry import backoff_delay_s
-from meshlab.proxy.metrics import PeerInfo, ProxyStats
-from meshlab.proxy.router import Router
-from meshlab.proxy.stats import StatsMatcher, StatsStore
-from meshlab.proxy.stats_render import render_json, render_prometheus, render_text
+from meshlab.proxy.http import actions
+from meshlab.proxy.http.core import HttpStream, StreamContext, protocol_error_stream
+from meshlab.proxy.http.retry import backoff_delay_s
+from meshlab.proxy.stats.metrics import PeerInfo, ProxyStats
+from meshlab.proxy.stats.render import render_json, render_prometheus, render_text
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
+from meshlab.proxy.upstream.router import Router
 
 FQDN = "fortio-server-l2.mark.svc.cluster.local"
 CLUSTER = f"outbound|8080||{FQDN}"

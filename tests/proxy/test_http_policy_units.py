@@ -6,16 +6,16 @@ import h11
 import pytest
 
 from meshlab.collectors.accesslog import parse_lines
-from meshlab.proxy import http_actions as actions
 from meshlab.proxy.accesslog import format_json, format_text
-from meshlab.proxy.config import parse_config
+from meshlab.proxy.config.sidecar import parse_config
 from meshlab.proxy.flags import ResetReason
-from meshlab.proxy.http_core import HttpStream, StreamContext, protocol_error_stream
-from meshlab.proxy.http_limits import HeadMeter
-from meshlab.proxy.http_route import request_settings, route_defaults
-from meshlab.proxy.metrics import PeerInfo, ProxyStats
-from meshlab.proxy.router import Router
-from meshlab.proxy.stats import StatsMatcher, StatsStore
+from meshlab.proxy.http import actions
+from meshlab.proxy.http.core import HttpStream, StreamContext, protocol_error_stream
+from meshlab.proxy.http.limits import HeadMeter
+from meshlab.proxy.http.route import request_settings, route_defaults
+from meshlab.proxy.stats.metrics import PeerInfo, ProxyStats
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
+from meshlab.proxy.upstream.router import Router
 
 FQDN = "fortio-server-l2.mark.svc.cluster.local"
 CLUSTER = f"outbound|8080||{FQDN}"

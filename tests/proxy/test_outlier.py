@@ -1,12 +1,12 @@
 """Outlier detection state machine (sans-IO, injectable clock): Envoy's consecutive-5xx and
 gateway detectors, max_ejection_percent, interval-driven un-ejection with backoff, panic."""
 
+from meshlab.proxy.config.policy import ClusterPolicy, OutlierDetection
 from meshlab.proxy.flags import ResetReason
-from meshlab.proxy.metrics import ProxyStats
-from meshlab.proxy.outlier import OutlierDetector, OutlierRegistry
-from meshlab.proxy.policy import ClusterPolicy, OutlierDetection
-from meshlab.proxy.router import Cluster
-from meshlab.proxy.stats import StatsMatcher, StatsStore
+from meshlab.proxy.stats.metrics import ProxyStats
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
+from meshlab.proxy.upstream.outlier import OutlierDetector, OutlierRegistry
+from meshlab.proxy.upstream.router import Cluster
 
 A, B, C = ("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)
 P = "cluster.c;."

@@ -8,8 +8,7 @@ import pytest
 from _private_netns import run_in_private_netns
 
 from meshlab.errors import ConfigError
-from meshlab.proxy import sockopts
-from meshlab.proxy.policy import (
+from meshlab.proxy.config.policy import (
     SOL_TCP,
     TCP_USER_TIMEOUT,
     ClusterPolicy,
@@ -17,6 +16,7 @@ from meshlab.proxy.policy import (
     TcpKeepalive,
     parse_policies,
 )
+from meshlab.proxy.upstream import sockopts
 
 UTO = SocketOption(SOL_TCP, TCP_USER_TIMEOUT, 1500)
 

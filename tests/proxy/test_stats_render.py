@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlab.envs.local.istiod import stats_inclusion_regexps
-from meshlab.proxy.metrics import ProxyStats
-from meshlab.proxy.stats import DEFAULT_BUCKETS, StatsMatcher, StatsStore
-from meshlab.proxy.stats_render import fmt_double, render_json, render_prometheus, render_text
+from meshlab.proxy.stats.metrics import ProxyStats
+from meshlab.proxy.stats.render import fmt_double, render_json, render_prometheus, render_text
+from meshlab.proxy.stats.store import DEFAULT_BUCKETS, StatsMatcher, StatsStore
 
 C = "outbound|8080||svc.ns.svc.cluster.local"
 
@@ -220,7 +220,7 @@ LABELS_25 = [
 
 
 def test_istio_labels_in_order_and_tcp_reports_every_interval_and_at_close():
-    from meshlab.proxy.metrics import DestinationService, PeerInfo
+    from meshlab.proxy.stats.metrics import DestinationService, PeerInfo
 
     store = StatsStore()  # Istio defaults: istiocustom stats are always kept
     ps = ProxyStats(store)

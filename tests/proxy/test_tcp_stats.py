@@ -19,9 +19,9 @@ from _tcplab import ALL_STATS, ECHO_CLUSTER, ECHO_VIP, recv_until, stat
 
 from meshlab.envs.local.netns import add_netns, delete_netns
 from meshlab.envs.local.veth_pair import connect_in_netns
-from meshlab.proxy.stats import StatsMatcher, StatsStore
-from meshlab.proxy.tcp_info import TCP_INFO_SIZE, parse_tcp_info, read_tcp_info
-from meshlab.proxy.tcp_stats import COUNTERS, TcpStatsTracker
+from meshlab.proxy.stats.store import StatsMatcher, StatsStore
+from meshlab.proxy.stats.tcp_info import TCP_INFO_SIZE, parse_tcp_info, read_tcp_info
+from meshlab.proxy.stats.tcp_stats import COUNTERS, TcpStatsTracker
 
 TCP_STATS = f"cluster.{ECHO_CLUSTER};.tcp_stats."
 

@@ -2,7 +2,7 @@
 
 ``sidecar_config`` builds the JSON the embedded sidecar reads (docs/CONTRACTS.md §1): the pod's
 own inbound ports and every Service with its ClusterIP and endpoints (what Envoy gets from
-CDS/EDS), plus the ``policies`` (:mod:`meshlab.proxy.policy`) that the manifests'
+CDS/EDS), plus the ``policies`` (:mod:`meshlab.proxy.config.policy`) that the manifests'
 DestinationRules, VirtualServices and EnvoyFilters give this pod's sidecar (:func:`policies`).
 ``hosts_file`` gives each pod the Service names kube-dns would resolve
 (``name``, ``name.ns``, ``name.ns.svc``, ``name.ns.svc.<domain>``) plus its own hostname.
@@ -25,7 +25,7 @@ from meshlab.model import (
     OutlierSpec,
     Service,
 )
-from meshlab.proxy.policy import TcpKeepalive
+from meshlab.proxy.config.policy import TcpKeepalive
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0  # Istio meshConfig.connectTimeout (ENVOY.md §8)
 #: The lab reads tcp_stats every second (Envoy's ``update_period``; unset = only at close)
@@ -201,7 +201,7 @@ def _merge_cluster_patch(cluster: dict[str, Any], options: list[dict[str, Any]],
 
 
 def policies(plan: LabPlan, pp: PodPlan) -> dict[str, Any]:
-    """The ``policies`` object of one sidecar (shape: :mod:`meshlab.proxy.policy`).
+    """The ``policies`` object of one sidecar (shape: :mod:`meshlab.proxy.config.policy`).
 
     DestinationRules and VirtualServices apply to every sidecar (client side, every port of
     the host); EnvoyFilters only to the pods their ``workloadSelector`` selects. Listener

@@ -14,7 +14,7 @@ Scrape config (``<state>/prometheus/prometheus.yml``), after Istio's Prometheus 
   "Option 2" custom scrape job), and
 - job ``kubernetes-pods``: ``<pod ip>:15020`` ``/stats/prometheus`` (pilot-agent's merged
   output that the injected ``prometheus.io/*`` annotations point at; it starts with the
-  sidecar process's ``process_*`` metrics, :mod:`meshlab.proxy.process_metrics`),
+  sidecar process's ``process_*`` metrics, :mod:`meshlab.proxy.stats.process_metrics`),
 
 one target per meshed pod from ``file_sd_configs`` files the lab writes, with the target labels
 the Kubernetes relabelling of those jobs gives: ``namespace``, ``pod``, ``node``, ``app``.

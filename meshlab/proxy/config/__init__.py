@@ -1,0 +1,1 @@
+"""sidecar.json loading and the Istio policies it carries (CONTRACTS.md §1)."""

@@ -1,0 +1,1 @@
+"""The TCP proxy filter: relay with Envoy's half-close semantics."""

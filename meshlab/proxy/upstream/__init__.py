@@ -1,0 +1,1 @@
+"""Upstream side: endpoint routing, connection pool, circuit breakers, outlier detection, socket options."""
