@@ -3,19 +3,20 @@
 iptables REDIRECTs a pod's traffic to the capture listeners (15001 outbound, 15006 inbound);
 :func:`original_dst` recovers where the connection was going, and a
 :class:`ConnectionHandler` (HTTP or TCP) serves it once :class:`~meshlab.proxy.listeners.Sidecar` has
-routed it to a cluster.
+routed it to a cluster: the HTTP proxy as an asyncio Protocol per connection
+(:meth:`~meshlab.proxy.http.conn.HttpProxy.connection`), the TCP proxy on asyncio streams
+(:meth:`~meshlab.proxy.tcp.proxy.TcpProxy.serve`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.config.sidecar import SidecarConfig
 from meshlab.proxy.stats.metrics import PeerInfo, ProxyStats
-from meshlab.proxy.upstream.router import Address, Cluster, Router
+from meshlab.proxy.upstream.router import Address, Router
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 
@@ -49,19 +50,6 @@ class ConnectionHandler:
         self.stats = stats
         self.own_peer = own_peer
         self.access_log = access_log
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    cluster: Cluster, dst: Address, remote: Address) -> None:
-        """Serve one captured downstream connection until it ends (the caller closes it).
-
-        Args:
-            reader: downstream read side.
-            writer: downstream write side.
-            cluster: routing decision for the original destination.
-            dst: original destination (``%DOWNSTREAM_LOCAL_ADDRESS%``).
-            remote: the client address.
-        """
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(pod={self.config.pod.name!r})"

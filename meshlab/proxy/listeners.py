@@ -1,8 +1,12 @@
 """The asyncio layer's entry: capture listeners and per-connection dispatch.
 
-This module, :mod:`~meshlab.proxy.capture`, :mod:`~meshlab.proxy.http.conn`,
-:mod:`~meshlab.proxy.tcp.proxy`, :mod:`~meshlab.proxy.upstream.pool` and :mod:`~meshlab.proxy.admin.endpoints` are
-the ones that touch sockets.
+Each capture listener is a ``loop.create_server`` whose accepted connections are routed in
+``connection_made`` (original destination → cluster) and handed to the HTTP proxy's Protocol or
+the TCP proxy, with one driver task per connection. This module,
+:mod:`~meshlab.proxy.capture`, :mod:`~meshlab.proxy.http.downstream`,
+:mod:`~meshlab.proxy.http.conn`, :mod:`~meshlab.proxy.tcp.proxy`,
+:mod:`~meshlab.proxy.upstream.connection` and :mod:`~meshlab.proxy.admin.server` are the ones that
+touch sockets.
 Protocol decisions live in :mod:`~meshlab.proxy.http.core`; :mod:`~meshlab.proxy.http.conn`
 executes the actions a stream returns and reports socket events back to it.
 """
@@ -11,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.capture import original_dst
@@ -21,7 +28,8 @@ from meshlab.proxy.http.conn import HttpProxy
 from meshlab.proxy.stats.metrics import PeerInfo, ProxyStats
 from meshlab.proxy.stats.tcp_stats import TcpStatsTracker
 from meshlab.proxy.tcp.proxy import TcpProxy
-from meshlab.proxy.upstream.pool import READ_CHUNK, ConnectionPool
+from meshlab.proxy.upstream.connection import READ_CHUNK
+from meshlab.proxy.upstream.pool import ConnectionPool
 from meshlab.proxy.upstream.router import Router
 from meshlab.proxy.upstream.sockopts import listen_socket
 
@@ -48,10 +56,12 @@ class Sidecar:
     async def start(self, bind_ip: str = "0.0.0.0") -> None:
         """Start the 15001 and 15006 capture listeners."""
         ports = self.config.ports
-        for port, handler in ((ports.outbound, self._on_outbound), (ports.inbound, self._on_inbound)):
+        loop = asyncio.get_running_loop()
+        for port, direction in ((ports.outbound, "outbound"), (ports.inbound, "inbound")):
             # EnvoyFilter LISTENER socket options (PREBIND/BOUND/LISTENING; ENVOY.md §8)
             sock = listen_socket(bind_ip, port, self.config.policies.listener_options(port))
-            server = await asyncio.start_server(handler, sock=sock, limit=READ_CHUNK * 4)
+            server = await loop.create_server(
+                functools.partial(_Accepted, self, direction, port), sock=sock)
             self.servers.append(server)
             self.listening[port] = server
         self.tcp_stats.start()
@@ -80,48 +90,79 @@ class Sidecar:
 
     # -- accept ---------------------------------------------------------------------------------
 
-    async def _on_outbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._accept(reader, writer, "outbound")
+    def accepted(self, transport: asyncio.Transport, direction: str, listen_port: int) -> None:
+        """A captured connection: route it, hand it to the HTTP or TCP proxy, account for it.
 
-    async def _on_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._accept(reader, writer, "inbound")
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      direction: str) -> None:
-        sock = writer.get_extra_info("socket")
-        peer = writer.get_extra_info("peername")
-        listen_port = self.config.ports.outbound if direction == "outbound" else self.config.ports.inbound
+        Raises nothing: a connection that cannot be served is closed (``no_filter_chain_match``
+        when it was not redirected, or would loop into the sidecar itself).
+        """
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        prefix = f"listener.0.0.0.0_{listen_port}."
         lstats = self.stats.listener(f"0.0.0.0_{listen_port}")
         lstats.downstream_cx_total.inc()
         lstats.downstream_cx_active.inc()
-        self.tcp_stats.watch_transport(writer.transport, f"listener.0.0.0.0_{listen_port}.")
         start = time.monotonic()
         try:
-            try:
-                dst = original_dst(sock)
-            except OSError:
-                lstats.no_filter_chain_match.inc()
-                return
-            if dst[1] == listen_port or (dst[1] in (self.config.ports.outbound,
-                                                    self.config.ports.inbound)
-                                         and dst[0] in ("127.0.0.1", self.config.pod.ip)):
-                lstats.no_filter_chain_match.inc()  # would loop into ourselves
-                return
-            cluster = self.router.outbound(dst) if direction == "outbound" else self.router.inbound(dst)
-            remote = (peer[0], peer[1]) if peer else ("0.0.0.0", 0)
-            if cluster.is_http:
-                await self.http.serve(reader, writer, cluster, dst, remote)
-            else:
-                await self.tcp.serve(reader, writer, cluster, dst, remote)
+            dst = original_dst(sock)
+        except OSError:
+            dst = None
+        ports = self.config.ports
+        if dst is None or dst[1] == listen_port or (
+                dst[1] in (ports.outbound, ports.inbound)
+                and dst[0] in ("127.0.0.1", self.config.pod.ip)):  # would loop into ourselves
+            self.tcp_stats.watch_transport(transport, prefix)
+            lstats.no_filter_chain_match.inc()
+            self._closed(lstats, start, transport)
+            return
+        cluster = self.router.outbound(dst) if direction == "outbound" else self.router.inbound(dst)
+        remote = (peer[0], peer[1]) if peer else ("0.0.0.0", 0)
+        loop = asyncio.get_running_loop()
+        if cluster.is_http:
+            proto = self.http.connection(cluster, dst, remote)
+            transport.set_protocol(proto)
+            proto.connection_made(transport)
+            work = proto.serve()
+        else:  # the TCP proxy relays on asyncio streams
+            reader = asyncio.StreamReader(limit=READ_CHUNK * 4, loop=loop)
+            sproto = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport.set_protocol(sproto)
+            sproto.connection_made(transport)
+            writer = asyncio.StreamWriter(transport, sproto, reader, loop)
+            work = self.tcp.serve(reader, writer, cluster, dst, remote)
+        self.tcp_stats.watch_transport(transport, prefix)
+        task = loop.create_task(self._serve(work, direction, lstats, start, transport))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, work: Coroutine[Any, Any, None], direction: str, lstats: Any,
+                     start: float, transport: asyncio.Transport) -> None:
+        try:
+            await work
         except Exception as exc:  # noqa: BLE001 - one bad connection must not kill the proxy
             print(f"meshlab.proxy: {direction} connection error: {exc!r}", file=sys.stderr)
         finally:
-            lstats.downstream_cx_active.dec()
-            lstats.downstream_cx_destroy.inc()
-            lstats.downstream_cx_length_ms.record((time.monotonic() - start) * 1000)
-            with contextlib.suppress(Exception):
-                writer.close()
+            self._closed(lstats, start, transport)
 
+    @staticmethod
+    def _closed(lstats: Any, start: float, transport: asyncio.Transport) -> None:
+        lstats.downstream_cx_active.dec()
+        lstats.downstream_cx_destroy.inc()
+        lstats.downstream_cx_length_ms.record((time.monotonic() - start) * 1000)
+        with contextlib.suppress(Exception):
+            transport.close()
 
     def __repr__(self) -> str:
         return f"Sidecar(pod={self.config.pod.name!r}, {self.pool!r})"
+
+
+class _Accepted(asyncio.Protocol):
+    """A just-accepted connection; :meth:`Sidecar.accepted` swaps in the serving protocol."""
+
+    def __init__(self, sidecar: Sidecar, direction: str, listen_port: int) -> None:
+        self.sidecar = sidecar
+        self.direction = direction
+        self.listen_port = listen_port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sidecar.accepted(transport, self.direction, self.listen_port)  # type: ignore[arg-type]

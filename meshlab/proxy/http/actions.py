@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import h11
 
+from meshlab.proxy.http.codec import Http1Request
+from meshlab.proxy.upstream.codec import ResponseHead
 from meshlab.proxy.upstream.router import Address
 
 
@@ -44,7 +46,7 @@ class FaultDelay:
 class SendRequest:
     """Write ``request`` and ``body`` on the connection just obtained, then await the response."""
 
-    request: h11.Request
+    request: Http1Request  # method, target, headers (h11.Request in tests)
     body: bytes
 
 
@@ -52,7 +54,7 @@ class SendRequest:
 class ForwardResponse:
     """Send these (rewritten) response headers downstream, then stream the upstream body."""
 
-    response: h11.Response
+    response: ResponseHead
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,14 @@ import re
 import h11
 import httptools
 
+from meshlab.proxy.upstream.codec import ResponseHead
+
 #: Request line the fast path takes (anything else goes to h11, which accepts more).
 _REQUEST_LINE = re.compile(rb"([A-Z]+) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n")
-#: h11's field-value grammar (``h11._abnf.field_value``): no NUL, no bare CR/LF.
-_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+#: Bytes h11's field-value grammar (``h11._abnf.field_value``: tokens of ``[^\x00\s]`` joined by
+#: spaces/tabs) rejects inside a value, searched once over the whole head: NUL, VT, FF, bare CR
+#: (bare LF is caught by counting line ends; values are stripped of outer whitespace).
+_BAD_VALUE_BYTE = re.compile(rb"[\x00\x0b\x0c]|\r(?!\n)")
 _DIGITS = re.compile(rb"[0-9]+")
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
 _END = h11.EndOfMessage()
@@ -173,7 +177,8 @@ class ServerCodec:
             return h11.NEED_DATA
         head = bytes(buf[:end + 4])
         line = _REQUEST_LINE.match(head)
-        if line is None or head.count(b"\n") != head.count(b"\r\n"):
+        if line is None or head.count(b"\n") != head.count(b"\r\n") or \
+                _BAD_VALUE_BYTE.search(head) is not None:
             raise _Fallback
         collected = _Headers()
         try:
@@ -188,8 +193,6 @@ class ServerCodec:
         for name, value in collected.fields:
             name = name.lower()
             value = value.rstrip(b" \t")
-            if _FIELD_VALUE.fullmatch(value) is None:
-                raise _Fallback
             if name in _SPECIAL:
                 if name == b"host":
                     hosts += 1
@@ -232,13 +235,18 @@ class ServerCodec:
     # -- send -----------------------------------------------------------------------------------
 
     def send(self, event: h11.Response | h11.InformationalResponse | h11.Data | h11.EndOfMessage
-             ) -> bytes:
-        """The bytes for ``event`` (h11's output, byte for byte).
+             | ResponseHead) -> bytes:
+        """The bytes for ``event`` (h11's output, byte for byte; a
+        :class:`~meshlab.proxy.upstream.codec.ResponseHead` is written as ``h11.Response``).
 
         Raises:
             h11.LocalProtocolError: body bytes beyond the declared length, or too few at the end.
         """
         if self._h11 is not None:
+            if not isinstance(event, (h11.Response, h11.InformationalResponse, h11.Data,
+                                      h11.EndOfMessage)):  # a ResponseHead
+                event = h11.Response(status_code=event.status_code,
+                                     headers=list(event.headers), reason=event.reason)
             return self._h11.send(event) or b""
         kind = type(event)
         if kind is h11.Data:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -25,6 +25,7 @@ from meshlab.proxy.flags import Flag, LocalReply
 from meshlab.proxy.http.codec import Http1Request
 from meshlab.proxy.http.route import CONSUMED_HEADERS
 from meshlab.proxy.stats.metrics import PeerInfo
+from meshlab.proxy.upstream.codec import HeaderList, ResponseHead
 
 #: Envoy ``max_request_headers_kb`` default (60 KiB); h11 reports larger heads with hint 431.
 MAX_REQUEST_HEADERS_BYTES = 60 * 1024
@@ -85,6 +86,16 @@ def decode_peer_metadata(value: bytes | None) -> PeerInfo | None:
                         cluster_id=str(doc.get("CLUSTER_ID", "unknown")))
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID in its 36-character text form, as ``str(uuid.uuid4())``
+    gives it, without building a ``uuid.UUID`` per request."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass
@@ -151,7 +162,7 @@ def parse_request_head(request: DownstreamRequest, *, inbound: bool,
         if name not in _REQ_DROP:
             headers.append((name, value))
     if request_id is None:  # HCM generate_request_id (UUID4)
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         headers.append((b"x-request-id", request_id.encode()))
     if not any(n == b"x-forwarded-proto" for n, _ in headers):
         headers.append((b"x-forwarded-proto", b"http"))
@@ -165,7 +176,7 @@ def parse_request_head(request: DownstreamRequest, *, inbound: bool,
 
 
 def upstream_request(request: DownstreamRequest, head: RequestHead, attempt: int,
-                     body_bytes: int) -> h11.Request:
+                     body_bytes: int) -> Http1Request:
     """The HTTP/1.1 request head for upstream attempt number ``attempt``.
 
     Args:
@@ -179,14 +190,13 @@ def upstream_request(request: DownstreamRequest, head: RequestHead, attempt: int
     headers.append((b"x-envoy-attempt-count", str(attempt).encode()))
     if body_bytes or head.had_body_framing:
         headers.append((b"content-length", str(body_bytes).encode()))
-    # every name/value is parsed (h11-validated) or generated here: skip h11's re-validation
-    return h11.Request(method=request.method, target=request.target, headers=headers,
-                       http_version=b"1.1", _parsed=True)
+    # every name/value was validated by the codec or is generated here: no re-validation
+    return Http1Request(request.method, request.target, headers, b"1.1")
 
 
-def rewrite_response(response: h11.Response, *, outbound: bool, server_name: bytes,
-                     service_time_ms: int, send_peer: PeerInfo | None,
-                     now_s: float) -> tuple[h11.Response, PeerInfo | None]:
+def rewrite_response(response: ResponseHead | h11.Response, *, outbound: bool,
+                     server_name: bytes, service_time_ms: int, send_peer: PeerInfo | None,
+                     now_s: float) -> tuple[ResponseHead, PeerInfo | None]:
     """Rewrite an upstream response head for downstream.
 
     Args:
@@ -200,7 +210,7 @@ def rewrite_response(response: h11.Response, *, outbound: bool, server_name: byt
     Returns:
         (the rewritten head, the upstream workload from outbound peer metadata or None).
     """
-    headers = []
+    headers = HeaderList()
     has_date = False
     peer: PeerInfo | None = None
     for name, value in response.headers:
@@ -217,9 +227,8 @@ def rewrite_response(response: h11.Response, *, outbound: bool, server_name: byt
     headers.append((b"x-envoy-upstream-service-time", str(service_time_ms).encode()))
     if send_peer is not None:
         headers.append((PEER_METADATA, encode_peer_metadata(send_peer)))
-    # every name/value is parsed (h11-validated) or generated here: skip h11's re-validation
-    return (h11.Response(status_code=response.status_code, headers=headers,
-                         reason=reason_phrase(response.status_code), _parsed=True), peer)
+    # every name/value was validated by the parser or is generated here: no re-validation
+    return ResponseHead(response.status_code, headers, reason_phrase(response.status_code)), peer
 
 
 def local_reply_response(reply: LocalReply, *, server_name: bytes,

@@ -31,6 +31,11 @@ ISTIO_BUILD = "istiocustom.istio_build"
 ISTIO_VERSION = "1.23.0"
 
 
+#: Memo of :meth:`IstioMetrics.labels` (argument tuple → label tuple), cleared when full.
+_LABELS: dict[tuple[object, ...], Tags] = {}
+_LABELS_MAX = 4096
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """Workload labels of the other side (Istio metadata exchange), ``unknown`` when absent."""
@@ -86,7 +91,23 @@ class IstioMetrics:
     def labels(reporter: str, source: PeerInfo, dest: PeerInfo, svc: DestinationService,
                protocol: str, response_code: int | None, response_flags: str,
                security_policy: str) -> Tags:
-        """The 25 labels of ``istio_requests_total`` in order (TCP metrics omit code/grpc)."""
+        """The 25 labels of ``istio_requests_total`` in order (TCP metrics omit code/grpc).
+
+        Memoised: a sidecar sees few distinct label sets, and every request needs one.
+        """
+        key = (reporter, source, dest, svc, protocol, response_code, response_flags,
+               security_policy)
+        tags = _LABELS.get(key)
+        if tags is None:
+            if len(_LABELS) >= _LABELS_MAX:
+                _LABELS.clear()
+            tags = _LABELS[key] = IstioMetrics._build_labels(*key)
+        return tags
+
+    @staticmethod
+    def _build_labels(reporter: str, source: PeerInfo, dest: PeerInfo, svc: DestinationService,
+                      protocol: str, response_code: int | None, response_flags: str,
+                      security_policy: str) -> Tags:
         out: list[tuple[str, str]] = [
             ("reporter", reporter),
             ("source_workload", source.workload),

@@ -34,7 +34,7 @@ from meshlab.proxy.stats.metrics import ClusterStats, DestinationService, PeerIn
 from meshlab.proxy.stats.store import StatsStore
 from meshlab.proxy.stats.trees import StatTree
 from meshlab.proxy.tcp.relay import Outcome, Relay
-from meshlab.proxy.upstream.pool import ConnectFailure, open_upstream
+from meshlab.proxy.upstream.connection import ConnectFailure, open_upstream
 from meshlab.proxy.upstream.router import Address, Cluster
 
 

@@ -23,7 +23,7 @@ import asyncio
 import enum
 from collections.abc import Callable
 
-from meshlab.proxy.upstream.pool import READ_CHUNK
+from meshlab.proxy.upstream.connection import READ_CHUNK
 
 
 class Outcome(enum.Enum):

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING
 from meshlab.proxy.config.policy import CircuitBreakers
 from meshlab.proxy.flags import ResetReason
 from meshlab.proxy.stats.store import StatsStore
-from meshlab.proxy.upstream.pool import ConnectFailure
+from meshlab.proxy.upstream.connection import ConnectFailure
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.proxy.config.policy import ClusterPolicy
     from meshlab.proxy.stats.metrics import ProxyStats
-    from meshlab.proxy.upstream.pool import ConnectionPool, UpstreamConnection
+    from meshlab.proxy.upstream.connection import UpstreamConnection
+    from meshlab.proxy.upstream.pool import ConnectionPool
     from meshlab.proxy.upstream.router import Address, Cluster
 
 _OPEN_GAUGES = ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")
