@@ -23,7 +23,7 @@ MANIFESTS = typer.Option(None, "--manifests", help="manifests folder "
 OVERLAY = typer.Option(None, "--overlay", help="add manifests/overlays/NAME over the base "
                        "manifests (repeatable, applied in order)")
 PROMETHEUS = typer.Option(False, "--prometheus", help="also start the lab's Prometheus "
-                          "(scrapes every sidecar each second, inside the lab's cluster netns)")
+                          "(scrapes every sidecar every 5 s, inside the lab's cluster netns)")
 PATHS = typer.Argument(None, help="suites (default: suites/)")
 REPORTS = typer.Option(Path("reports"), "--reports", help="reports folder")
 ENV = typer.Option("local", "--env", help="where the suites run: local (network-namespace lab) "

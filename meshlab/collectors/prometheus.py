@@ -42,10 +42,8 @@ JOB = "envoy-stats"
 AGENT_JOB = "kubernetes-pods"
 """The job scraping pilot-agent's merged 15020 output (sidecar process metrics)."""
 SCRAPE_WAIT_S = 15.0
-"""Seconds :func:`collect` waits for a scrape newer than the window end."""
-SCRAPE_INTERVAL_S = 1.0
-"""The lab server's scrape interval (:mod:`meshlab.envs.local.prometheus`): a ``max`` query's
-range reaches this far before the window start, so it holds the last sample before it."""
+"""Least seconds :func:`collect` waits for a scrape newer than the window end (at least three
+scrape intervals of the client's server, :attr:`PrometheusClient.scrape_interval_s`)."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,7 @@ def wait_scraped(client: PrometheusClient, after_epoch_s: float,
     def fresh(samples: list[dict[str, Any]]) -> bool:
         return bool(samples) and all(s["value"] > after_epoch_s for s in samples)
 
-    try:  # polled every 0.2 s; the scrape interval is 1 s
+    try:  # polled every 0.2 s
         return max(s["t"] for s in wait_until(lambda: client.query("timestamp(up)"), fresh,
                                               timeout_s=timeout_s, every_s=0.2,
                                               what="a scrape of every target"))
@@ -162,7 +160,8 @@ def evaluate(client: PrometheusClient, query: NamedQuery, start_epoch_s: float,
     Raises:
         LabError: a query failed.
     """
-    range_s = eval_end_epoch_s - start_epoch_s + SCRAPE_INTERVAL_S
+    # reach one scrape interval before the start: the range holds the last sample before it
+    range_s = eval_end_epoch_s - start_epoch_s + client.scrape_interval_s
     if query.kind == "max":
         result = [{"labels": {k: s["labels"].get(k, "") for k in query.by}, "value": s["value"]}
                   for s in client.query(query.promql(range_s), eval_end_epoch_s)]
@@ -176,8 +175,11 @@ def evaluate(client: PrometheusClient, query: NamedQuery, start_epoch_s: float,
 
 def collect(client: PrometheusClient, start_epoch_s: float, end_epoch_s: float, *,
             queries: tuple[NamedQuery, ...] = QUERIES,
-            scrape_wait_s: float = SCRAPE_WAIT_S) -> dict[str, Any]:
+            scrape_wait_s: float | None = None) -> dict[str, Any]:
     """Evaluate ``queries`` over the window; never raises.
+
+    ``scrape_wait_s``: how long to wait for scrapes after the window end (None: the larger of
+    :data:`SCRAPE_WAIT_S` and three of the server's scrape intervals).
 
     Returns:
         The journal's ``prometheus`` value: ``{"url", "job", "window": {"start_epoch_s",
@@ -187,6 +189,8 @@ def collect(client: PrometheusClient, start_epoch_s: float, end_epoch_s: float, 
                            "window": {"start_epoch_s": start_epoch_s, "end_epoch_s": end_epoch_s},
                            "eval_end_epoch_s": None, "queries": [], "error": None}
     try:
+        if scrape_wait_s is None:
+            scrape_wait_s = max(SCRAPE_WAIT_S, 3 * client.scrape_interval_s)
         eval_end = wait_scraped(client, end_epoch_s, scrape_wait_s)
         out["eval_end_epoch_s"] = eval_end
     except Exception as exc:  # noqa: BLE001 - recorded, never raised into the run

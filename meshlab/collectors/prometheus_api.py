@@ -22,6 +22,8 @@ from meshlab.errors import LabError
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_SCRAPE_INTERVAL_S = 15.0
+"""Istio's Prometheus addon default, assumed for a server whose interval is not given."""
 
 
 class PrometheusError(LabError):
@@ -35,20 +37,25 @@ class PrometheusClient:
         url: base URL, e.g. ``http://172.18.0.1:9090``.
         netns: network namespace to make the calls from (local lab), None: the runner's own.
         timeout_s: per-request timeout in seconds.
+        scrape_interval_s: the server's scrape interval in seconds (how far back a range
+            query reaches for the last sample before a window, how long to wait for the next).
     """
 
     def __init__(self, url: str, *, netns: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 scrape_interval_s: float = DEFAULT_SCRAPE_INTERVAL_S) -> None:
         self.url = url.rstrip("/")
         self.netns = netns
         self.timeout_s = timeout_s
+        self.scrape_interval_s = scrape_interval_s
         self._session = requests.Session()
         self._session.trust_env = False
         self._conn = PrometheusConnect(url=self.url, session=self._session, timeout=timeout_s,
                                        retry=Retry(total=0, raise_on_status=False))
 
     def __repr__(self) -> str:
-        return f"PrometheusClient(url={self.url!r}, netns={self.netns!r})"
+        return (f"PrometheusClient(url={self.url!r}, netns={self.netns!r}, "
+                f"scrape_interval_s={self.scrape_interval_s:g})")
 
     def close(self) -> None:
         """Close the pooled connections."""

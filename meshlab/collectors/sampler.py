@@ -4,7 +4,11 @@ Targets (docs/CONTRACTS.md §5): each meshed pod's sidecar ``/stats``
 (:class:`~meshlab.collectors.envoy_stats.EnvoyStatsTarget`) and access log
 (:class:`~meshlab.collectors.accesslog.AccessLogTarget`), each pod's sockets
 (:class:`~meshlab.collectors.sockets.SocketsTarget`) and the conntrack table of every pod and
-node network namespace (:class:`~meshlab.collectors.conntrack.ConntrackTarget`). A target is
+node network namespace (:class:`~meshlab.collectors.conntrack.ConntrackTarget`). On an env whose
+namespaces are on this machine (``env.kernel_reads == "netlink"``: the local lab) sockets and
+conntrack are read over netlink sockets kept open inside each namespace
+(:mod:`~meshlab.collectors.sock_diag`, :mod:`~meshlab.collectors.ctnetlink`); elsewhere (kube)
+``ss`` / ``conntrack`` run through the env's shells. A target is
 anything with ``series`` (the file key), ``name`` (the lines' ``target``) and ``read() -> dict |
 None`` (the data keys; None writes nothing).
 
@@ -13,7 +17,9 @@ so one slow target (an admin call timing out) never holds back the others: a tar
 previous read is still running skips that tick (counted in ``skipped``); ticks the scheduler
 itself missed are dropped, never caught up (counted in ``overruns``). A read that raises writes a
 gap line and sampling goes on; nothing the targets do reaches the caller. Each line is flushed as
-it is written, so a ``kill -9``'d run keeps its series.
+it is written, so a ``kill -9``'d run keeps its series. The scheduler and reader threads run at
+``SCHED_IDLE`` (nice 19 if refused, :mod:`meshlab.collectors.idle`): observing never takes CPU
+the data path wants.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from pathlib import Path
 from typing import IO, Any, Protocol, Self
 
 from meshlab.collectors.accesslog import AccessLogTarget
-from meshlab.collectors.conntrack import ConntrackTarget
+from meshlab.collectors.conntrack import ConntrackCommand, ConntrackReader, ConntrackTarget
+from meshlab.collectors.ctnetlink import CtnetlinkReader
 from meshlab.collectors.envoy_stats import EnvoyStatsTarget
-from meshlab.collectors.sockets import SocketsTarget
+from meshlab.collectors.idle import make_thread_idle
+from meshlab.collectors.sock_diag import SockDiagReader
+from meshlab.collectors.sockets import SocketReader, SocketsTarget, SsReader
 from meshlab.errors import ConfigError, MeshlabError
 
 #: Series file keys, in the journal's order.
@@ -50,6 +59,23 @@ class Target(Protocol):
         ...
 
 
+def kernel_readers(env: Any, kind: str, name: str) -> tuple[SocketReader, ConntrackReader]:
+    """The socket and conntrack readers of pod or node ``name`` (``kind`` ``pod``|``node``).
+
+    Netlink readers inside the namespace when ``env.kernel_reads == "netlink"`` (the env then
+    has ``netns_of(kind, name)``), else ``ss`` / ``conntrack -L`` through
+    ``env.pod_shell`` / ``env.node_shell`` (the default for envs without the attribute).
+
+    Raises:
+        MeshlabError: no such pod or node.
+    """
+    if getattr(env, "kernel_reads", "shell") == "netlink":
+        netns = env.netns_of(kind, name)
+        return SockDiagReader(netns), CtnetlinkReader(netns)
+    shell = env.pod_shell(name) if kind == "pod" else env.node_shell(name)
+    return SsReader(shell), ConntrackCommand(shell)
+
+
 def default_targets(env: Any) -> tuple[list[Target], list[str]]:
     """Every target of ``env`` (see the module docstring) and notes on what was left out.
 
@@ -65,8 +91,9 @@ def default_targets(env: Any) -> tuple[list[Target], list[str]]:
         try:
             if pod.meshed:
                 targets += [EnvoyStatsTarget(env, pod.name), AccessLogTarget(env, pod.name)]
-            shell = env.pod_shell(pod.name)
-            targets += [SocketsTarget(shell, pod.name), ConntrackTarget(shell, pod.name, "pod")]
+            sockets, conntrack = kernel_readers(env, "pod", pod.name)
+            targets += [SocketsTarget(sockets, pod.name),
+                        ConntrackTarget(conntrack, pod.name, "pod")]
         except (MeshlabError, OSError) as exc:
             notes.append(f"collectors: pod {pod.name} not sampled: {exc}")
     if not callable(getattr(env, "node_shell", None)):
@@ -75,7 +102,7 @@ def default_targets(env: Any) -> tuple[list[Target], list[str]]:
         return targets, notes
     for node in _node_names(env, pods):
         try:
-            targets.append(ConntrackTarget(env.node_shell(node), node, "node"))
+            targets.append(ConntrackTarget(kernel_readers(env, "node", node)[1], node, "node"))
         except (MeshlabError, OSError) as exc:
             notes.append(f"collectors: node {node} conntrack not sampled: {exc}")
     return targets, notes
@@ -105,6 +132,8 @@ class Sampler:
             the target's previous read was still running.
         overruns: ticks the scheduler missed (dropped, not caught up).
         ticks: ticks started.
+        priorities: ``{thread name: "idle" | "nice19" | "unchanged"}`` of the sampler's
+            threads (:func:`~meshlab.collectors.idle.make_thread_idle`).
 
     Raises:
         ConfigError: ``interval_s`` is not a positive number.
@@ -127,6 +156,7 @@ class Sampler:
         self.skipped: Counter[str] = Counter()
         self.overruns = 0
         self.ticks = 0
+        self.priorities: dict[str, str] = {}
         self.started_epoch_s: float | None = None
         self.ended_epoch_s: float | None = None
         self._max_workers = max_workers
@@ -169,7 +199,8 @@ class Sampler:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._files = {s: open(self.dir / f"{s}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
                        for s in SERIES}  # closed by stop()
-        self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="collector")
+        self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="collector",
+                                        initializer=self._idle_thread)
         self.started_epoch_s = time.time()
         self._thread = threading.Thread(target=self._loop, name="collectors", daemon=True)
         self._thread.start()
@@ -209,7 +240,14 @@ class Sampler:
         self.stop()
 
     # sampling --------------------------------------------------------------------------
+    def _idle_thread(self) -> None:
+        """Run the calling sampler thread at idle CPU priority; remember what it got."""
+        got = make_thread_idle()
+        with self._lock:
+            self.priorities[threading.current_thread().name] = got
+
     def _loop(self) -> None:
+        self._idle_thread()
         next_t = time.monotonic()
         while not self._stop.is_set():
             self._tick()

@@ -1,8 +1,9 @@
 """TCP socket snapshots from ``ss -Htanoie`` (iproute2), parsed into records.
 
-The argv is built here and run through any :class:`~meshlab.envs.base.Shell` (a local pod's
-netns, or ``kubectl exec`` into a debug container on a cluster), so the same parser serves both
-envs. What an SRE reads from ``ss`` in the seed book — half-open ESTAB sockets with a
+The argv is built here and run through any :class:`~meshlab.envs.base.Shell` (``kubectl exec``
+into a debug container on a cluster: :class:`SsReader`). The local lab reads the same records
+over netlink ``sock_diag`` from inside the pod's netns instead of spawning ``ss`` each tick
+(:class:`meshlab.collectors.sock_diag.SockDiagReader`, checked against ``ss`` on the lab). What an SRE reads from ``ss`` in the seed book — half-open ESTAB sockets with a
 retransmit timer after a node power-off, a sidecar's leaked FIN-WAIT-2 / CLOSE-WAIT pair after a
 half-close — is available as fields:
 
@@ -21,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from meshlab.collectors.admin_http import ADMIN_HOST, ADMIN_PORT
 
@@ -185,27 +186,69 @@ def aggregate(sockets: Iterable[SocketInfo]) -> dict[str, Any]:
 ADMIN_ADDRESS = f"{ADMIN_HOST}:{ADMIN_PORT}"
 
 
+class SocketReader(Protocol):
+    """Where a :class:`SocketsTarget` gets one namespace's sockets: :class:`SsReader` (``ss``
+    through a Shell) or :class:`~meshlab.collectors.sock_diag.SockDiagReader` (netlink)."""
+
+    source: str
+
+    def snapshot(self) -> list[SocketInfo]:
+        """The sockets now; raises :class:`~meshlab.errors.MeshlabError` when unreadable."""
+        ...
+
+    def close(self) -> None:
+        """Release what the reader keeps open."""
+        ...
+
+
+class SsReader:
+    """:func:`snapshot` through a Shell: one ``ss`` process per read.
+
+    Args:
+        shell: runs ``ss`` in the pod's network namespace.
+    """
+
+    source = "ss"
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+
+    def __repr__(self) -> str:
+        return f"SsReader(shell={self.shell!r})"
+
+    def snapshot(self) -> list[SocketInfo]:
+        """:func:`snapshot` (raises like it)."""
+        return snapshot(self.shell)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 class SocketsTarget:
-    """A sampler target: one pod's TCP sockets (``ss``) per read, aggregated.
+    """A sampler target: one pod's TCP sockets per read, aggregated.
 
     The collectors' own admin connections (one end at :data:`ADMIN_ADDRESS`) are left out,
     so polling ``/stats`` does not show up as ESTAB / TIME-WAIT sockets and send-queue bytes.
 
     Args:
-        shell: runs ``ss`` in the pod's network namespace.
+        reader: reads the pod network namespace's sockets (:class:`SocketReader`).
         name: the series' ``target`` (the pod name).
     """
 
     series = "sockets"
 
-    def __init__(self, shell: Any, name: str) -> None:
-        self.shell = shell
+    def __init__(self, reader: SocketReader, name: str) -> None:
+        self.reader = reader
         self.name = name
 
     def __repr__(self) -> str:
-        return f"SocketsTarget(name={self.name!r})"
+        return f"SocketsTarget(name={self.name!r}, source={self.reader.source!r})"
 
     def read(self) -> dict[str, Any]:
-        """:func:`aggregate` of a fresh :func:`snapshot` (raises like it)."""
-        return aggregate(s for s in snapshot(self.shell)
+        """:func:`aggregate` of a fresh snapshot (raises like the reader)."""
+        return aggregate(s for s in self.reader.snapshot()
                          if s.state == "LISTEN" or ADMIN_ADDRESS not in (s.local, s.peer))
+
+    def close(self) -> None:
+        """Close the reader."""
+        self.reader.close()

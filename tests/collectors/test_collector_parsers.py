@@ -17,10 +17,15 @@ from types import SimpleNamespace
 import pytest
 
 from meshlab.collectors.accesslog import AccessLogTarget, count_records, end_second, parse_lines
-from meshlab.collectors.conntrack import ConntrackTarget, parse_conntrack, parse_line
+from meshlab.collectors.conntrack import (
+    ConntrackCommand,
+    ConntrackTarget,
+    parse_conntrack,
+    parse_line,
+)
 from meshlab.collectors.conntrack import aggregate as conntrack_aggregate
 from meshlab.collectors.envoy_stats import EnvoyStatsTarget, parse_histogram, parse_stats_text
-from meshlab.collectors.sockets import SocketsTarget, parse_ss
+from meshlab.collectors.sockets import SocketsTarget, SsReader, parse_ss
 from meshlab.collectors.sockets import aggregate as sockets_aggregate
 from meshlab.errors import LabError
 
@@ -191,11 +196,12 @@ class CapturedShell:
 def test_targets_leave_out_the_collectors_own_admin_connections():
     """The kept-alive admin connection (ESTAB pair, conntrack ESTABLISHED) and a closed one
     (TIME-WAIT) to 127.0.0.1:15000 are not counted; the admin listener is."""
-    socks = SocketsTarget(CapturedShell("ss_l1_admin.txt"), "fortio-server-0").read()
+    socks = SocketsTarget(SsReader(CapturedShell("ss_l1_admin.txt")), "fortio-server-0").read()
     assert socks["states"] == {"LISTEN": 1} and socks["rtt_ms_max"] is None
     assert sockets_aggregate(parse_ss(data("ss_l1_admin.txt")))["states"] == {
         "ESTAB": 2, "LISTEN": 1, "TIME-WAIT": 1}
-    pod = ConntrackTarget(CapturedShell("conntrack_l1_admin.txt", "conntrack_l1_pod.txt"),
+    pod = ConntrackTarget(ConntrackCommand(CapturedShell("conntrack_l1_admin.txt",
+                                                   "conntrack_l1_pod.txt")),
                           "fortio-server-0", "pod").read()
     assert pod == {"kind": "pod",
                    **conntrack_aggregate(parse_conntrack(data("conntrack_l1_pod.txt")))}

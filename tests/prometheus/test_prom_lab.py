@@ -1,8 +1,8 @@
 """The lab's real Prometheus (Debian ``/usr/bin/prometheus``), for real (lab ``prom``).
 
 Acceptance for issue #5: the server runs in the lab's cluster netns and scrapes every meshed
-pod's 15090 and 15020 each second; a bounded baseline load's request count read from
-Prometheus equals the count read from the sidecars' admin ``/stats``; a powered-off node's
+pod's 15090 and 15020 every scrape interval (5 s), at idle CPU priority; a bounded baseline
+load's request count read from Prometheus equals the count read from the sidecars' admin ``/stats``; a powered-off node's
 targets go ``up == 0`` while the others stay 1. The host netns is never changed: the runner's
 queries go through a thread inside the cluster netns.
 """
@@ -19,6 +19,7 @@ import pytest
 
 from meshlab.collectors import prometheus as queries
 from meshlab.collectors.envoy_stats import delta, snapshot
+from meshlab.collectors.idle import policy_of
 from meshlab.envs.local import prometheus as server
 from meshlab.envs.local.netns_socket import netns_connect, netns_socket, run_in_netns
 from meshlab.envs.local.state import LabState
@@ -91,6 +92,19 @@ def test_server_runs_in_the_cluster_netns_and_scrapes_every_meshed_pod(prom, hos
     assert {k: labels[k] for k in ("namespace", "node", "app")} == {
         "namespace": "mark", "node": NODE, "app": "fortio-server-l2"}
     assert set(_up(client).values()) == {1.0}
+
+
+def test_server_runs_at_idle_cpu_priority(prom):
+    _, client, _ = prom
+    pid = LabState.load(LAB).pids[server.PID_KEY]
+    threads = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    policies = {tid: policy_of(pid, tid) for tid in threads}
+    print(f"\nprometheus pid {pid}: {len(threads)} threads, policies "
+          f"{sorted(set(policies.values()))}")
+    assert Path(f"/proc/{pid}/exe").resolve() == Path(server.PROMETHEUS_BIN).resolve()
+    assert set(policies.values()) == {"SCHED_IDLE"}
+    assert server.configured_interval_s(LAB) == server.SCRAPE_INTERVAL_S == 5
+    assert client.scrape_interval_s == 5
 
 
 def _admin_requests(env) -> dict[tuple[str, str], int]:

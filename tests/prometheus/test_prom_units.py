@@ -100,7 +100,11 @@ def test_server_config_and_targets_cover_every_meshed_pod():
     assert server.monitor_ip(plan) == "172.18.0.1"
     assert server.server_url(plan) == "http://172.18.0.1:9090"
     doc = yaml.safe_load(yaml.safe_dump(server.server_config("promu")))
-    assert doc["global"]["scrape_interval"] == "1s" == doc["global"]["scrape_timeout"]
+    assert doc["global"]["scrape_interval"] == "5s" == doc["global"]["scrape_timeout"]
+    istio = server.server_config("promu", 15)["global"]
+    assert (istio["scrape_interval"], istio["scrape_timeout"]) == ("15s", "10s")
+    fast = server.server_config("promu", 0.5)["global"]
+    assert fast["scrape_interval"] == "500ms" == fast["scrape_timeout"]
     jobs = {job["job_name"]: job for job in doc["scrape_configs"]}
     assert set(jobs) == {"envoy-stats", "kubernetes-pods"}
     assert all(job["metrics_path"] == "/stats/prometheus" for job in jobs.values())

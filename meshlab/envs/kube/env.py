@@ -87,6 +87,9 @@ class KubeEnv:
     #: Stock istio-proxy has no tcp_stats transport socket: tcp_stats reads fall back to ``ss``
     #: in the pod netns (:mod:`meshlab.collectors.tcp_stats_ss`) and runs note it.
     sidecar_has_tcp_stats = False
+    #: No lab namespace is on this machine: the collectors run ``ss`` / ``conntrack -L``
+    #: through the env's shells (:func:`meshlab.collectors.sampler.kernel_readers`).
+    kernel_reads = "shell"
 
     def __init__(self, manifests: Sequence[Path | str] | Path | str, settings: KubeSettings,
                  lab: str = "lab", api: ClusterApi | None = None, *, poll_s: float = 1.0,

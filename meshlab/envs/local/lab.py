@@ -44,6 +44,9 @@ class LocalEnv:
     """
 
     name = "local"
+    #: The collectors read sockets and conntrack over netlink sockets opened inside the lab's
+    #: namespaces (:func:`meshlab.collectors.sampler.kernel_readers`, :meth:`netns_of`).
+    kernel_reads = "netlink"
 
     def __init__(self, manifests: Path | str | Sequence[Path | str] = DEFAULT_MANIFESTS,
                  lab: str = "lab", ready_timeout_s: float = 30.0) -> None:
@@ -104,10 +107,13 @@ class LocalEnv:
         self.state = LabState(lab=self.lab, status="down", manifests=self._manifest_strs())
         return removed
 
-    def start_prometheus(self) -> str:
+    def start_prometheus(self, scrape_interval_s: float | None = None) -> str:
         """Start the lab's Prometheus server unless it runs, and wait until ``/-/ready`` and
-        every target has been scraped once (:mod:`meshlab.envs.local.prometheus`; ~6 s, the
-        file SD's 5 s update period).
+        every target has been scraped once (:mod:`meshlab.envs.local.prometheus`; the file
+        SD's 5 s update period plus up to one scrape interval).
+
+        Args:
+            scrape_interval_s: seconds between scrapes (None: the module's default, 5 s).
 
         Returns:
             Its URL (reachable from the lab's cluster netns; query with :meth:`prometheus`).
@@ -117,7 +123,7 @@ class LocalEnv:
         """
         from meshlab.envs.local import prometheus as server
 
-        pid = server.start(self.plan)
+        pid = server.start(self.plan, scrape_interval_s or server.SCRAPE_INTERVAL_S)
         client = self.prometheus()
         try:
             server.wait_ready(self.plan, pid, client)
@@ -142,11 +148,14 @@ class LocalEnv:
         return stopped
 
     def prometheus(self) -> PrometheusClient:
-        """A client for the lab's Prometheus (its calls run in the cluster netns)."""
+        """A client for the lab's Prometheus (its calls run in the cluster netns), told the
+        server's scrape interval."""
         from meshlab.collectors.prometheus_api import PrometheusClient
-        from meshlab.envs.local.prometheus import server_url
+        from meshlab.envs.local import prometheus as server
 
-        return PrometheusClient(server_url(self.plan), netns=self.plan.cluster_netns)
+        return PrometheusClient(server.server_url(self.plan), netns=self.plan.cluster_netns,
+                                scrape_interval_s=server.configured_interval_s(self.lab)
+                                or server.SCRAPE_INTERVAL_S)
 
     def revert_faults(self) -> list[str]:
         """Revert faults a dead runner left in the ledger (:mod:`meshlab.faults.ledger`)."""
@@ -201,6 +210,19 @@ class LocalEnv:
         if node not in self.plan.nodes:
             raise ConfigError(f"no node named {node!r} (nodes: {', '.join(self.plan.nodes)})")
         return NetnsShell(self.plan.nodes[node].netns, node)
+
+    def netns_of(self, kind: str, name: str) -> str:
+        """The network namespace of a pod (``kind="pod"``, pod or workload name) or a node
+        (``kind="node"``), e.g. ``ml-lab-p-netshoot-0`` / ``ml-lab-n0``.
+
+        Raises:
+            ConfigError: no such pod or node, or another ``kind``.
+        """
+        if kind == "pod":
+            return self.plan.pods[self.pod(name).name].netns
+        if kind == "node":
+            return self.node_shell(name).netns
+        raise ConfigError(f"netns_of: kind must be 'pod' or 'node', got {kind!r}")
 
     def node_driver(self) -> LocalNodeDriver:
         """This lab's :class:`~meshlab.envs.node_driver.NodeDriver` (node power-off / power-on,

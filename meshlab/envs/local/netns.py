@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -136,11 +138,57 @@ def process_alive(pid: int) -> bool:
             return False
 
 
+_holders: dict[str, dict[int, Callable[[], None]]] = {}
+_holders_lock = threading.Lock()
+
+
+def hold_netns(name: str, release: Callable[[], None]) -> Callable[[], None]:
+    """Register ``release`` as closing something of this process that pins netns ``name``.
+
+    A socket keeps the namespace it was created in alive after ``ip netns del`` (with its
+    devices: a node's uplink veth would stay on the underlay bridge), so long-lived sockets
+    (the collectors' netlink readers) register here and :func:`delete_netns` closes them first.
+
+    Returns:
+        A function that removes the registration (idempotent), for when the holder closes.
+    """
+    key = id(release)
+    with _holders_lock:
+        _holders.setdefault(name, {})[key] = release
+
+    def unhold() -> None:
+        with _holders_lock:
+            held = _holders.get(name, {})
+            held.pop(key, None)
+            if not held:
+                _holders.pop(name, None)
+
+    return unhold
+
+
+def release_netns_holders(name: str) -> int:
+    """Call every ``release`` registered for netns ``name`` (errors ignored).
+
+    Returns:
+        How many were called.
+    """
+    with _holders_lock:
+        releases = list(_holders.pop(name, {}).values())
+    for release in releases:
+        try:
+            release()
+        except Exception:  # noqa: BLE001, S110 - best effort: the namespace goes anyway
+            pass
+    return len(releases)
+
+
 def delete_netns(name: str) -> None:
-    """Kill every process in netns ``name``, delete it and its ``/etc/netns`` folder.
+    """Kill every process in netns ``name``, delete it and its ``/etc/netns`` folder; sockets
+    of this process that pin it (:func:`hold_netns`) are closed first.
 
     Idempotent: a missing namespace is not an error.
     """
+    release_netns_holders(name)
     if (NETNS_DIR / name).exists():
         for _ in range(3):  # processes may fork while being killed
             pids = netns_pids(name)

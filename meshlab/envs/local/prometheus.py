@@ -18,8 +18,11 @@ Scrape config (``<state>/prometheus/prometheus.yml``), after Istio's Prometheus 
 
 one target per meshed pod from ``file_sd_configs`` files the lab writes, with the target labels
 the Kubernetes relabelling of those jobs gives: ``namespace``, ``pod``, ``node``, ``app``.
-Scrape interval 1 s, TSDB under the lab's state dir (tmpfs, removed by ``down``), retention 1 h,
-run as the ``prometheus`` user that the Debian package creates (``nobody`` without it).
+Scrape interval :data:`SCRAPE_INTERVAL_S` (per start: ``start(plan, scrape_interval_s=…)``),
+TSDB under the lab's state dir (tmpfs, removed by ``down``), retention 1 h, run as the
+``prometheus`` user that the Debian package creates (``nobody`` without it), at ``SCHED_IDLE``
+(``chrt --idle 0``; ``nice -n 19`` where refused, :mod:`meshlab.collectors.idle`): the
+server's scrapes, compactions and queries only get CPU the data path leaves over.
 
 The PID is recorded in the lab state (``pids["prometheus"]``), and the process lives in the
 cluster netns, so ``down`` — and the next ``up`` after a ``kill -9``'d runner — stops it
@@ -43,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from meshlab.collectors.idle import idle_argv_prefix
 from meshlab.envs.base import run_argv
 from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids, process_alive
 from meshlab.envs.local.network import UNDERLAY_BRIDGE
@@ -55,7 +59,14 @@ PROMETHEUS_BIN = "/usr/bin/prometheus"
 PORT = 9090
 PID_KEY = "prometheus"
 """Key of the server's PID in :attr:`LabState.pids`."""
-SCRAPE_INTERVAL_S = 1
+SCRAPE_INTERVAL_S = 5
+"""Default seconds between scrapes. Measured on the base lab (``benchmarks/collectors.py``,
+``benchmarks/results/collectors-latest.md``, idle lab, CPU seconds per minute): 1 s costs 4.6
+(7.7 % of one core: Prometheus 1.2, the sidecars rendering ``/stats/prometheus`` 3.4), 5 s
+1.0 (1.7 %), 15 s (Istio's default) 0.3 (0.5 %) but every run's end-of-window query would wait
+up to 15 s for the next scrape."""
+MAX_SCRAPE_TIMEOUT_S = 10
+"""Istio's addon scrapes with a 10 s timeout; Prometheus needs timeout ≤ interval."""
 RETENTION = "1h"
 METRICS_PATH = "/stats/prometheus"
 JOBS = {"envoy-stats": 15090, "kubernetes-pods": 15020}
@@ -96,12 +107,18 @@ def target_groups(plan: LabPlan, port: int) -> list[dict[str, Any]]:
             for pp in plan.pods.values() if pp.pod.meshed]
 
 
-def server_config(lab: str) -> dict[str, Any]:
-    """The ``prometheus.yml`` document (scrape timeout = interval: Prometheus rejects a
-    longer one)."""
-    interval = f"{SCRAPE_INTERVAL_S}s"
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s" if float(seconds).is_integer() else f"{round(seconds * 1000)}ms"
+
+
+def server_config(lab: str, scrape_interval_s: float = SCRAPE_INTERVAL_S) -> dict[str, Any]:
+    """The ``prometheus.yml`` document: every job scraped each ``scrape_interval_s``, with a
+    timeout of the interval up to :data:`MAX_SCRAPE_TIMEOUT_S` (Prometheus rejects a timeout
+    longer than the interval)."""
+    interval = _duration(scrape_interval_s)
     return {
-        "global": {"scrape_interval": interval, "scrape_timeout": interval,
+        "global": {"scrape_interval": interval,
+                   "scrape_timeout": _duration(min(scrape_interval_s, MAX_SCRAPE_TIMEOUT_S)),
                    "evaluation_interval": interval},
         "scrape_configs": [
             {"job_name": job, "metrics_path": METRICS_PATH,
@@ -117,15 +134,27 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)  # file SD reads whole files only
 
 
-def write_files(plan: LabPlan) -> Path:
+def write_files(plan: LabPlan, scrape_interval_s: float = SCRAPE_INTERVAL_S) -> Path:
     """Write the targets files and the config; returns the config path."""
     folder = server_dir(plan.lab)
     folder.mkdir(parents=True, exist_ok=True)
     for job, port in JOBS.items():
         _write(targets_file(plan.lab, job), json.dumps(target_groups(plan, port), indent=1))
     config = folder / "prometheus.yml"
-    _write(config, yaml.safe_dump(server_config(plan.lab), sort_keys=False))
+    _write(config, yaml.safe_dump(server_config(plan.lab, scrape_interval_s), sort_keys=False))
     return config
+
+
+def configured_interval_s(lab: str) -> float | None:
+    """The scrape interval in the lab server's written config, in seconds (None without one)."""
+    try:
+        doc = yaml.safe_load((server_dir(lab) / "prometheus.yml").read_text())
+        text = str(doc["global"]["scrape_interval"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if text.endswith("ms"):
+        return float(text[:-2]) / 1000
+    return float(text.rstrip("s")) if text.endswith("s") else None
 
 
 def connect_cluster_netns(plan: LabPlan) -> None:
@@ -196,8 +225,13 @@ def running_pid(lab: str) -> int | None:
     return pid if pid and is_server(pid, lab) else None
 
 
-def start(plan: LabPlan) -> int:
-    """Start the lab's Prometheus unless it runs (does not wait for it to be ready).
+def start(plan: LabPlan, scrape_interval_s: float = SCRAPE_INTERVAL_S) -> int:
+    """Start the lab's Prometheus unless it runs (does not wait for it to be ready), at idle
+    CPU priority.
+
+    Args:
+        plan: the lab plan.
+        scrape_interval_s: seconds between scrapes (ignored when it already runs).
 
     Returns:
         Its PID.
@@ -215,13 +249,13 @@ def start(plan: LabPlan) -> int:
         if pid and is_server(pid, plan.lab):
             return pid
         connect_cluster_netns(plan)
-        config = write_files(plan)
+        config = write_files(plan, scrape_interval_s)
         folder = config.parent
         uid, gid = _user()
         (folder / "data").mkdir(exist_ok=True)
         for path in [folder / "data", *(folder / "data").rglob("*")]:
             os.chown(path, uid, gid)
-        argv = [PROMETHEUS_BIN, f"--config.file={config}",
+        argv = [*idle_argv_prefix(), PROMETHEUS_BIN, f"--config.file={config}",
                 f"--storage.tsdb.path={folder / 'data'}",
                 f"--storage.tsdb.retention.time={RETENTION}",
                 f"--web.listen-address={monitor_ip(plan)}:{PORT}"]
