@@ -74,7 +74,7 @@ def start_sidecars(pair: VethPair, workdir: Path) -> list[Proc]:
     for side, ns, ip, wl in (("a", pair.ns_a, A_IP, "fortio-client"),
                              ("b", pair.ns_b, B_IP, "fortio-server")):
         d = workdir / f"sidecar-{side}"
-        d.mkdir(mode=0o777)
+        d.mkdir(mode=0o777, exist_ok=True)
         d.chmod(0o777)
         cfg = d / "sidecar.json"
         cfg.write_text(json.dumps(sidecar_config(f"{wl}-0", ip, wl, d)))
@@ -162,6 +162,35 @@ def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | Non
                             stderr=subprocess.DEVNULL)
 
 
+def run_mode(pair: VethPair, mode: str, workdir: Path, args: argparse.Namespace, *,
+             profile: bool) -> dict:
+    """One round of one mode: proxies (if any) up, fixed-rate then closed-loop runs, down."""
+    procs: list[Proc] = []
+    try:
+        if mode == "direct":
+            target = (B_IP, APP_PORT)
+        else:
+            install_capture(pair.ns_a)
+            install_capture(pair.ns_b)
+            target = (CLUSTER_IP, APP_PORT)
+            procs = (start_sidecars(pair, workdir) if mode == "meshlab"
+                     else start_nginx_pair(pair, workdir))
+        hook = None
+        raw = workdir / "profile-a.txt"
+        if profile:
+            hook = functools.partial(py_spy, procs[0].pid, raw, args.duration_s)
+        rec = {"fixed": run_fixed(pair.ns_a, target, procs, args, hook),
+               "max": run_max(pair.ns_a, target, procs, args)}
+        if hook is not None and raw.exists():
+            rec["profile_raw"] = str(raw)
+        return rec
+    finally:
+        _procs.stop(procs)
+        if mode != "direct":
+            remove_capture(pair.ns_a)
+            remove_capture(pair.ns_b)
+
+
 def run_all(args: argparse.Namespace, workdir: Path) -> dict:
     """All three modes on one topology; returns the raw per-mode records."""
     tag = secrets.token_hex(3)
@@ -173,32 +202,13 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict:
         app = _procs.start(pair.ns_b, _nginx.nginx_argv(conf), cpu=CLIENT_CPU, logdir=workdir,
                            role="app", user=APP_USER)
         _procs.wait_port(pair.ns_b, (B_IP, APP_PORT), app)
-        for mode in ("direct", "meshlab", "nginx"):
-            print(f"sidecar.py: mode {mode} …", file=sys.stderr)
-            procs: list[Proc] = []
-            try:
-                if mode == "direct":
-                    target = (B_IP, APP_PORT)
-                else:
-                    install_capture(pair.ns_a)
-                    install_capture(pair.ns_b)
-                    target = (CLUSTER_IP, APP_PORT)
-                    procs = (start_sidecars(pair, workdir) if mode == "meshlab"
-                             else start_nginx_pair(pair, workdir))
-                hook = None
-                if mode == "meshlab" and args.profile:
-                    hook = functools.partial(py_spy, procs[0].pid, workdir / "profile-a.txt",
-                                             args.duration_s)
-                rec = {"fixed": run_fixed(pair.ns_a, target, procs, args, hook),
-                       "max": run_max(pair.ns_a, target, procs, args)}
-                if hook is not None and (workdir / "profile-a.txt").exists():
-                    rec["profile_raw"] = str(workdir / "profile-a.txt")
-                modes[mode] = rec
-            finally:
-                _procs.stop(procs)
-                if mode != "direct":
-                    remove_capture(pair.ns_a)
-                    remove_capture(pair.ns_b)
+        order = ["direct", "meshlab", "nginx"]
+        for rnd in range(args.rounds):
+            for mode in order[rnd % 3:] + order[:rnd % 3]:  # rotated: no mode always first
+                print(f"sidecar.py: round {rnd + 1}/{args.rounds} mode {mode} …", file=sys.stderr)
+                rec = run_mode(pair, mode, workdir, args,
+                               profile=args.profile and rnd == 0 and mode == "meshlab")
+                modes.setdefault(mode, {"rounds": []})["rounds"].append(rec)
         _procs.stop([app])
     return modes
 
@@ -211,19 +221,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--duration-s", type=float, default=10.0)
     ap.add_argument("--max-s", type=int, default=5, help="closed-loop run length")
-    ap.add_argument("--profile", action="store_true", help="py-spy sidecar A (fixed-rate run)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per mode, in rotated order (median and min–max reported)")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy sidecar A (first round's fixed-rate run)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
     with bench_run("mlbench-") as (started, workdir):
         modes = run_all(args, workdir)
         profile = None
-        if "profile_raw" in modes.get("meshlab", {}):
+        first = modes.get("meshlab", {}).get("rounds", [{}])[0]
+        if "profile_raw" in first:
             from _profile import top_frames
-            profile = top_frames(Path(modes["meshlab"].pop("profile_raw")),
-                                 modes["meshlab"]["fixed"]["requests"])
+            profile = top_frames(Path(first.pop("profile_raw")), first["fixed"]["requests"])
     doc = {"started": started.isoformat(timespec="seconds"), "machine": machine_info(),
-           "settings": {"rate_rps": args.rate_rps, "conns": args.conns, "warmup_s": args.warmup_s,
+           "settings": {"rounds": args.rounds, "rate_rps": args.rate_rps, "conns": args.conns, "warmup_s": args.warmup_s,
                         "duration_s": args.duration_s, "max_s": args.max_s,
                         "response_bytes": _nginx.BODY_BYTES, "proxy_cpu": PROXY_CPU,
                         "client_and_app_cpu": CLIENT_CPU, "app": "nginx return 200 (1 KB)",

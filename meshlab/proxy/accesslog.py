@@ -67,10 +67,17 @@ def format_address(addr: Address | None) -> str | None:
     return f"{addr[0]}:{addr[1]}" if addr else None
 
 
+_second: list[object] = [None, ""]  # [whole epoch second, its "YYYY-mm-ddTHH:MM:SS." text]
+
+
 def format_start_time(epoch_s: float) -> str:
-    """``%START_TIME%``: ISO-8601 UTC with milliseconds, e.g. ``2020-11-25T21:26:18.409Z``."""
+    """``%START_TIME%``: ISO-8601 UTC with milliseconds, e.g. ``2020-11-25T21:26:18.409Z``
+    (the date and time part is formatted once per second)."""
     t = _dt.datetime.fromtimestamp(epoch_s, tz=_dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    sec = int(epoch_s) if epoch_s >= 0 else None
+    if sec is None or _second[0] != sec:
+        _second[0], _second[1] = sec, t.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{_second[1]}{t.microsecond // 1000:03d}Z"
 
 
 def record_values(rec: AccessRecord) -> dict[str, object]:
@@ -113,18 +120,18 @@ def _d(value: object) -> str:
 
 
 def format_text(rec: AccessRecord) -> str:
-    """One line of Istio's default TEXT format."""
-    v = record_values(rec)
-    return (f'[{v["start_time"]}] "{_d(v["method"])} {_d(v["path"])} {_d(v["protocol"])}" '
-            f'{v["response_code"]} {v["response_flags"]} {_d(v["response_code_details"])} '
-            f'{_d(v["connection_termination_details"])} '
-            f'"{_d(v["upstream_transport_failure_reason"])}" {v["bytes_received"]} '
-            f'{v["bytes_sent"]} {v["duration"]} {_d(v["upstream_service_time"])} '
-            f'"{_d(v["x_forwarded_for"])}" "{_d(v["user_agent"])}" "{_d(v["request_id"])}" '
-            f'"{_d(v["authority"])}" "{_d(v["upstream_host"])}" {_d(v["upstream_cluster"])} '
-            f'{_d(v["upstream_local_address"])} {_d(v["downstream_local_address"])} '
-            f'{_d(v["downstream_remote_address"])} {_d(v["requested_server_name"])} '
-            f'{_d(v["route_name"])}\n')
+    """One line of Istio's default TEXT format (``-`` for a missing value)."""
+    r = rec
+    route = r.route_name if r.route_name is not None else "-"
+    return (f'[{format_start_time(r.start_time_s)}] "{_d(r.method)} {_d(r.path)} '
+            f'{_d(r.protocol)}" {r.response_code} {r.response_flags} '
+            f'{_d(r.response_code_details)} {_d(r.connection_termination_details)} '
+            f'"{_d(r.upstream_transport_failure_reason)}" {r.bytes_received} '
+            f'{r.bytes_sent} {r.duration_ms} {_d(r.upstream_service_time)} '
+            f'"{_d(r.x_forwarded_for)}" "{_d(r.user_agent)}" "{_d(r.request_id)}" '
+            f'"{_d(r.authority)}" "{_d(r.upstream_host)}" {_d(r.upstream_cluster)} '
+            f'{_d(r.upstream_local_address)} {_d(r.downstream_local_address)} '
+            f'{_d(r.downstream_remote_address)} {_d(r.requested_server_name)} {route}\n')
 
 
 class AccessLogWriter:

@@ -28,7 +28,6 @@ from meshlab.proxy.http.conn import HttpProxy
 from meshlab.proxy.stats.metrics import PeerInfo, ProxyStats
 from meshlab.proxy.stats.tcp_stats import TcpStatsTracker
 from meshlab.proxy.tcp.proxy import TcpProxy
-from meshlab.proxy.upstream.connection import READ_CHUNK
 from meshlab.proxy.upstream.pool import ConnectionPool
 from meshlab.proxy.upstream.router import Router
 from meshlab.proxy.upstream.sockopts import listen_socket
@@ -123,13 +122,11 @@ class Sidecar:
             transport.set_protocol(proto)
             proto.connection_made(transport)
             work = proto.serve()
-        else:  # the TCP proxy relays on asyncio streams
-            reader = asyncio.StreamReader(limit=READ_CHUNK * 4, loop=loop)
-            sproto = asyncio.StreamReaderProtocol(reader, loop=loop)
-            transport.set_protocol(sproto)
-            sproto.connection_made(transport)
-            writer = asyncio.StreamWriter(transport, sproto, reader, loop)
-            work = self.tcp.serve(reader, writer, cluster, dst, remote)
+        else:
+            relay = self.tcp.relay(cluster)
+            transport.set_protocol(relay.downstream)
+            relay.downstream.connection_made(transport)
+            work = self.tcp.serve(relay, cluster, dst, remote)
         self.tcp_stats.watch_transport(transport, prefix)
         task = loop.create_task(self._serve(work, direction, lstats, start, transport))
         self._tasks.add(task)

@@ -14,6 +14,7 @@ from test_fuzz import hostile_requests
 
 from meshlab.proxy.http.codec import ServerCodec
 from meshlab.proxy.http.limits import codec_error_reply
+from meshlab.proxy.upstream.codec import HeaderList, ResponseHead
 
 MAX = 60 * 1024 + 65536
 BODY = b"x" * 10
@@ -29,8 +30,15 @@ RESPONSES = [
 ]
 
 
-def run(codec, raw: bytes, chunk: int) -> list:
-    """Drive ``codec`` over ``raw`` the way http_conn does; a transcript of what happened."""
+def as_head(response: h11.Response) -> ResponseHead:
+    """The same response as the router hands it to the codec (lowercase names, no h11)."""
+    return ResponseHead(response.status_code, HeaderList(list(response.headers)),
+                        response.reason)
+
+
+def run(codec, raw: bytes, chunk: int, router_heads: bool = False) -> list:
+    """Drive ``codec`` over ``raw`` the way http_conn does; a transcript of what happened.
+    ``router_heads``: send responses as :class:`ResponseHead` (the sidecar's own heads)."""
     out: list = []
     feed = [raw[i:i + chunk] for i in range(0, len(raw), chunk)] + [b""]
     served = 0
@@ -58,6 +66,8 @@ def run(codec, raw: bytes, chunk: int) -> list:
                         event.http_version, codec.they_are_waiting_for_100_continue))
             continue
         head, chunks = RESPONSES[served % len(RESPONSES)]
+        if router_heads:
+            head = as_head(head)
         served += 1
         try:
             sent = codec.send(head) + b"".join(codec.send(h11.Data(data=c)) for c in chunks)
@@ -77,11 +87,12 @@ def run(codec, raw: bytes, chunk: int) -> list:
 
 def assert_same(raw: bytes) -> None:
     for chunk in (len(raw) or 1, 1 if len(raw) < 2000 else 1500):  # h11 rescans: no 1 B drip
-        fast = run(ServerCodec(MAX), raw, chunk)
-        ref = run(h11.Connection(h11.SERVER, max_incomplete_event_size=MAX), raw, chunk)
-        if fast and fast[-1][0] == "error" and ref and ref[-1][0] == "error":
-            fast[-1] = ref[-1] = "error"  # a body error: h11's message differs, both close
-        assert fast == ref, (raw, chunk)
+        for router_heads in (False, True):
+            ref = run(h11.Connection(h11.SERVER, max_incomplete_event_size=MAX), raw, chunk)
+            fast = run(ServerCodec(MAX), raw, chunk, router_heads)
+            if fast and fast[-1][0] == "error" and ref and ref[-1][0] == "error":
+                fast[-1] = ref[-1] = "error"  # a body error: h11's message differs, both close
+            assert fast == ref, (raw, chunk, router_heads)
 
 
 CASES = [

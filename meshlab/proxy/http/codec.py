@@ -39,6 +39,8 @@ _DIGITS = re.compile(rb"[0-9]+")
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
 _END = h11.EndOfMessage()
 _IDLE, _BODY, _DONE = 0, 1, 2
+#: Response fields that change h11's framing or ordering (the fast path avoids them).
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host"})
 
 
 class Http1Request:
@@ -273,8 +275,36 @@ class ServerCodec:
             raise h11.LocalProtocolError("Too much data for declared Content-Length")
         return data
 
-    def _response_head(self, response: h11.Response) -> bytes:
+    def _fast_response_head(self, response: ResponseHead) -> bytes | None:
+        """The common case in one pass: a router-built head (lowercase names) with one plain
+        ``content-length``, no ``transfer-encoding``/``connection``/``host``, keep-alive on,
+        a request that was not HEAD/CONNECT and a status with a body. None otherwise."""
+        status = response.status_code
+        if not self._keep_alive or status in (204, 304) or status < 200 or \
+                self._method in (b"HEAD", b"CONNECT"):
+            return None
+        length = None
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, response.reason)]
+        for name, value in response.headers:
+            if name in _FRAMING:
+                if name != b"content-length" or length is not None or not value.isdigit():
+                    return None
+                length = int(value)
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if length is None:
+            return None
+        parts.append(b"\r\n")
+        self._waiting_100 = False
+        self._out_mode, self._out_left = "length", length
+        self._response_done = False
+        return b"".join(parts)
+
+    def _response_head(self, response: h11.Response | ResponseHead) -> bytes:
         """h11 ``_clean_up_response_headers_for_sending`` + ``write_any_response``."""
+        if type(response) is ResponseHead:
+            fast = self._fast_response_head(response)
+            if fast is not None:
+                return fast
         self._waiting_100 = False
         status = response.status_code
         items = response.headers.raw_items()

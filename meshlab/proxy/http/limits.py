@@ -82,6 +82,16 @@ class HeadMeter:
         """Account for ``data``; returns the 431 reply once a limit is exceeded, else None."""
         if self._done or not data:
             return None
+        if not self._lines and not self._tail:  # common case: a whole head in one read
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and data[:1] not in (b"\r", b"\n"):
+                head = data[:end]
+                fields = head.count(b"\n")  # one line per field after the request line
+                if b"\n " not in head and b"\n\t" not in head and \
+                        fields == head.count(b"\r\n") and fields <= self.max_count and \
+                        end + 2 <= self.max_bytes:  # within both limits (else: line by line)
+                    self._done = True
+                    return None
         buf = self._tail + data
         start = 0
         while True:

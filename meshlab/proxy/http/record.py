@@ -8,13 +8,38 @@ because only network filters (RBAC, …) set it, never the HCM or the router.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from meshlab.proxy.accesslog import AccessRecord, format_address
+from meshlab.proxy.flags import ResponseFlags
+from meshlab.proxy.http.context import StreamContext
 from meshlab.proxy.stats.metrics import DestinationService, PeerInfo
+from meshlab.proxy.upstream.router import Address
 
-if TYPE_CHECKING:
-    from meshlab.proxy.http.core import HttpStream
+
+class HttpStream(Protocol):
+    """What a finished :class:`meshlab.proxy.http.core.HttpStream` reports from."""
+
+    ctx: StreamContext
+    http: Any  # HttpStats of the connection manager
+    flags: ResponseFlags
+    start_wall_s: float
+    method: str | None
+    path: str | None
+    protocol: str | None
+    authority: str | None
+    user_agent: str | None
+    xff: str | None
+    request_id: str | None
+    response_code: int
+    details: str | None
+    transport_failure: str | None
+    bytes_received: int
+    bytes_sent: int
+    upstream_host: Address | None
+    upstream_local: Address | None
+    upstream_service_time_ms: int | None
+    peer: PeerInfo | None
 
 
 def close_stream(stream: HttpStream, duration_ms: int) -> AccessRecord:

@@ -123,10 +123,25 @@ def render_text(store: StatsStore, filter_regex: str | None = None, used_only: b
         if not h.count:
             lines.append(f"{h.name}: No recorded values")
             continue
-        parts = [f"P{_fmt(q * 100)}({fmt_double(i)},{fmt_double(c)})"
-                 for q, (i, c) in zip(SUPPORTED_QUANTILES, h.quantiles())]
-        lines.append(f"{h.name}: {' '.join(parts)}")
+        lines.append(_histogram_line(h))
     return "".join(line + "\n" for line in lines)
+
+
+#: id(histogram) → (the quantile list it was rendered from, the ``/stats`` line). A histogram's
+#: quantile list is the same object until its next flush, so a line is formatted once per flush.
+_LINES: dict[int, tuple[object, str]] = {}
+
+
+def _histogram_line(h: Histogram) -> str:
+    quantiles = h.quantiles()
+    cached = _LINES.get(id(h))
+    if cached is not None and cached[0] is quantiles:
+        return cached[1]
+    parts = [f"P{_fmt(q * 100)}({fmt_double(i)},{fmt_double(c)})"
+             for q, (i, c) in zip(SUPPORTED_QUANTILES, quantiles)]
+    line = f"{h.name}: {' '.join(parts)}"
+    _LINES[id(h)] = (quantiles, line)
+    return line
 
 
 def render_json(store: StatsStore, filter_regex: str | None = None, used_only: bool = False,

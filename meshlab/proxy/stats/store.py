@@ -121,6 +121,11 @@ class Gauge:
         return f"Gauge({self.name!r}={self.value})"
 
 
+#: Memo of :func:`_bin_of` by recorded value (durations in ms and byte counts repeat a lot).
+_BINS: dict[float, tuple[float, float]] = {}
+_BINS_MAX = 1 << 16
+
+
 def _bin_of(value: float) -> tuple[float, float]:
     """(lower bound, width) of the 2-significant-digit bin holding ``value`` (>= 0)."""
     if value <= 0:
@@ -141,22 +146,44 @@ class _HistData:
 
     def quantile(self, q: float) -> float:
         """Approximate quantile (circllhist-like interpolation inside a bin)."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float]:
+        """:meth:`quantile` of each of ``qs`` (ascending) in one pass over the sorted bins."""
         if not self.count:
-            return math.nan
-        rank = q * self.count
-        seen = 0
+            return [math.nan] * len(qs)
         items = sorted(self.bins.items())
-        for (lower, width), n in items:
-            if seen + n >= rank:
-                frac = (rank - seen) / n if n else 0.0
-                return lower + frac * width
-            seen += n
-        lower, width = items[-1][0]
-        return lower + width
+        out: list[float] = []
+        i, seen = 0, 0
+        for q in qs:
+            rank = q * self.count
+            while i < len(items):
+                (lower, width), n = items[i]
+                if seen + n >= rank:
+                    out.append(lower + ((rank - seen) / n if n else 0.0) * width)
+                    break
+                seen += n
+                i += 1
+            else:
+                lower, width = items[-1][0]
+                out.append(lower + width)
+        return out
 
     def count_below(self, bound: float) -> int:
         """Samples in bins entirely <= ``bound`` (circllhist ``hist_approx_count_below``)."""
         return sum(n for (lower, width), n in self.bins.items() if lower + width <= bound)
+
+    def counts_below(self, bounds: Sequence[float]) -> list[int]:
+        """:meth:`count_below` of each of ``bounds`` (ascending) in one pass."""
+        uppers = sorted((lower + width, n) for (lower, width), n in self.bins.items())
+        out: list[int] = []
+        i, acc = 0, 0
+        for bound in bounds:
+            while i < len(uppers) and uppers[i][0] <= bound:
+                acc += uppers[i][1]
+                i += 1
+            out.append(acc)
+        return out
 
 
 class Histogram:
@@ -166,7 +193,8 @@ class Histogram:
     interval at :meth:`flush` is a pointer swap (no merge on the event loop).
     """
 
-    __slots__ = ("_cumulative", "_interval", "_pending", "_visible", "name", "tags", "used")
+    __slots__ = ("_buckets", "_cumulative", "_interval", "_pending", "_quantiles", "_visible",
+                 "name", "tags", "used")
     kind = "histogram"
 
     def __init__(self, name: str, tags: Tags | None = None) -> None:
@@ -175,11 +203,19 @@ class Histogram:
         self._interval = _HistData()
         self._cumulative = _HistData()
         self._visible = (0, 0.0)  # cumulative (count, sum) as of the last flush
+        self._quantiles: list[tuple[float, float]] | None = None  # views of the last flush
+        self._buckets: list[int] | None = None
 
     def record(self, value: float) -> None:
         """Add one sample to the current interval."""
-        value = max(0.0, float(value))
-        key = _bin_of(value)
+        key = _BINS.get(value)
+        if key is None:
+            value = max(0.0, float(value))
+            key = _bin_of(value)
+            if len(_BINS) < _BINS_MAX:
+                _BINS[value] = key
+        elif value < 0:
+            value = 0.0
         for data in (self._pending, self._cumulative):
             data.bins[key] = data.bins.get(key, 0) + 1
             data.count += 1
@@ -195,7 +231,9 @@ class Histogram:
         if not pending.count:
             if self._interval.count:
                 self._interval = _HistData()  # empty: the interval view shows nan again
+                self._quantiles = None
             return
+        self._quantiles = self._buckets = None
         self._interval = pending
         self._pending = _HistData()
         self._visible = (self._cumulative.count, self._cumulative.sum)
@@ -222,14 +260,18 @@ class Histogram:
 
     def quantiles(self) -> list[tuple[float, float]]:
         """``(interval, cumulative)`` for each of :data:`SUPPORTED_QUANTILES` (nan when empty)."""
-        cum = self._flushed_cumulative()
-        return [(self._interval.quantile(q), cum.quantile(q)) for q in SUPPORTED_QUANTILES]
+        if self._quantiles is None:  # they change only at flush: computed once per interval
+            cum = self._flushed_cumulative().quantiles(SUPPORTED_QUANTILES)
+            self._quantiles = list(zip(self._interval.quantiles(SUPPORTED_QUANTILES), cum,
+                                       strict=True))
+        return self._quantiles
 
     def cumulative_buckets(self) -> list[int]:
         """Cumulative counts for each of :data:`DEFAULT_BUCKETS` (``le``; bin-approximate as
         Envoy's ``computed_buckets``)."""
-        cum = self._flushed_cumulative()
-        return [cum.count_below(b) for b in DEFAULT_BUCKETS]
+        if self._buckets is None:  # changes only at flush
+            self._buckets = self._flushed_cumulative().counts_below(DEFAULT_BUCKETS)
+        return self._buckets
 
     def __repr__(self) -> str:
         return f"Histogram({self.name!r}, count={self.count}, pending={self._pending.count})"

@@ -34,7 +34,7 @@ from meshlab.proxy.stats.metrics import ClusterStats, DestinationService, PeerIn
 from meshlab.proxy.stats.store import StatsStore
 from meshlab.proxy.stats.trees import StatTree
 from meshlab.proxy.tcp.relay import Outcome, Relay
-from meshlab.proxy.upstream.connection import ConnectFailure, open_upstream
+from meshlab.proxy.upstream.connection import ConnectFailure, open_tcp
 from meshlab.proxy.upstream.router import Address, Cluster
 
 
@@ -68,9 +68,15 @@ class TcpProxy(ConnectionHandler):
             tree = self._trees[stat_prefix] = TcpProxyStats(self.stats.store, stat_prefix)
         return tree
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    cluster: Cluster, dst: Address, remote: Address) -> None:
-        """Relay one downstream connection to an endpoint of ``cluster``, then log it."""
+    @staticmethod
+    def relay(cluster: Cluster) -> Relay:
+        """The relay for a new connection to ``cluster``; put its ``downstream`` protocol on the
+        accepted transport, then run :meth:`serve`."""
+        return Relay(idle_timeout_s=cluster.policy.tcp_idle_timeout_s)
+
+    async def serve(self, relay: Relay, cluster: Cluster, dst: Address, remote: Address) -> None:
+        """Connect ``relay`` to an endpoint of ``cluster``, relay until the session ends, then
+        log it (the downstream side of ``relay`` is already on the accepted transport)."""
         start_wall, start = time.time(), time.monotonic()
         cstats = self.stats.cluster(cluster.name)
         tstats = self.tcp_stats(cluster.name)
@@ -80,7 +86,9 @@ class TcpProxy(ConnectionHandler):
         local: Address | None = None
         transport_failure: str | None = None
         report = self.stats.istio.open_tcp(self._tags(cluster, "-"))
-        relay: Relay | None = None
+        relay.count_with(lambda n: _rx(n, tstats, cstats, report),
+                         lambda n: _tx(n, tstats, cstats, report))
+        connected = False
         try:
             if endpoint is None:
                 flags.add(Flag.UH)
@@ -88,21 +96,18 @@ class TcpProxy(ConnectionHandler):
                 return
             timeout_s = cluster.policy.connect_timeout_s or self.config.connect_timeout_s
             try:
-                up_reader, up_writer = await open_upstream(endpoint, cluster.bind_ip, timeout_s,
-                                                           cstats, cluster.policy)
+                up_transport = await open_tcp(endpoint, cluster.bind_ip, timeout_s, cstats,
+                                              lambda: relay.upstream, cluster.policy)
             except ConnectFailure as exc:
                 flags.add(Flag.UF)
                 flags.add(Flag.URX)  # max_connect_attempts 1 → UF,URX
                 cstats.upstream_cx_connect_attempts_exceeded.inc()
                 transport_failure = exc.transport_failure or None
                 return
+            connected = True
             up_start = time.monotonic()
-            sockname = up_writer.get_extra_info("sockname")
+            sockname = up_transport.get_extra_info("sockname")
             local = (sockname[0], sockname[1]) if sockname else None
-            relay = Relay(reader, writer, up_reader, up_writer,
-                          idle_timeout_s=cluster.policy.tcp_idle_timeout_s,
-                          on_downstream_bytes=lambda n: _rx(n, tstats, cstats, report),
-                          on_upstream_bytes=lambda n: _tx(n, tstats, cstats, report))
             outcome = await relay.run()
             if outcome is Outcome.IDLE_TIMEOUT:
                 tstats.idle_timeout.inc()
@@ -117,8 +122,8 @@ class TcpProxy(ConnectionHandler):
                 connection_termination_details=None,
                 upstream_transport_failure_reason=(transport_failure.replace(" ", "_")
                                                    if transport_failure else None),
-                bytes_received=relay.rx_bytes if relay else 0,
-                bytes_sent=relay.tx_bytes if relay else 0,
+                bytes_received=relay.rx_bytes if connected else 0,
+                bytes_sent=relay.tx_bytes if connected else 0,
                 duration_ms=int((time.monotonic() - start) * 1000), upstream_service_time=None,
                 x_forwarded_for=None, user_agent=None, request_id=None, authority=None,
                 upstream_host=format_address(endpoint), upstream_cluster=cluster.name,

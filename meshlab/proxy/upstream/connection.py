@@ -11,7 +11,7 @@ client connection as an asyncio Protocol (ENVOY.md §1, §8).
   :class:`~meshlab.proxy.upstream.codec.ResponseParser` (httptools callbacks); the stream that
   uses the connection is woken through :attr:`UpstreamConnection.waker` and takes the events
   with :meth:`UpstreamConnection.poll_event`. No task and no stream object per request.
-- :func:`open_upstream` gives the TCP proxy the same socket as asyncio streams.
+- :func:`open_tcp` gives the TCP proxy the same socket with its relay protocol.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from meshlab.proxy.upstream.codec import (
 )
 from meshlab.proxy.upstream.router import Address
 
-#: Bytes per socket read of the stream-based paths (TCP proxy).
+#: Read size unit: the downstream inbox and codec limits are multiples of it.
 READ_CHUNK = 65536
 
 __all__ = ["READ_CHUNK", "ConnectFailure", "UpstreamClosed", "UpstreamConnection",
-           "UpstreamProtocolError", "connect_socket", "open_http", "open_upstream"]
+           "UpstreamProtocolError", "connect_socket", "open_http", "open_tcp"]
 
 
 class ConnectFailure(Exception):
@@ -298,15 +298,16 @@ async def open_http(endpoint: Address, bind_ip: str | None, timeout_s: float,
     return conn
 
 
-async def open_upstream(endpoint: Address, bind_ip: str | None, timeout_s: float,
-                        stats: ClusterStats, policy: ClusterPolicy = DEFAULT_CLUSTER_POLICY
-                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A new upstream connection as asyncio streams (the TCP proxy's).
+async def open_tcp(endpoint: Address, bind_ip: str | None, timeout_s: float,
+                   stats: ClusterStats, protocol_factory: Callable[[], asyncio.Protocol],
+                   policy: ClusterPolicy = DEFAULT_CLUSTER_POLICY) -> asyncio.Transport:
+    """A new upstream connection for the TCP proxy, served by ``protocol_factory()``.
 
     Raises:
         ConnectFailure: as :func:`connect_socket`.
     """
     sock, start = await connect_socket(endpoint, bind_ip, timeout_s, stats, policy)
-    reader, writer = await asyncio.open_connection(sock=sock, limit=READ_CHUNK * 4)
-    _connected(writer.transport, stats, start)
-    return reader, writer
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(protocol_factory, sock=sock)
+    _connected(transport, stats, start)
+    return transport  # type: ignore[return-value]

@@ -30,15 +30,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from meshlab.proxy.config.policy import OutlierDetection
+from meshlab.proxy.config.policy import ClusterPolicy, OutlierDetection
 from meshlab.proxy.flags import ResetReason
 from meshlab.proxy.stats.store import StatsStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.proxy.stats.metrics import ProxyStats
-    from meshlab.proxy.upstream.router import Address, Cluster
+
+#: ``(ip, port)`` of an endpoint (the router's ``Address``).
+Address = tuple[str, int]
+
+
+class Cluster(Protocol):
+    """What the registry reads of a router cluster
+    (:class:`meshlab.proxy.upstream.router.Cluster`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def policy(self) -> ClusterPolicy: ...
+    @property
+    def endpoints(self) -> tuple[Address, ...]: ...
 
 #: Envoy ``DEFAULT_MAX_EJECTION_TIME_MS`` (raised to ``base_ejection_time`` when larger).
 DEFAULT_MAX_EJECTION_TIME_S = 300.0

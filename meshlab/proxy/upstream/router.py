@@ -27,14 +27,14 @@ from meshlab.proxy.config.policy import (
     RoutePolicy,
 )
 from meshlab.proxy.config.sidecar import Service, ServicePort, SidecarConfig
-from meshlab.proxy.upstream.outlier import OutlierRegistry
+from meshlab.proxy.upstream.outlier import Address, OutlierRegistry
 
 INBOUND_BIND_IP = "127.0.0.6"  # InboundPassthroughBindIpv4 (ENVOY.md §6)
 PASSTHROUGH = "PassthroughCluster"
 INBOUND_PASSTHROUGH = "InboundPassthroughCluster"
 BLACKHOLE = "BlackHoleCluster"  # STATIC, no endpoints (ENVOY.md §7)
 
-Address = tuple[str, int]
+__all__ = ["Address", "Cluster", "Router"]
 
 
 @dataclass(frozen=True)
