@@ -193,16 +193,33 @@ def render_prometheus(store: StatsStore, used_only: bool = False,
         lines.append(f"# TYPE {metric} {kind}")
         for tags, stat in sorted(members, key=lambda m: m[0]):
             if isinstance(stat, Histogram):
-                counts = stat.cumulative_buckets()
-                for le, n in zip(DEFAULT_BUCKETS, counts):
-                    lines.append(f"{metric}_bucket{_labels(tags, ('le', _fmt(le)))} {n}")
-                lines.append(f"{metric}_bucket{_labels(tags, ('le', '+Inf'))} {stat.count}")
-                lines.append(f"{metric}_sum{_labels(tags)} {_fmt(stat.sum)}")
-                lines.append(f"{metric}_count{_labels(tags)} {stat.count}")
+                lines.append(_prometheus_histogram(metric, tags, stat))
             else:
                 lines.append(f"{metric}{_labels(tags)} {stat.value}")
         lines.append("")
     return "\n".join(lines)
+
+
+#: id(histogram) → (its bucket list, metric, tags, the rendered lines): histogram series change
+#: only at flush (the bucket list is a new object then), so they are formatted once per flush.
+_PROM_LINES: dict[int, tuple[object, str, Tags, str]] = {}
+
+
+def _prometheus_histogram(metric: str, tags: Tags, stat: Histogram) -> str:
+    """The ``_bucket`` (over :data:`DEFAULT_BUCKETS` and ``+Inf``), ``_sum`` and ``_count``
+    lines of one histogram series."""
+    counts = stat.cumulative_buckets()
+    cached = _PROM_LINES.get(id(stat))
+    if cached is not None and cached[0] is counts and cached[1] == metric and cached[2] == tags:
+        return cached[3]
+    lines = [f"{metric}_bucket{_labels(tags, ('le', _fmt(le)))} {n}"
+             for le, n in zip(DEFAULT_BUCKETS, counts)]
+    lines.append(f"{metric}_bucket{_labels(tags, ('le', '+Inf'))} {stat.count}")
+    lines.append(f"{metric}_sum{_labels(tags)} {_fmt(stat.sum)}")
+    lines.append(f"{metric}_count{_labels(tags)} {stat.count}")
+    text = "\n".join(lines)
+    _PROM_LINES[id(stat)] = (counts, metric, tags, text)
+    return text
 
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_:]")
