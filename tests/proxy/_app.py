@@ -6,6 +6,7 @@ Any path takes ``?delay=<seconds>`` (answer late) and ``?fail_on=<ip>`` (answer 
 connection arrived on that local address, e.g. a second IP of the pod). GET /close → close without answering (FIN);
 GET /reset → abort with RST; GET /garbage → answer bytes that are not HTTP, then close.
 GET /stall → answer the head and half of a 2000-byte body, then stall 10 s before the rest.
+GET /big?size=<bytes> → a body of that many bytes, written as fast as the peer takes it.
 """
 
 import json
@@ -50,6 +51,16 @@ class Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(min(float(delay[0]), 30.0))
         if self._misbehave(url.path):
+            return
+        if url.path == "/big":  # a large body, written as fast as the peer takes it
+            size = int(parse_qs(url.query).get("size", ["0"])[0])
+            self.send_response(200)
+            self.send_header("content-length", str(size))
+            self.end_headers()
+            chunk = b"b" * 65536
+            while size > 0:
+                self.wfile.write(chunk[:size])
+                size -= len(chunk)
             return
         if url.path == "/stall":  # a body stuck behind the network (retransmissions)
             self.send_response(200)

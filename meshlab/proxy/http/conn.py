@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import h11
 
@@ -100,6 +101,7 @@ class HttpConnection(DownstreamConnection):
                                  own_peer=proxy.own_peer, connect_timeout_s=rd.connect_timeout_s,
                                  route_timeout_s=rd.route_timeout_s, retry=rd.retry,
                                  downstream_local=dst, downstream_remote=remote)
+        self._forwarding: UpstreamConnection | None = None  # its body is being forwarded
 
     async def serve(self) -> None:
         """Serve requests until the connection closes (the caller closes the transport)."""
@@ -340,7 +342,18 @@ class HttpConnection(DownstreamConnection):
             stream.on_downstream_closed()
             return False
         parser = conn.parser
-        ready = lambda: parser.events or conn.error is not None
+        self._forwarding = conn
+        try:
+            return await self._forward(stream, conn, codec, dl, out,
+                                       lambda: parser.events or conn.error is not None)
+        finally:
+            self._forwarding = None
+            self._throttle(conn, False)
+
+    async def _forward(self, stream: HttpStream, conn: UpstreamConnection, codec: ServerCodec,
+                       dl: Deadlines, out: list[bytes], ready: Callable[[], object]) -> bool:
+        """:meth:`_pump_response`'s loop over the upstream's events (``out``: bytes not yet
+        written downstream; ``ready``: an event or error is pending)."""
         while True:
             try:
                 event = conn.poll_event()
@@ -386,14 +399,36 @@ class HttpConnection(DownstreamConnection):
                 return False
 
     async def _wait_writable(self, conn: UpstreamConnection, dl: Deadlines) -> str:
-        transport = conn.transport
-        with contextlib.suppress(RuntimeError, AttributeError):
-            transport.pause_reading()  # type: ignore[union-attr]
+        """Wait until the downstream drained (the upstream is not read meanwhile)."""
+        self._throttle(conn, True)
         try:
             return await self.until(lambda: not self.write_paused, dl)
         finally:
-            with contextlib.suppress(RuntimeError, AttributeError):
-                transport.resume_reading()  # type: ignore[union-attr]
+            self._throttle(conn, False)
+
+    def pause_writing(self) -> None:
+        """Downstream above its high-water mark: stop reading the upstream now (Envoy's
+        watermark callback), not only when the driver next runs."""
+        super().pause_writing()
+        if self._forwarding is not None:
+            self._throttle(self._forwarding, True)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._forwarding is not None:
+            self._throttle(self._forwarding, False)
+
+    @staticmethod
+    def _throttle(conn: UpstreamConnection, paused: bool) -> None:
+        """Pause or resume reading ``conn`` (idempotent)."""
+        if conn.reading_paused == paused or conn.transport is None:
+            return
+        conn.reading_paused = paused
+        with contextlib.suppress(RuntimeError):
+            if paused:
+                conn.transport.pause_reading()
+            else:
+                conn.transport.resume_reading()
 
     def _write_local_reply(self, codec: ServerCodec, reply: actions.SendLocalReply) -> None:
         try:

@@ -96,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.limits: Any = None  # ClusterResources (circuit breakers)
         self.limits_rq = False
+        self.reading_paused = False  # downstream flow control holds its reading
         self.local_address: Address | None = None
         self._rx = stats.upstream_cx_rx_bytes_total  # type: ignore[attr-defined]
         self._tx = stats.upstream_cx_tx_bytes_total  # type: ignore[attr-defined]
