@@ -91,6 +91,13 @@ class HttpStream:
     request) and :attr:`phase`.
     """
 
+    __slots__ = ("_attempt_start", "_finished", "_head", "_request_complete", "_start",
+                 "authority", "body", "bytes_received", "bytes_sent", "cluster_stats", "ctx",
+                 "details", "fault", "flags", "http", "limits", "method", "path", "peer", "phase",
+                 "protocol", "request", "request_id", "response_code", "retry", "start_wall_s",
+                 "timeouts", "transport_failure", "upstream_host", "upstream_local",
+                 "upstream_service_time_ms", "user_agent", "xff")
+
     def __init__(self, ctx: StreamContext, request: DownstreamRequest | None) -> None:
         self.ctx = ctx
         self.phase = Phase.REQUEST
