@@ -19,7 +19,8 @@ protocol state for protocols that have one (TCP, SCTP, DCCP: an upper-case word,
 
 The kernel walks its whole (host-wide) conntrack hash for every dump and filters by netns, so
 one dump costs a few ms of kernel time even for an empty namespace (``conntrack -L`` ≈ 9 ms of
-CPU in all with its process spawn; the netlink reader ≈ 5 ms, ``benchmarks/collectors.py``).
+CPU in all with its process spawn; a netlink dump ≈ 5 ms, ``benchmarks/collectors.py``); the
+netlink reader therefore keeps the table from events between full dumps.
 """
 
 from __future__ import annotations

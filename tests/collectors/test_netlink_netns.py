@@ -6,7 +6,6 @@ name is read again through a new socket."""
 from __future__ import annotations
 
 import os
-import secrets
 
 import pytest
 
@@ -17,14 +16,6 @@ from meshlab.envs.local.netns_socket import run_in_netns
 from meshlab.errors import LabError
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def scratch(host_snapshot):
-    name = f"mltest-nl-{secrets.token_hex(3)}"
-    add_netns(name)
-    yield name
-    delete_netns(name)
 
 
 def _listen(netns: str, port: int):
