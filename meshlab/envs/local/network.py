@@ -7,6 +7,8 @@ after a crash finds it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from meshlab.envs.base import run_argv
 from meshlab.envs.local import istiod
 from meshlab.envs.local.istio_iptables import capture_rules
@@ -21,6 +23,10 @@ POD_BRIDGE = "cni0"
 
 def _ip(netns: str, *args: str) -> None:
     run_argv(["ip", "-n", netns, *args])
+
+
+#: Present (in every netns) once nf_conntrack is loaded; read here, never written.
+CONNTRACK_EVENTS_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_events"
 
 
 def set_sysctl(state: LabState, netns: str, key: str, value: str) -> None:
@@ -112,6 +118,19 @@ def build_node_with_pods(plan: LabPlan, state: LabState, node: NodePlan) -> None
         if pp.pod.meshed:
             install_capture(pp)
     program_services(plan, node)
+    for netns in (node.netns, *(pp.netns for pp in plan.pods_on(node.name))):
+        enable_conntrack_events(state, netns)
+
+
+def enable_conntrack_events(state: LabState, netns: str) -> None:
+    """``nf_conntrack_events=1`` in a lab netns: every conntrack entry carries event support,
+    also one created before a listener subscribed (the kernel default 2 gives it only to
+    entries created while a listener exists). The collectors' ctnetlink reader
+    (:mod:`meshlab.collectors.ctnetlink`) then follows the whole table from events, with no
+    dump or per-entry lookup for entries older than the reader. The rules above have loaded
+    nf_conntrack by now; a kernel without conntrack events is left as it is."""
+    if Path(CONNTRACK_EVENTS_SYSCTL).exists():  # module loaded: the key exists in every netns
+        set_sysctl(state, netns, "net.netfilter.nf_conntrack_events", "1")
 
 
 def build_network(plan: LabPlan, state: LabState) -> None:

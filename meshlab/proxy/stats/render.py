@@ -183,19 +183,23 @@ def render_prometheus(store: StatsStore, used_only: bool = False,
     histograms as cumulative ``_bucket{…,le=…}`` lines over :data:`DEFAULT_BUCKETS` plus
     ``+Inf``, ``_sum`` and ``_count``. ``filter_regex`` is searched in the raw stat name.
     """
-    groups: dict[str, tuple[str, list[tuple[Tags, Stat]]]] = {}
+    groups: dict[str, tuple[str, list[tuple[Tags, str, Stat]]]] = {}
+    identities = store.render_cache.setdefault("prometheus", {})
     for stat in store.select(filter_regex, used_only):
-        metric, tags = prometheus_identity(store, stat)
-        groups.setdefault(metric, (stat.kind, []))[1].append((tags, stat))
+        ident = identities.get(stat.name)
+        if ident is None:  # a stat's name and tags never change: extracted once
+            metric, tags = prometheus_identity(store, stat)
+            ident = identities[stat.name] = (metric, tags, _labels(tags))
+        groups.setdefault(ident[0], (stat.kind, []))[1].append((ident[1], ident[2], stat))
     lines: list[str] = []
     for metric in sorted(groups):
         kind, members = groups[metric]
         lines.append(f"# TYPE {metric} {kind}")
-        for tags, stat in sorted(members, key=lambda m: m[0]):
+        for tags, labels, stat in sorted(members, key=lambda m: m[0]):
             if isinstance(stat, Histogram):
                 lines.append(_prometheus_histogram(metric, tags, stat))
             else:
-                lines.append(f"{metric}{_labels(tags)} {stat.value}")
+                lines.append(f"{metric}{labels} {stat.value}")
         lines.append("")
     return "\n".join(lines)
 

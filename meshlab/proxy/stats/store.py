@@ -324,6 +324,8 @@ class StatsStore:
         self._stats: dict[str, Stat] = {}
         self._histograms: list[Histogram] = []
         self._rejected: set[str] = set()
+        #: per-renderer memo of what a stat's name alone decides (e.g. Prometheus identity)
+        self.render_cache: dict[str, dict[str, object]] = {}
 
     def _get(self, name: str, cls: type, null: Stat, tags: Tags | None) -> Stat:
         stat = self._stats.get(name)
