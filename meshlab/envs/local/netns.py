@@ -86,13 +86,21 @@ def list_netns() -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir())
 
 
-def add_netns(name: str) -> None:
+def add_netns(name: str, parent: str | None = None) -> None:
     """Create a named netns with loopback up.
+
+    Args:
+        name: the new namespace's name (``/run/netns/<name>``).
+        parent: a lab netns to create it from (``nsenter --net`` only: the bind mount still
+            lands in the host's mount namespace). Per-netns settings that apply to namespaces
+            created from a netns, such as ``net.ipv4.tcp_child_ehash_entries``, then come from
+            that lab netns, never from the host's.
 
     Raises:
         LabError / CommandError: the namespace exists already or cannot be created.
     """
-    run_argv(["ip", "netns", "add", name])
+    prefix = ["nsenter", f"--net=/run/netns/{parent}"] if parent else []
+    run_argv([*prefix, "ip", "netns", "add", name])
     run_argv(["ip", "-n", name, "link", "set", "lo", "up"])
 
 

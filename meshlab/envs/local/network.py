@@ -35,16 +35,28 @@ def set_sysctl(state: LabState, netns: str, key: str, value: str) -> None:
     state.sysctls[f"{netns} {key}"] = value
 
 
-def _create(state: LabState, netns: str) -> None:
+#: TCP established-hash buckets of every node and pod netns (``tcp_child_ehash_entries`` of the
+#: cluster netns they are created from). The host's table is shared by all namespaces and
+#: sized for the machine (262144 buckets here): every ``sock_diag`` dump the collectors make
+#: walks all of it in kernel time a sidecar cannot preempt; a lab netns's own table is walked in
+#: microseconds. ``tcp_max_tw_buckets`` follows as half of it (8192 TIME-WAIT sockets).
+POD_TCP_EHASH_BUCKETS = 16384
+CHILD_EHASH_SYSCTL = "/proc/sys/net/ipv4/tcp_child_ehash_entries"
+
+
+def _create(state: LabState, netns: str, parent: str | None = None) -> None:
     state.netns.append(netns)
     state.save()
-    add_netns(netns)
+    add_netns(netns, parent)
 
 
 def build_cluster(plan: LabPlan, state: LabState) -> None:
-    """The cluster netns with the underlay bridge (no address: nodes talk L2 over it)."""
+    """The cluster netns with the underlay bridge (no address: nodes talk L2 over it); the
+    node and pod namespaces are created from it (:data:`POD_TCP_EHASH_BUCKETS`)."""
     c = plan.cluster_netns
     _create(state, c)
+    if Path(CHILD_EHASH_SYSCTL).exists():  # Linux >= 6.1 (read here, never written)
+        set_sysctl(state, c, "net.ipv4.tcp_child_ehash_entries", str(POD_TCP_EHASH_BUCKETS))
     _ip(c, "link", "add", UNDERLAY_BRIDGE, "type", "bridge")
     _ip(c, "link", "set", UNDERLAY_BRIDGE, "up")
     set_sysctl(state, c, "net.bridge.bridge-nf-call-iptables", "0")
@@ -52,7 +64,7 @@ def build_cluster(plan: LabPlan, state: LabState) -> None:
 
 def build_node(plan: LabPlan, state: LabState, node: NodePlan) -> None:
     """A node netns: uplink to the underlay, pod bridge, forwarding, routes to other nodes."""
-    _create(state, node.netns)
+    _create(state, node.netns, plan.cluster_netns)
     c = plan.cluster_netns
     _ip(c, "link", "add", node.uplink, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
     _ip(c, "link", "set", node.uplink, "master", UNDERLAY_BRIDGE, "up")
@@ -79,7 +91,7 @@ def build_pod(plan: LabPlan, state: LabState, pp: PodPlan) -> None:
     write_etc_netns(pp.netns, {"hosts": istiod.hosts_file(plan, pp),
                                "resolv.conf": istiod.resolv_conf(plan, pp),
                                "hostname": pp.name + "\n"})
-    _create(state, pp.netns)
+    _create(state, pp.netns, plan.cluster_netns)
     node = pp.node
     _ip(node.netns, "link", "add", pp.host_if, "type", "veth", "peer", "name", "eth0",
         "netns", pp.netns)
