@@ -269,14 +269,17 @@ def test_dry_run_prints_the_load_commands_then_fails_for_the_skip(fake, tmp_path
 def test_pid_wrapper_runs_the_command_with_its_pid_on_file(tmp_path: Path):
     """The wrapper for real (local ``sh``): the pid file names the command, which a SIGTERM to
     that pid ends; its status is the wrapper's, and the pid file is gone after."""
-    pid_file = tmp_path / "x.pid"
+    pid_file, ready = tmp_path / "x.pid", tmp_path / "handler.ready"
     handler = ("import signal,sys,time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-               "time.sleep(30)")
+               f"open({str(ready)!r}, 'w').close()\ntime.sleep(30)")
     proc = subprocess.Popen(wrap([sys.executable, "-c", handler], str(pid_file)))
     try:
         pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(),
                              timeout_s=10, what="pid file"))
         assert pid != proc.pid  # the command's own pid, not the wrapper's
+        # the pid file exists as soon as the command is spawned; its SIGTERM handler only once
+        # the interpreter has started: a TERM before that would kill it (status 143)
+        wait_until(ready.exists, timeout_s=10, what="the command's SIGTERM handler installed")
         subprocess.run(["sh", "-c", f"kill -TERM {pid}"], check=True)
         assert proc.wait(timeout=10) == 0
         assert not pid_file.exists()
