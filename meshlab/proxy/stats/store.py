@@ -144,12 +144,9 @@ class _HistData:
         self.count = 0
         self.sum = 0.0
 
-    def quantile(self, q: float) -> float:
-        """Approximate quantile (circllhist-like interpolation inside a bin)."""
-        return self.quantiles((q,))[0]
-
     def quantiles(self, qs: Sequence[float]) -> list[float]:
-        """:meth:`quantile` of each of ``qs`` (ascending) in one pass over the sorted bins."""
+        """Approximate quantiles (circllhist-like interpolation inside a bin) for each of ``qs``
+        (ascending), in one pass over the sorted bins; nan when empty."""
         if not self.count:
             return [math.nan] * len(qs)
         items = sorted(self.bins.items())
@@ -169,12 +166,9 @@ class _HistData:
                 out.append(lower + width)
         return out
 
-    def count_below(self, bound: float) -> int:
-        """Samples in bins entirely <= ``bound`` (circllhist ``hist_approx_count_below``)."""
-        return sum(n for (lower, width), n in self.bins.items() if lower + width <= bound)
-
     def counts_below(self, bounds: Sequence[float]) -> list[int]:
-        """:meth:`count_below` of each of ``bounds`` (ascending) in one pass."""
+        """Samples in bins entirely <= each of ``bounds`` (ascending; circllhist
+        ``hist_approx_count_below``), in one pass."""
         uppers = sorted((lower + width, n) for (lower, width), n in self.bins.items())
         out: list[int] = []
         i, acc = 0, 0
