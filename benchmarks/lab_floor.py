@@ -33,11 +33,13 @@ sys.path.insert(0, str(HERE))
 
 from _common import bench_run, machine_info, verdict, write_results
 
+from meshlab.envs.local import istiod
 from meshlab.envs.local.lab import LocalEnv
 from meshlab.experiment import Run
 from meshlab.journal import RunJournal
 
 URL = "http://fortio-server:8070/echo?size=100"
+L1_POD = "fortio-server-0"
 RATES = (100, 1000)
 PCTS = ("p50", "p90", "p99", "p999")
 TARGETS = {"p99_ms_100rps_on": 8.0, "on_off_ratio_p99_100rps": 1.2, "p99_ms_1000rps": 15.0,
@@ -101,6 +103,11 @@ def summarise(cells: dict[str, list[dict]]) -> dict:
     return out
 
 
+def sidecar_concurrency(env: LocalEnv) -> int:
+    """The worker count the lab's L1 sidecar ran with (its ``sidecar.json``)."""
+    return istiod.proxy_concurrency(env.plan.pods[L1_POD])
+
+
 def markdown(doc: dict) -> str:
     """The human summary written to ``lab_floor-latest.md``."""
     s, st = doc["summary"], doc["settings"]
@@ -110,7 +117,9 @@ def markdown(doc: dict) -> str:
              (f"Chain: netshoot → L1 sidecar → L1 app (-M) → L1 sidecar → L2 sidecar → L2 app; "
               f"`{URL}`, open loop, 16 connections, {st['duration_s']:.0f} s per cell, "
               f"{st['rounds']} rounds in rotated order. Cells: median [min–max]. Observers on = "
-              "the lab's Prometheus + collectors at 1 s."), "",
+              "the lab's Prometheus + collectors at 1 s. Sidecars: "
+              f"concurrency {st.get('sidecar_concurrency', 1)} (the manifests' value; Istio's "
+              "default is 2)."), "",
              "| rate | observers | TPS | errors | p50 ms | p90 ms | p99 ms | p99.9 ms |",
              "|---|---|---|---|---|---|---|---|"]
 
@@ -145,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="mlfloor-reports-") as reports:
         env = LocalEnv(lab=args.lab)
         env.up()
+        concurrency = sidecar_concurrency(env)
         try:
             for rnd in range(args.rounds):
                 for rate, obs in order[rnd % len(order):] + order[:rnd % len(order)]:
@@ -159,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
            "settings": {"rounds": args.rounds, "duration_s": args.duration_s, "url": URL,
                         "connections": 16, "rates": list(RATES)},
            "cells": cells}
+    doc["settings"]["sidecar_concurrency"] = concurrency
     doc["summary"] = summarise(cells)
     write_results(args.out, "lab_floor", started, doc, markdown(doc))
     return 0

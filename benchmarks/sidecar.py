@@ -10,7 +10,8 @@ also on SIGINT/SIGTERM)::
 
 Modes: ``direct`` (no capture rules; client → 10.244.1.3:8080); ``meshlab`` (Istio capture rules
 in both namespaces, ENVOY.md §6; client → ClusterIP 10.96.0.12:8080 → sidecar A 15001 →
-sidecar B 15006 → app from 127.0.0.6); ``nginx`` (same rules and path, nginx A on 15001 proxies
+sidecar B 15006 → app from 127.0.0.6), one process per sidecar (``--concurrency 1``);
+``meshlab-c2`` (the same with a main and two workers per sidecar, Istio's default); ``nginx`` (same rules and path, nginx A on 15001 proxies
 to 10.244.1.3:8080, nginx B on 15006 to the app with ``proxy_bind 127.0.0.6``).
 CPU pinning on the 2-core machine: both proxies on core 0; load client and app on core 1.
 See ``benchmarks/README.md`` for the method.
@@ -36,6 +37,7 @@ from _common import bench_run, machine_info, write_results
 from _procs import Proc
 from _report import TARGETS, markdown, summarise
 
+from meshlab.envs.local.kubelet import SIDECAR_PYTHON_FLAGS
 from meshlab.envs.local.veth_pair import (
     VethPair,
     install_capture,
@@ -49,6 +51,8 @@ A_IP, B_IP, CLUSTER_IP, APP_PORT = "10.244.1.2", "10.244.1.3", "10.96.0.12", 808
 FQDN = "fortio-server.mark.svc.cluster.local"
 PROXY_CPU, CLIENT_CPU = "0", "1"
 PROXY_USER, APP_USER = "1337:1337", "65534:65534"
+#: meshlab modes and their ``--concurrency`` (Envoy workers; Istio's sidecar default is 2).
+MESHLAB_MODES = {"meshlab": 1, "meshlab-c2": 2}
 
 
 def sidecar_config(pod: str, ip: str, workload: str, workdir: Path) -> dict:
@@ -68,8 +72,9 @@ def sidecar_config(pod: str, ip: str, workload: str, workdir: Path) -> dict:
     }
 
 
-def start_sidecars(pair: VethPair, workdir: Path) -> list[Proc]:
-    """Sidecar A (client pod) and B (server pod), bound as root then running as uid 1337."""
+def start_sidecars(pair: VethPair, workdir: Path, concurrency: int = 1) -> list[Proc]:
+    """Sidecar A (client pod) and B (server pod), bound as root then running as uid 1337, each
+    with ``concurrency`` workers (1: one process; N: a main and N worker processes)."""
     procs = []
     for side, ns, ip, wl in (("a", pair.ns_a, A_IP, "fortio-client"),
                              ("b", pair.ns_b, B_IP, "fortio-server")):
@@ -78,7 +83,9 @@ def start_sidecars(pair: VethPair, workdir: Path) -> list[Proc]:
         d.chmod(0o777)
         cfg = d / "sidecar.json"
         cfg.write_text(json.dumps(sidecar_config(f"{wl}-0", ip, wl, d)))
-        argv = [PY, "-m", "meshlab.proxy", "--config", str(cfg), "--uid", "1337", "--gid", "1337"]
+        argv = [PY, *SIDECAR_PYTHON_FLAGS, "-m", "meshlab.proxy", "--config", str(cfg),
+                "--uid", "1337", "--gid", "1337",
+                "--concurrency", str(concurrency)]
         procs.append(_procs.start(ns, argv, cpu=PROXY_CPU, logdir=workdir, role=f"sidecar-{side}"))
     _procs.wait_port(pair.ns_a, ("127.0.0.1", 15001), procs[0])
     _procs.wait_port(pair.ns_b, ("127.0.0.1", 15006), procs[1])
@@ -173,7 +180,7 @@ def run_mode(pair: VethPair, mode: str, workdir: Path, args: argparse.Namespace,
             install_capture(pair.ns_a)
             install_capture(pair.ns_b)
             target = (CLUSTER_IP, APP_PORT)
-            procs = (start_sidecars(pair, workdir) if mode == "meshlab"
+            procs = (start_sidecars(pair, workdir, MESHLAB_MODES[mode]) if mode in MESHLAB_MODES
                      else start_nginx_pair(pair, workdir))
         hook = None
         raw = workdir / "profile-a.txt"
@@ -202,9 +209,10 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict:
         app = _procs.start(pair.ns_b, _nginx.nginx_argv(conf), cpu=CLIENT_CPU, logdir=workdir,
                            role="app", user=APP_USER)
         _procs.wait_port(pair.ns_b, (B_IP, APP_PORT), app)
-        order = ["direct", "meshlab", "nginx"]
+        order = ["direct", *MESHLAB_MODES, "nginx"]
         for rnd in range(args.rounds):
-            for mode in order[rnd % 3:] + order[:rnd % 3]:  # rotated: no mode always first
+            k = rnd % len(order)
+            for mode in order[k:] + order[:k]:  # rotated: no mode always first
                 print(f"sidecar.py: round {rnd + 1}/{args.rounds} mode {mode} …", file=sys.stderr)
                 rec = run_mode(pair, mode, workdir, args,
                                profile=args.profile and rnd == 0 and mode == "meshlab")

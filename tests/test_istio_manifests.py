@@ -241,3 +241,30 @@ def test_two_destination_rules_for_one_host_fail(tmp_path):
     folder = _lab(tmp_path, DR % "    {}", other)
     with pytest.raises(ManifestError, match="already has DestinationRule l2"):
         load_topology(folder)
+
+
+def _with_proxy_config(folder: Path, extra: str) -> Path:
+    """Add ``extra`` (one ProxyConfig line) to fortio-server's proxy.istio.io/config."""
+    f = folder / "fortio-server.yaml"
+    f.write_text(f.read_text().replace("          proxyStatsMatcher:",
+                                       f"          {extra}\n          proxyStatsMatcher:", 1))
+    return folder
+
+
+def _config(folder: Path, pod: str) -> dict:
+    plan = make_plan(load_topology(folder), "t")
+    return istiod.sidecar_config(plan, plan.pods[pod], "/tmp/x.log")
+
+
+def test_proxy_config_concurrency_sets_the_worker_count(tmp_path):
+    """ProxyConfig ``concurrency`` from the annotation; Istio's sidecar default is 2."""
+    folder = _with_proxy_config(_lab(tmp_path), "concurrency: 1")
+    assert _config(folder, "fortio-server-0")["concurrency"] == 1
+    assert _config(folder, "fortio-server-l2-0")["concurrency"] == 2
+    (folder / "fortio-server.yaml").write_text(
+        (folder / "fortio-server.yaml").read_text().replace("concurrency: 1", "concurrency: two"))
+    with pytest.raises(ManifestError) as err:
+        _config(folder, "fortio-server-0")
+    assert "fortio-server.yaml" in str(err.value)
+    assert "proxy.istio.io/config.concurrency" in str(err.value)
+    assert "'two'" in str(err.value)

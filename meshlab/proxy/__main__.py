@@ -1,41 +1,32 @@
 """``python -m meshlab.proxy --config sidecar.json``: run the embedded sidecar until SIGTERM.
 
 Starts the capture listeners (15001 outbound, 15006 inbound), the admin on 127.0.0.1:15000,
-Envoy's Prometheus listener on 0.0.0.0:15090 and the agent endpoint on 0.0.0.0:15020. Prints
-nothing on success; errors go to stderr. Exit status 2 for an invalid config, 1 when a port
-cannot be bound.
+Envoy's Prometheus listener on 0.0.0.0:15090 and the agent endpoint on 0.0.0.0:15020. With
+``concurrency`` (sidecar.json, or ``--concurrency``) of 2 or more, a main process owns the
+admin side and forks that many workers that share the capture listeners
+(:mod:`meshlab.proxy.workers`); with 1, one process does everything. Prints nothing on success;
+errors go to stderr. Exit status 2 for an invalid config or argument, 1 when a port cannot be
+bound, 3 when a worker died.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import os
 import signal
 import sys
-from collections.abc import Callable
 
 from meshlab.errors import ConfigError
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.admin.server import start_admin
 from meshlab.proxy.config.sidecar import SidecarConfig, load_config
 from meshlab.proxy.listeners import Sidecar
+from meshlab.proxy.process import GC_THRESHOLDS, drop_privileges, loop_factory, quiet_gc
 from meshlab.proxy.stats.metrics import ProxyStats
 from meshlab.proxy.stats.store import StatsMatcher, StatsStore
+from meshlab.proxy.workers.supervisor import serve
 
-
-def drop_privileges(uid: int, gid: int) -> None:
-    """Become ``uid:gid`` (Istio's proxy user 1337) after the listeners are bound.
-
-    The local lab starts the sidecar as root so it can run from any checkout (a venv under
-    ``/root`` is not readable by uid 1337) and then drops here, before any traffic flows: from
-    then on every socket the sidecar opens is owned by 1337 and exempt from the capture rules,
-    as istio-proxy's are. Every module it needs is imported by then.
-    """
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
+__all__ = ["GC_THRESHOLDS", "drop_privileges", "loop_factory", "main", "quiet_gc", "run"]
 
 
 async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
@@ -80,31 +71,6 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
         access_log.close()
 
 
-#: Generation-0 threshold: a request allocates a few hundred short-lived objects, so CPython's
-#: default 700 runs a young collection every few requests; most die young anyway.
-GC_THRESHOLDS = (20_000, 20, 100)
-
-
-def quiet_gc() -> None:
-    """After start-up: move every object alive now (config, routes, stats) to the permanent
-    generation (``gc.freeze``) so no collection walks them again, and collect the young
-    generation less often (:data:`GC_THRESHOLDS`). Request garbage is mostly acyclic and freed
-    by reference counting; the collector only has to find the rare cycle."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """``uvloop``'s event loop when installed (libuv: a cheaper loop and transports), else None
-    (asyncio's default). The sidecar relies only on the asyncio API, so either works."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m meshlab.proxy",
@@ -113,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uid", type=int, default=None,
                         help="switch to this uid once bound (the lab passes 1337)")
     parser.add_argument("--gid", type=int, default=None, help="switch to this gid once bound")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker processes (Envoy --concurrency); overrides sidecar.json")
     args = parser.parse_args(argv)
+    if args.concurrency is not None and args.concurrency < 1:
+        parser.error(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
     drop_to = None
     if args.uid is not None:
         drop_to = (args.uid, args.gid if args.gid is not None else args.uid)
@@ -122,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"meshlab.proxy: invalid config: {exc}", file=sys.stderr)
         return 2
+    concurrency = args.concurrency if args.concurrency is not None else config.concurrency
     try:
+        if concurrency >= 2:
+            return serve(config, concurrency, drop_to)
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(run(config, drop_to=drop_to))
     except OSError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import sys
 import time
 from collections.abc import Coroutine
@@ -23,6 +24,7 @@ from typing import Any
 
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.capture import original_dst
+from meshlab.proxy.cells import LOCAL, Cells
 from meshlab.proxy.config.sidecar import SidecarConfig
 from meshlab.proxy.http.conn import HttpProxy
 from meshlab.proxy.stats.metrics import PeerInfo, ProxyStats
@@ -32,12 +34,52 @@ from meshlab.proxy.upstream.pool import ConnectionPool
 from meshlab.proxy.upstream.router import Router
 from meshlab.proxy.upstream.sockopts import listen_socket
 
+#: A bound capture listener: ``(port, direction, listening socket)``.
+Listener = tuple[int, str, socket.socket]
+
+
+def bind_listeners(config: SidecarConfig, bind_ip: str = "0.0.0.0",
+                   reuse_port: bool = False) -> list[Listener]:
+    """Bind the 15001 (outbound) and 15006 (inbound) capture listeners.
+
+    Args:
+        config: the sidecar config (ports, EnvoyFilter listener socket options).
+        bind_ip: address to bind.
+        reuse_port: set ``SO_REUSEPORT`` so each worker binds its own socket on the same port
+            and the kernel spreads new connections over them (Envoy's workers share a listen
+            socket instead; the load spreading is the kernel's in both cases).
+
+    Raises:
+        OSError: a port cannot be bound (the ones bound so far are closed).
+    """
+    ports = config.ports
+    out: list[Listener] = []
+    try:
+        for port, direction in ((ports.outbound, "outbound"), (ports.inbound, "inbound")):
+            # EnvoyFilter LISTENER socket options (PREBIND/BOUND/LISTENING; ENVOY.md §8)
+            sock = listen_socket(bind_ip, port, config.policies.listener_options(port),
+                                 reuse_port=reuse_port)
+            out.append((port, direction, sock))
+    except BaseException:
+        for _, _, sock in out:
+            sock.close()
+        raise
+    return out
+
 
 class Sidecar:
-    """Owns listeners, pool, stats and access log of one sidecar process."""
+    """Owns listeners, pool, stats and access log of one sidecar process (or one worker).
+
+    Args:
+        config: the sidecar config.
+        stats: this process's stat trees.
+        access_log: where finished requests and connections are logged.
+        cells: circuit-breaker and outlier state, shared with the other workers
+            (:mod:`meshlab.proxy.cells`); private by default.
+    """
 
     def __init__(self, config: SidecarConfig, stats: ProxyStats,
-                 access_log: AccessLogWriter) -> None:
+                 access_log: AccessLogWriter, cells: Cells = LOCAL) -> None:
         self.config = config
         self.stats = stats
         self.access_log = access_log
@@ -47,23 +89,33 @@ class Sidecar:
         self.servers: list[asyncio.base_events.Server] = []
         self.listening: dict[int, asyncio.base_events.Server] = {}  # port → accepting server
         self._tasks: set[asyncio.Task[None]] = set()
+        self.router.outliers.bind(stats, cells)
         parts = (config, self.router, stats, self.own_peer, access_log)
-        self.http = HttpProxy(*parts, self.pool)
+        self.http = HttpProxy(*parts, self.pool, cells)
         self.tcp = TcpProxy(*parts)
         self.tcp_stats = TcpStatsTracker(stats.store, config.tcp_stats_update_period_s)
 
     async def start(self, bind_ip: str = "0.0.0.0") -> None:
-        """Start the 15001 and 15006 capture listeners."""
-        ports = self.config.ports
+        """Bind and start the 15001 and 15006 capture listeners.
+
+        Raises:
+            OSError: a port cannot be bound.
+        """
+        await self.serve(bind_listeners(self.config, bind_ip))
+
+    async def serve(self, listeners: list[Listener]) -> None:
+        """Accept on already bound capture listeners (a worker's share of them)."""
         loop = asyncio.get_running_loop()
-        for port, direction in ((ports.outbound, "outbound"), (ports.inbound, "inbound")):
-            # EnvoyFilter LISTENER socket options (PREBIND/BOUND/LISTENING; ENVOY.md §8)
-            sock = listen_socket(bind_ip, port, self.config.policies.listener_options(port))
+        for port, direction, sock in listeners:
             server = await loop.create_server(
                 functools.partial(_Accepted, self, direction, port), sock=sock)
             self.servers.append(server)
             self.listening[port] = server
         self.tcp_stats.start()
+
+    def is_ejected(self, cluster: str, host: tuple[str, int]) -> bool:
+        """Whether outlier detection has ejected ``host`` of ``cluster`` (``/clusters``)."""
+        return self.router.outliers.is_ejected(cluster, host)
 
     def stop_listeners(self, inbound_only: bool = False) -> int:
         """Admin ``POST /drain_listeners``: close the listening sockets (ENVOY.md §5).

@@ -96,7 +96,10 @@ def _inject_revert(env, tmp_path):
             pass  # inject fails after the sysctl write: active() reverts it
         assert close_wait() == before
         assert signal_app(env.pod_shell("tcp-echo"), "no-such-app") == []
-        assert len(netns_pids(env.plan.pods["tcp-echo-0"].netns)) == 2  # app + sidecar alive
+        # app + sidecar alive (the sidecar's main; its workers are in the netns too)
+        alive = set(netns_pids(env.plan.pods["tcp-echo-0"].netns))
+        containers = {k: pid for k, pid in env.state.pids.items() if k.startswith("tcp-echo-0/")}
+        assert len(containers) == 2 and set(containers.values()) <= alive, (containers, alive)
     finally:
         if app.poll() is None:
             app.kill()

@@ -99,6 +99,11 @@ class Lab:
     def __init__(self, ns_a: str, ns_b: str, workdir: Path) -> None:
         self.ns_a, self.ns_b, self.workdir = ns_a, ns_b, workdir
         self.log_a, self.log_b = workdir / "a" / "access.log", workdir / "b" / "access.log"
+        self.procs: list[subprocess.Popen] = []  # sidecar A, sidecar B, app
+
+    def sidecar(self, which: str) -> subprocess.Popen:
+        """The process of sidecar ``which`` (``a``/``b``; its main when it has workers)."""
+        return self.procs[0 if which == "a" else 1]
 
     def client(self, ns: str, op: dict, timeout_s: float = 60) -> object:
         out = _run(["ip", "netns", "exec", ns, PY, str(HERE / "_nsclient.py"), json.dumps(op)],
@@ -171,6 +176,7 @@ def pair_lab(overrides: dict | None = None, *, app_ports: tuple[int, ...] = (808
                                        *map(str, app_ports)], stdout=subprocess.DEVNULL, stderr=app_err))
         app_err.close()
         lab = Lab(ns_a, ns_b, workdir)
+        lab.procs = procs
         for ns, port in ((ns_a, 15000), (ns_a, 15001), (ns_b, 15006), (ns_b, 15090)):
             res = lab.client(ns, {"op": "wait", "host": "127.0.0.1", "port": port,
                                   "timeout_s": 10})

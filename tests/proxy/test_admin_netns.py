@@ -27,7 +27,11 @@ FRESH = {"name": "fresh", "namespace": "mark", "fqdn": "fresh.mark.svc.cluster.l
 @pytest.fixture(scope="module")
 def lab():
     assert FQDN != FRESH["fqdn"]
-    with pair_lab({"services": [*_services(), FRESH]}) as lab:
+    services = [*_services(), FRESH]
+    # A has one worker, so the drain test's request reuses the pooled connection to B that the
+    # fixture opened (with two, Envoy's workers each have their own pool); B keeps two
+    with pair_lab({"a": {"services": services, "concurrency": 1},
+                   "b": {"services": services}}) as lab:
         resps = lab.get(lab.ns_a, "10.96.0.12", 8080, "/echo", n=N)
         assert [r["status"] for r in resps] == [200] * N
         yield lab

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h11
 import pytest
@@ -340,3 +341,8 @@ def test_config_errors_name_the_field():
     cfg = make_config(route_timeout_s=0)
     assert cfg.route_timeout_s is None and cfg.connect_timeout_s == 10.0
     assert cfg.inbound_port(9000).protocol == "tcp"
+    assert cfg.concurrency == 2  # Istio's sidecar default
+    for bad in (-1, 65, "2", True):
+        with pytest.raises(ConfigError, match=r"^concurrency: expected an integer"):
+            make_config(concurrency=bad)
+    assert make_config(concurrency=0).concurrency == len(os.sched_getaffinity(0))

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from _pairlab import pair_lab, poll
@@ -213,9 +214,14 @@ def test_hostile_request_gets_envoy_reply_or_close(lab, raw):
 
 
 def test_no_handler_errors_logged_by_sidecars(lab):
-    """Runs after the fuzz test: no connection handler died with an exception."""
+    """Runs after the fuzz test: no connection handler died with an exception, and every
+    sidecar still has its main and both workers (Istio's default concurrency 2)."""
     normal_request_ok(lab.ns_a)
     for side in ("a", "b"):
+        main = lab.sidecar(side)
+        assert main.poll() is None, f"sidecar {side} exited with {main.returncode}"
+        workers = Path(f"/proc/{main.pid}/task/{main.pid}/children").read_text().split()
+        assert len(workers) == 2, workers
         err = lab.workdir / side / "sidecar.err"
         text = err.read_text() if err.exists() else ""
         assert "connection error" not in text and "Traceback" not in text, text[-2000:]

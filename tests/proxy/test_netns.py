@@ -16,7 +16,9 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def lab():
-    with pair_lab() as lab:
+    # one worker per sidecar: the pool-reuse test counts the connections of one pool (each of
+    # Envoy's workers has its own; test_workers.py covers two)
+    with pair_lab({"concurrency": 1}) as lab:
         yield lab
 
 

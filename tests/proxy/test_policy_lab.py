@@ -30,6 +30,9 @@ def _svc(name: str, vip: str, ips: list[str]) -> dict:
 
 
 OVERRIDES = {"a": {
+    # one worker: the exact counts below are one Envoy worker's (each worker has its own
+    # connection pools and round robin; test_workers.py covers concurrency 2)
+    "concurrency": 1,
     "services": _services() + [_svc("cb", "10.96.0.20", [B_IP]),
                                _svc("od", "10.96.0.21", [B_IP, B2_IP]),
                                _svc("ka", "10.96.0.22", [B3_IP])],

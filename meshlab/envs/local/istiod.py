@@ -26,11 +26,50 @@ from meshlab.model import (
     Service,
 )
 from meshlab.proxy.config.policy import TcpKeepalive
+from meshlab.proxy.config.sidecar import ISTIO_SIDECAR_CONCURRENCY, MAX_CONCURRENCY
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0  # Istio meshConfig.connectTimeout (ENVOY.md §8)
 #: The lab reads tcp_stats every second (Envoy's ``update_period``; unset = only at close)
 #: so a fault's retransmissions show while it is active.
 TCP_STATS_UPDATE_PERIOD_S = 1.0
+
+
+def proxy_config(pp: PodPlan) -> dict[str, Any]:
+    """The pod's ``proxy.istio.io/config`` annotation (Istio ProxyConfig overrides) as a
+    mapping, empty when absent.
+
+    Raises:
+        ManifestError: the annotation is not valid YAML or not a mapping.
+    """
+    wl = pp.pod.workload
+    raw = wl.annotations.get("proxy.istio.io/config")
+    if not raw:
+        return {}
+    field = f"{wl.kind}/{wl.name}.spec.template.metadata.annotations.proxy.istio.io/config"
+    try:
+        cfg = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as exc:
+        raise ManifestError(wl.source, field, f"invalid YAML: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise ManifestError(wl.source, field, "expected a ProxyConfig mapping")
+    return cfg
+
+
+def proxy_concurrency(pp: PodPlan) -> int:
+    """The sidecar's worker count: ProxyConfig ``concurrency`` from the annotation, else
+    Istio's sidecar default 2 (0 means one per CPU, decided by the sidecar).
+
+    Raises:
+        ManifestError: the value is not an integer in 0..64.
+    """
+    value = proxy_config(pp).get("concurrency", ISTIO_SIDECAR_CONCURRENCY)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CONCURRENCY:
+        wl = pp.pod.workload
+        raise ManifestError(
+            wl.source,
+            f"{wl.kind}/{wl.name}.spec.template.metadata.annotations.proxy.istio.io/config"
+            ".concurrency", f"expected an integer 0..{MAX_CONCURRENCY}, got {value!r}")
+    return value
 
 
 def stats_inclusion_regexps(pp: PodPlan) -> list[str]:
@@ -46,17 +85,7 @@ def stats_inclusion_regexps(pp: PodPlan) -> list[str]:
         ManifestError: the proxy config annotation is not valid YAML or not a mapping.
     """
     wl = pp.pod.workload
-    raw = wl.annotations.get("proxy.istio.io/config")
-    matcher: dict[str, Any] = {}
-    if raw:
-        field = f"{wl.kind}/{wl.name}.spec.template.metadata.annotations.proxy.istio.io/config"
-        try:
-            cfg = yaml.safe_load(raw) or {}
-        except yaml.YAMLError as exc:
-            raise ManifestError(wl.source, field, f"invalid YAML: {exc}") from exc
-        if not isinstance(cfg, dict):
-            raise ManifestError(wl.source, field, "expected a ProxyConfig mapping")
-        matcher = cfg.get("proxyStatsMatcher") or {}
+    matcher = proxy_config(pp).get("proxyStatsMatcher") or {}
     out: list[str] = []
     for kind, wrap in (("Prefixes", "{}.*"), ("Suffixes", ".*{}"), ("Regexps", None)):
         anno = wl.annotations.get(f"sidecar.istio.io/statsInclusion{kind}", "")
@@ -101,6 +130,7 @@ def sidecar_config(plan: LabPlan, pp: PodPlan, access_log_path: str) -> dict[str
         "stats_inclusion_regexps": stats_inclusion_regexps(pp),
         "tcp_stats_update_period_s": TCP_STATS_UPDATE_PERIOD_S,
         "policies": policies(plan, pp),
+        "concurrency": proxy_concurrency(pp),
     }
 
 

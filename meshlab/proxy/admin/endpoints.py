@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -62,6 +63,9 @@ class AdminContext:
         on_quit: called on ``POST /quitquitquit``.
         on_drain: ``(inbound_only, graceful)`` called on ``POST /drain_listeners``.
         is_ejected: ``(cluster, (ip, port)) -> bool`` from outlier detection (``/clusters``).
+        on_reset: does ``POST /reset_counters`` instead of zeroing :attr:`stats` (the worker
+            model resets every worker too).
+        pids: the sidecar's processes for the 15020 ``process_*`` metrics (None: this one).
     """
 
     stats: ProxyStats
@@ -70,6 +74,8 @@ class AdminContext:
     on_quit: Callable[[], None] | None = None
     on_drain: Callable[[bool, bool], None] | None = None
     is_ejected: Callable[[str, tuple[str, int]], bool] | None = None
+    on_reset: Callable[[], None] | None = None
+    pids: Callable[[], list[int]] | None = None
 
     @property
     def store(self) -> StatsStore:
@@ -88,7 +94,10 @@ def _mutate(path: str, query: dict[str, list[str]], ctx: AdminContext) -> Reply:
             ctx.on_quit()
         return Reply(200, b"OK\n")
     if path == "/reset_counters":
-        ctx.stats.reset_counters()
+        if ctx.on_reset is not None:
+            ctx.on_reset()
+        else:
+            ctx.stats.reset_counters()
         return Reply(200, b"OK\n")
     if path in ("/healthcheck/fail", "/healthcheck/ok"):
         ctx.server.fail_healthcheck(path.endswith("fail"))
@@ -130,7 +139,7 @@ def _server_info(ctx: AdminContext) -> Reply:
     doc = {"version": f"meshlab/{__version__}/Clean/RELEASE/BoringSSL", "state": srv.state_name,
            "hot_restart_version": "disabled",
            "command_line_options": {
-               "concurrency": 1, "log_level": srv.logging.level("main"),
+               "concurrency": srv.concurrency, "log_level": srv.logging.level("main"),
                "component_log_level": "misc:error", "drain_time": f"{int(srv.drain_time_s)}s",
                "drain_strategy": "Immediate", "parent_shutdown_time": "60s", "mode": "Serve",
                "local_address_ip_version": "v4", "service_cluster": node(ctx.config)["cluster"],
@@ -197,18 +206,21 @@ def prometheus_listener_response(method: str, target: str, store: StatsStore) ->
 
 
 def agent_response(method: str, target: str, store: StatsStore, *, ready: bool = True,
-                   on_quit: Callable[[], None] | None = None) -> Reply:
+                   on_quit: Callable[[], None] | None = None,
+                   pids: Callable[[], list[int]] | None = None) -> Reply:
     """15020 (pilot-agent): merged ``/stats/prometheus`` and ``/metrics``, ``/healthz/ready``.
 
     The merged output is the agent's own metrics (the sidecar process's ``process_*``,
     :mod:`.process_metrics`), then Envoy's 15090 output with the query string passed through,
-    then the app's (not scraped here; ENVOY.md §4).
+    then the app's (not scraped here; ENVOY.md §4). ``pids`` lists the sidecar's processes
+    (main and workers) whose CPU and memory the ``process_*`` metrics add up.
     """
     path = urlsplit(target).path
     if path in ("/stats/prometheus", "/metrics"):
         envoy = prometheus_listener_response("GET", "/stats/prometheus" + (
             "?" + urlsplit(target).query if urlsplit(target).query else ""), store)
-        return Reply(envoy.status, render_process_metrics().encode() + envoy.body,
+        procs = render_process_metrics(pids=pids() if pids is not None else None)
+        return Reply(envoy.status, procs.encode() + envoy.body,
                      envoy.content_type)
     if path == "/healthz/ready":
         return Reply(200 if ready else 503, b"" if ready else b"not ready\n")
@@ -222,10 +234,12 @@ def agent_response(method: str, target: str, store: StatsStore, *, ready: bool =
 
 
 Handler = Callable[[str, str], Reply]
+#: A handler that may need to wait (the worker model merges stats before answering).
+AnyHandler = Callable[[str, str], "Reply | Awaitable[Reply]"]
 
 
 async def serve_http_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                             handler: Handler, server_header: bytes | None) -> None:
+                             handler: AnyHandler, server_header: bytes | None) -> None:
     """Keep-alive HTTP/1.1 loop answering each request with ``handler(method, target)``."""
     conn = h11.Connection(h11.SERVER)
     try:
@@ -245,7 +259,8 @@ async def serve_http_handler(reader: asyncio.StreamReader, writer: asyncio.Strea
                     elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
                         continue_reading = False
                 try:
-                    reply = handler(method, target)
+                    got = handler(method, target)
+                    reply = await got if inspect.isawaitable(got) else got
                 except Exception as exc:  # noqa: BLE001 - admin must stay up
                     reply = Reply(500, f"{exc!r}\n".encode())
                 headers = [(b"content-type", reply.content_type),
@@ -273,7 +288,7 @@ async def serve_http_handler(reader: asyncio.StreamReader, writer: asyncio.Strea
             writer.close()
 
 
-async def start_handler_server(host: str, port: int, handler: Handler,
+async def start_handler_server(host: str, port: int, handler: AnyHandler,
                                server_header: bytes | None) -> asyncio.base_events.Server:
     """Listen on ``host:port`` and answer with ``handler``."""
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -14,11 +14,12 @@ Rules (Envoy ``source/server``):
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from meshlab.proxy.admin.log_levels import LogLevels
+from meshlab.proxy.stats.process_metrics import group_resident_bytes
 from meshlab.proxy.stats.store import StatsStore
 from meshlab.proxy.stats.trees import StatTree
 
@@ -60,12 +61,10 @@ class ListenerManagerStats(StatTree):
               "total_filter_chains_draining", "workers_started")
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+def _rss_bytes(pids: list[int] | None = None) -> int:
+    """Resident bytes of this process, or of the sidecar's processes ``pids`` (main and
+    workers, shared pages once: :func:`group_resident_bytes`)."""
+    return group_resident_bytes([Path("/proc") / str(p) for p in (pids or ["self"])])
 
 
 class ServerState:
@@ -78,11 +77,15 @@ class ServerState:
         listeners: number of listeners (``listener_manager.total_listeners_active``).
         drain_time_s: graceful drain duration.
         connections: returns the current downstream connection count (``total_connections``).
+        concurrency: worker count (``server.concurrency``; Envoy ``--concurrency``).
+        pids: returns the sidecar's processes, whose memory ``server.memory_*`` adds up
+            (None: this process).
     """
 
     def __init__(self, store: StatsStore, *, start_s: float | None = None, clusters: int = 0,
                  listeners: int = 0, drain_time_s: float = ISTIO_DRAIN_TIME_S,
-                 connections: Callable[[], int] | None = None) -> None:
+                 connections: Callable[[], int] | None = None, concurrency: int = 1,
+                 pids: Callable[[], list[int]] | None = None) -> None:
         self.start_s = time.time() if start_s is None else start_s
         self.drain_time_s = drain_time_s
         self.health_check_failed = False
@@ -90,10 +93,12 @@ class ServerState:
         self.stopped: set[str] = set()  # "INBOUND"/"OUTBOUND"/"ALL" listener groups stopped
         self.logging = LogLevels()
         self._connections = connections
+        self._pids = pids
+        self.concurrency = concurrency
         self.server = ServerStats(store, "server.")
         self.cluster_manager = ClusterManagerStats(store, "cluster_manager.")
         self.listener_manager = ListenerManagerStats(store, "listener_manager.")
-        self.server.concurrency.set(1)
+        self.server.concurrency.set(concurrency)
         self.server.initialization_time_ms.record(0)
         self.cluster_manager.active_clusters.set(clusters)
         self.cluster_manager.cluster_added.inc(clusters)
@@ -137,7 +142,7 @@ class ServerState:
         s.state.set(self.state)
         s.live.set(0 if self.health_check_failed else 1)
         s.uptime.set(self.uptime_s)
-        rss = _rss_bytes()
+        rss = _rss_bytes(self._pids() if self._pids is not None else None)
         s.memory_allocated.set(rss)
         s.memory_heap_size.set(rss)
         s.memory_physical_size.set(rss)

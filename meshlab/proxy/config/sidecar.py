@@ -23,13 +23,14 @@ Optional keys beyond the contract (all with Istio defaults, ENVOY.md §8):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshlab.errors import ConfigError
-from meshlab.model import protocol_for_port
 from meshlab.proxy.config.policy import Policies, parse_policies
+from meshlab.proxy.config.protocols import protocol_for_port
 from meshlab.proxy.fields import (
     as_choice,
     as_int,
@@ -143,6 +144,20 @@ class RetrySettings:
         return self.base_interval_ms * 10
 
 
+#: Istio's sidecar default ``concurrency`` (ProxyConfig; ``proxy.istio.io/config`` sets it).
+ISTIO_SIDECAR_CONCURRENCY = 2
+#: Highest worker count accepted (each worker is a process).
+MAX_CONCURRENCY = 64
+
+
+def _concurrency(value: Any) -> int:
+    """ProxyConfig ``concurrency``: 0 means one worker per CPU, as Envoy's default."""
+    n = as_int(value, "concurrency")
+    if n > MAX_CONCURRENCY:
+        raise ConfigError(f"concurrency: expected an integer 0..{MAX_CONCURRENCY}, got {n}")
+    return n or max(1, len(os.sched_getaffinity(0)))
+
+
 @dataclass(frozen=True)
 class SidecarConfig:
     """Everything the sidecar needs, validated (docs/CONTRACTS.md §1)."""
@@ -167,6 +182,7 @@ class SidecarConfig:
     delayed_close_timeout_s: float = 1.0  # HCM default; 0 disables
     outbound_traffic_policy: str = "ALLOW_ANY"  # meshConfig.outboundTrafficPolicy.mode
     tcp_stats_update_period_s: float | None = None  # tcp_stats update_period; None = at close
+    concurrency: int = ISTIO_SIDECAR_CONCURRENCY  # worker processes (Envoy --concurrency)
 
     def inbound_port(self, port: int) -> InboundPort | None:
         """The declared inbound port ``port``, or None."""
@@ -313,6 +329,7 @@ def parse_config(doc: Any) -> SidecarConfig:
         tcp_stats_update_period_s=(None if doc.get("tcp_stats_update_period_s") is None else
                                    as_num(doc["tcp_stats_update_period_s"],
                                         "tcp_stats_update_period_s", minimum=0.001)),
+        concurrency=_concurrency(doc.get("concurrency", ISTIO_SIDECAR_CONCURRENCY)),
     )
 
 

@@ -25,6 +25,7 @@ import h11
 
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.capture import ConnectionHandler
+from meshlab.proxy.cells import LOCAL, Cells
 from meshlab.proxy.config.sidecar import SidecarConfig
 from meshlab.proxy.flags import ResetReason
 from meshlab.proxy.http import actions
@@ -73,13 +74,15 @@ class HttpProxy(ConnectionHandler):
         config, router, stats, own_peer, access_log: as
             :class:`~meshlab.proxy.capture.ConnectionHandler`.
         pool: upstream keep-alive connections.
+        cells: where circuit-breaker counts live (shared by a sidecar's workers).
     """
 
     def __init__(self, config: SidecarConfig, router: Router, stats: ProxyStats,
-                 own_peer: PeerInfo, access_log: AccessLogWriter, pool: ConnectionPool) -> None:
+                 own_peer: PeerInfo, access_log: AccessLogWriter, pool: ConnectionPool,
+                 cells: Cells = LOCAL) -> None:
         super().__init__(config, router, stats, own_peer, access_log)
         self.pool = pool
-        self.circuits = CircuitRegistry()  # per-cluster circuit breakers (ENVOY.md §8)
+        self.circuits = CircuitRegistry(cells)  # per-cluster circuit breakers (ENVOY.md §8)
 
     def connection(self, cluster: Cluster, dst: Address, remote: Address) -> HttpConnection:
         """The protocol for one captured connection to ``dst`` (original destination)."""

@@ -16,7 +16,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from email.utils import formatdate
 from http import HTTPStatus
 
 import h11
@@ -50,8 +49,20 @@ def http_date(now_s: float | None = None) -> bytes:
     now = time.time() if now_s is None else now_s
     sec = int(now)
     if _date_cache[0] != sec:
-        _date_cache = (sec, formatdate(sec, usegmt=True).encode())
+        _date_cache = (sec, imf_fixdate(sec).encode())
     return _date_cache[1]
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imf_fixdate(sec: int) -> str:
+    """RFC 9110 IMF-fixdate of epoch second ``sec``, e.g. ``Sun, 06 Dec 2026 04:25:15 GMT``
+    (what ``email.utils.formatdate(sec, usegmt=True)`` gives, without importing ``email``)."""
+    t = time.gmtime(sec)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 @functools.lru_cache(maxsize=128)

@@ -94,18 +94,23 @@ class Counter:
 
 
 class Gauge:
-    """Up/down value."""
+    """Up/down value.
 
-    __slots__ = ("name", "tags", "used", "value")
+    ``absolute`` is True once the gauge was :meth:`set`: its value is a reading (a limit, a
+    state), not a sum of ``inc``/``dec`` deltas, so worker copies of it are not added up
+    (:mod:`meshlab.proxy.workers.snapshot`).
+    """
+
+    __slots__ = ("absolute", "name", "tags", "used", "value")
     kind = "gauge"
 
     def __init__(self, name: str, tags: Tags | None = None) -> None:
-        self.name, self.tags, self.value, self.used = name, tags, 0, False
+        self.name, self.tags, self.value, self.used, self.absolute = name, tags, 0, False, False
 
     def set(self, value: int) -> None:
         """Set the value."""
         self.value = value
-        self.used = True
+        self.used = self.absolute = True
 
     def inc(self, amount: int = 1) -> None:
         """Add ``amount``."""
@@ -215,6 +220,29 @@ class Histogram:
             data.count += 1
             data.sum += value
         self.used = True
+
+    def merge_interval(self, bins: dict[tuple[float, float], int], count: int,
+                       total: float) -> None:
+        """Add another process's closed interval (its ``bins``, sample ``count`` and sum
+        ``total``) to the open interval, as Envoy merges thread-local histograms at flush."""
+        if not count:
+            return
+        for data in (self._pending, self._cumulative):
+            got = data.bins
+            for key, n in bins.items():
+                got[key] = got.get(key, 0) + n
+            data.count += count
+            data.sum += total
+        self.used = True
+
+    def take_interval(self) -> tuple[dict[tuple[float, float], int], int, float] | None:
+        """Close the interval (:meth:`flush`) and return what it held as ``(bins, count,
+        sum)``, or None when it was empty."""
+        pending = self._pending
+        self.flush()
+        if not pending.count:
+            return None
+        return pending.bins, pending.count, pending.sum
 
     def flush(self) -> None:
         """Close the interval: it becomes the "interval" view; "cumulative" includes it.
@@ -353,6 +381,14 @@ class StatsStore:
     def histogram(self, name: str, tags: Tags | None = None) -> Histogram:
         """The histogram ``name`` (see :meth:`counter`)."""
         return self._get(name, Histogram, NULL_HISTOGRAM, tags)  # type: ignore[return-value]
+
+    def items(self) -> list[tuple[str, Stat]]:
+        """Every existing stat as ``(raw name, stat)``, in creation order."""
+        return list(self._stats.items())
+
+    def histograms(self) -> list[Histogram]:
+        """Every existing histogram."""
+        return list(self._histograms)
 
     def get(self, name: str) -> Stat | None:
         """An existing stat by raw name, or None."""

@@ -27,6 +27,15 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+from meshlab.proxy.cells import (
+    CIRCUIT_COUNTS,
+    LOCAL,
+    Block,
+    Cells,
+    circuit_block_name,
+    circuit_block_size,
+    private_block,
+)
 from meshlab.proxy.config.policy import CircuitBreakers
 from meshlab.proxy.flags import ResetReason
 from meshlab.proxy.stats.store import StatsStore
@@ -43,17 +52,34 @@ _OPEN_GAUGES = ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_ret
 
 
 class Resource:
-    """One circuit-breaker resource: a count against ``limit`` with its two gauges."""
+    """One circuit-breaker resource: a count against ``limit`` with its two gauges.
 
-    __slots__ = ("_open", "_remaining", "count", "limit")
+    The count is kept in cells (:mod:`meshlab.proxy.cells`), one per worker, so every worker of
+    a sidecar reads one count, as Envoy's workers share one atomic (``ResourceManagerImpl``);
+    a worker changes only its own cell. Like Envoy, the check (:meth:`can_create`) and the
+    increment are separate steps: two workers racing for the last unit may both get it.
+    """
+
+    __slots__ = ("_all", "_cells", "_mine", "_open", "_remaining", "limit")
 
     def __init__(self, store: StatsStore, prefix: str, open_name: str, remaining_name: str,
-                 limit: int) -> None:
+                 limit: int, block: Block | None = None, index: int = 0) -> None:
         self.limit = limit
-        self.count = 0
+        block = block or private_block(CIRCUIT_COUNTS)
+        self._cells = block.array
+        self._mine, self._all = block.count_cells(index)
         self._open = store.gauge(f"{prefix}{open_name}")
         self._remaining = store.gauge(f"{prefix}{remaining_name}")
         self._update()
+
+    @property
+    def count(self) -> int:
+        """Units in use now (all workers)."""
+        cells = self._cells
+        total = 0.0
+        for i in self._all:
+            total += cells[i]
+        return int(total)
 
     def can_create(self) -> bool:
         """True while the count is below the limit."""
@@ -61,17 +87,20 @@ class Resource:
 
     def inc(self) -> None:
         """Take one unit."""
-        self.count += 1
+        self._cells[self._mine] += 1
         self._update()
 
     def dec(self) -> None:
         """Give one unit back."""
-        self.count -= 1
+        self._cells[self._mine] -= 1
         self._update()
 
     def _update(self) -> None:
-        self._open.set(0 if self.count < self.limit else 1)
-        self._remaining.set(max(0, self.limit - self.count))
+        count = self.count
+        self._open.set(0 if count < self.limit else 1)
+        self._remaining.set(max(0, self.limit - count))
+
+    refresh = _update  # the main process re-reads shared counts before a stats read
 
     def __repr__(self) -> str:
         return f"Resource({self.count}/{self.limit})"
@@ -93,17 +122,22 @@ class ClusterResources:
         thresholds: the cluster's default-priority thresholds.
         store: stats store.
         prefix: the cluster's stat prefix, e.g. ``cluster.outbound|8080||a.ns.svc.cluster.local;.``.
+        block: cells for the four counts (:func:`~meshlab.proxy.cells.circuit_block_size`,
+            shared between workers), or None for private ones.
     """
 
-    def __init__(self, thresholds: CircuitBreakers, store: StatsStore, prefix: str) -> None:
+    def __init__(self, thresholds: CircuitBreakers, store: StatsStore, prefix: str,
+                 block: Block | None = None) -> None:
         cb = f"{prefix}circuit_breakers.default."
+        block = block or private_block(CIRCUIT_COUNTS)
         self.connections = Resource(store, cb, "cx_open", "remaining_cx",
-                                    thresholds.max_connections)
+                                    thresholds.max_connections, block, 0)
         self.pending = Resource(store, cb, "rq_pending_open", "remaining_pending",
-                                thresholds.max_pending_requests)
-        self.requests = Resource(store, cb, "rq_open", "remaining_rq", thresholds.max_requests)
+                                thresholds.max_pending_requests, block, 1)
+        self.requests = Resource(store, cb, "rq_open", "remaining_rq", thresholds.max_requests,
+                                 block, 2)
         self.retries = Resource(store, cb, "rq_retry_open", "remaining_retries",
-                                thresholds.max_retries)
+                                thresholds.max_retries, block, 3)
         store.gauge(f"{cb}cx_pool_open").set(0)  # max_connection_pools: unlimited
         for name in _OPEN_GAUGES:
             store.gauge(f"{prefix}circuit_breakers.high.{name}").set(0)
@@ -264,15 +298,25 @@ class ClusterResources:
         """A connection counted here closed: free its slot and wake one waiter."""
         self._forget(conn.endpoint)
 
+    def refresh(self) -> None:
+        """Re-read the shared counts into the ``circuit_breakers.default.*`` gauges."""
+        for res in (self.connections, self.pending, self.requests, self.retries):
+            res.refresh()
+
     def __repr__(self) -> str:
         return (f"ClusterResources(cx={self.connections!r}, pending={self.pending!r}, "
                 f"rq={self.requests!r}, retries={self.retries!r}, waiters={len(self._waiters)})")
 
 
 class CircuitRegistry:
-    """The :class:`ClusterResources` of every cluster of one sidecar, created on first use."""
+    """The :class:`ClusterResources` of every cluster of one sidecar, created on first use.
 
-    def __init__(self) -> None:
+    Args:
+        cells: where the counts live (shared between workers; private by default).
+    """
+
+    def __init__(self, cells: Cells = LOCAL) -> None:
+        self.cells = cells
         self._by_name: dict[str, ClusterResources] = {}
 
     def get(self, cluster: Cluster, stats: ProxyStats) -> ClusterResources:
@@ -280,9 +324,16 @@ class CircuitRegistry:
         res = self._by_name.get(cluster.name)
         if res is None:
             prefix = stats.cluster(cluster.name).prefix
-            res = ClusterResources(cluster.policy.circuit_breakers, stats.store, prefix)
+            block = self.cells.block(circuit_block_name(cluster.name),
+                                     circuit_block_size(self.cells.workers))
+            res = ClusterResources(cluster.policy.circuit_breakers, stats.store, prefix, block)
             self._by_name[cluster.name] = res
         return res
+
+    def refresh(self) -> None:
+        """:meth:`ClusterResources.refresh` for every cluster created so far."""
+        for res in self._by_name.values():
+            res.refresh()
 
     def __repr__(self) -> str:
         return f"CircuitRegistry({sorted(self._by_name)})"

@@ -27,11 +27,21 @@ mapping in ``I:pilot/pkg/networking/core/cluster_traffic_policy.go::applyOutlier
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, MutableSequence
 from typing import TYPE_CHECKING, Protocol
 
+from meshlab.proxy.cells import (
+    LOCAL,
+    OUTLIER_HEAD,
+    OUTLIER_HOST,
+    Block,
+    Cells,
+    outlier_block_name,
+    outlier_block_size,
+    private_block,
+)
 from meshlab.proxy.config.policy import ClusterPolicy, OutlierDetection
 from meshlab.proxy.flags import ResetReason
 from meshlab.proxy.stats.store import StatsStore
@@ -65,17 +75,43 @@ _COUNTERS = tuple(f"ejections_{kind}_{what}" for what in (
     "ejections_consecutive_5xx", "ejections_success_rate")
 
 
-@dataclass
-class HostMonitor:
-    """Outlier state of one host (``DetectorHostMonitorImpl``)."""
+_NONE = math.nan  # a time cell that is unset
 
-    consecutive_5xx: int = 0
-    consecutive_gateway: int = 0
-    ejected: bool = False
-    num_ejections: int = 0
-    backoff: int = 0
-    last_ejection_s: float | None = None
-    last_unejection_s: float | None = None
+
+def _cell(offset: int, kind: type) -> property:
+    def get(self: HostMonitor) -> object:
+        value = self._cells[self._base + offset]
+        if kind is float:
+            return None if math.isnan(value) else value
+        return kind(value)
+
+    def put(self: HostMonitor, value: object) -> None:
+        self._cells[self._base + offset] = _NONE if value is None else float(value)  # type: ignore[arg-type]
+
+    return property(get, put)
+
+
+class HostMonitor:
+    """Outlier state of one host (``DetectorHostMonitorImpl``), held in
+    :data:`~meshlab.proxy.cells.OUTLIER_HOST` cells so all workers share it (Envoy's host
+    monitors are shared by its worker threads)."""
+
+    __slots__ = ("_base", "_cells")
+
+    consecutive_5xx = _cell(0, int)
+    consecutive_gateway = _cell(1, int)
+    ejected = _cell(2, bool)
+    num_ejections = _cell(3, int)
+    backoff = _cell(4, int)
+    last_ejection_s = _cell(5, float)
+    last_unejection_s = _cell(6, float)
+
+    def __init__(self, cells: MutableSequence[float], base: int) -> None:
+        self._cells, self._base = cells, base
+
+    def __repr__(self) -> str:
+        return (f"HostMonitor(ejected={self.ejected}, consecutive_5xx={self.consecutive_5xx}, "
+                f"backoff={self.backoff})")
 
 
 class OutlierDetector:
@@ -86,30 +122,63 @@ class OutlierDetector:
         hosts: the cluster's endpoints.
         store: stats store.
         prefix: the cluster's stat prefix (``cluster.<name>;.``).
-        clock: monotonic seconds.
+        clock: monotonic seconds (``time.monotonic`` is one clock for every process).
+        block: :func:`~meshlab.proxy.cells.outlier_block_size` cells shared by the workers
+            (interval tick, active ejections, host monitors in sorted host order), or None.
     """
 
     def __init__(self, config: OutlierDetection, hosts: tuple[Address, ...], store: StatsStore,
-                 prefix: str, clock: Callable[[], float] = time.monotonic) -> None:
+                 prefix: str, clock: Callable[[], float] = time.monotonic,
+                 block: Block | None = None) -> None:
         self.config = config
-        self.hosts = {h: HostMonitor() for h in hosts}
+        order = sorted(set(hosts))
+        block = block or private_block(outlier_block_size(len(order)))
+        cells, base = block.array, block.start
+        self._cells, self._base, self._lock = cells, base, block.lock
+        self.hosts = {h: HostMonitor(cells, base + OUTLIER_HEAD + OUTLIER_HOST * i)
+                      for i, h in enumerate(order)}
         self.clock = clock
         self.max_ejection_time_s = max(DEFAULT_MAX_EJECTION_TIME_S, config.base_ejection_time_s)
         od = f"{prefix}outlier_detection."
         self.stats = {name: store.counter(od + name) for name in _COUNTERS}
         self.active = store.gauge(od + "ejections_active")
-        self.active.set(0)
         self.panic = store.counter(f"{prefix}lb_healthy_panic")
-        self._next_tick_s = clock() + config.interval_s
+        with self._lock:
+            if not cells[base]:  # the first process to create it starts the interval timer
+                cells[base] = 1.0
+                cells[base + 1] = clock() + config.interval_s
+                for mon in self.hosts.values():
+                    mon.last_ejection_s = mon.last_unejection_s = None
+        self.active.inc(0)  # exists (and is used) from creation, as Envoy's
+
+    @property
+    def _next_tick_s(self) -> float:
+        return self._cells[self._base + 1]
+
+    @_next_tick_s.setter
+    def _next_tick_s(self, value: float) -> None:
+        self._cells[self._base + 1] = value
+
+    @property
+    def ejections_active(self) -> int:
+        """Hosts ejected now (all workers)."""
+        return int(self._cells[self._base + 2])
+
+    def _add_active(self, delta: int) -> None:
+        self._cells[self._base + 2] += delta
+        self.active.inc(delta)
 
     # -- results --------------------------------------------------------------------------------
 
     def put_http_code(self, host: Address, code: int) -> None:
         """Charge one response (or mapped local-origin result) to ``host``."""
-        self._advance()
-        mon = self.hosts.get(host)
-        if mon is None:
-            return
+        with self._lock:
+            self._advance()
+            mon = self.hosts.get(host)
+            if mon is not None:
+                self._charge(host, mon, code)
+
+    def _charge(self, host: Address, mon: HostMonitor, code: int) -> None:
         if 500 <= code <= 599:
             if code in _GATEWAY:
                 mon.consecutive_gateway += 1
@@ -135,13 +204,13 @@ class OutlierDetector:
             mon.consecutive_gateway = 0
 
     def _eject(self, mon: HostMonitor, kind: str) -> None:
-        pct = 100.0 * (self.active.value + 1) / len(self.hosts)
+        pct = 100.0 * (self.ejections_active + 1) / len(self.hosts)
         if pct > min(100, self.config.max_ejection_percent):
             self.stats["ejections_overflow"].inc()
             return
         if kind == "consecutive_5xx":
             self.stats["ejections_total"].inc()
-        self.active.inc()
+        self._add_active(1)
         self.stats["ejections_enforced_total"].inc()
         self.stats[f"ejections_enforced_{kind}"].inc()
         mon.ejected = True
@@ -169,7 +238,7 @@ class OutlierDetector:
             if mon.ejected and mon.last_ejection_s is not None and min(
                     cfg.base_ejection_time_s * mon.backoff, self.max_ejection_time_s) <= \
                     now - mon.last_ejection_s:
-                self.active.dec()
+                self._add_active(-1)
                 mon.ejected = False
                 mon.consecutive_5xx = mon.consecutive_gateway = 0
                 mon.last_unejection_s = now
@@ -182,16 +251,18 @@ class OutlierDetector:
 
     def is_ejected(self, host: Address) -> bool:
         """Whether ``host`` is ejected now (``/clusters`` ``failed_outlier_check``)."""
-        self._advance()
-        mon = self.hosts.get(host)
-        return bool(mon and mon.ejected)
+        with self._lock:
+            self._advance()
+            mon = self.hosts.get(host)
+            return bool(mon and mon.ejected)
 
     def healthy(self, endpoints: tuple[Address, ...]) -> tuple[Address, ...]:
         """The endpoints load balancing may use now (see panic rule)."""
-        self._advance()
-        if not self.active.value:
-            return endpoints
-        ok = tuple(e for e in endpoints if not (e in self.hosts and self.hosts[e].ejected))
+        with self._lock:
+            self._advance()
+            if not self.ejections_active:
+                return endpoints
+            ok = tuple(e for e in endpoints if not (e in self.hosts and self.hosts[e].ejected))
         if endpoints and 100.0 * len(ok) / len(endpoints) < self.config.min_health_percent:
             self.panic.inc()
             return endpoints
@@ -205,13 +276,40 @@ class OutlierDetector:
 class OutlierRegistry:
     """Detectors of one sidecar's clusters, created at a cluster's first charged result.
 
+    With shared cells (the worker model) a detector another worker created is picked up at the
+    first load-balancing decision or ``/clusters`` read that needs it, so every worker skips a
+    host as soon as any of them ejected it.
+
     Args:
         clock: monotonic seconds (injectable for tests).
+        cells: where detector state lives (shared between workers; private by default).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, cells: Cells = LOCAL) -> None:
         self.clock = clock
+        self.cells = cells
+        self.stats: ProxyStats | None = None
         self._by_name: dict[str, OutlierDetector] = {}
+        self._known: dict[str, tuple[OutlierDetection, tuple[Address, ...]]] = {}
+
+    def bind(self, stats: ProxyStats, cells: Cells) -> None:
+        """Use ``stats`` for detectors this registry adopts and ``cells`` for their state."""
+        self.stats, self.cells = stats, cells
+
+    def register(self, name: str, config: OutlierDetection, hosts: tuple[Address, ...]) -> None:
+        """Declare a cluster whose detector :meth:`is_ejected` may adopt (the main process
+        knows clusters from config, not from traffic)."""
+        self._known[name] = (config, hosts)
+
+    def _create(self, name: str, config: OutlierDetection, hosts: tuple[Address, ...],
+                stats: ProxyStats, adopt_only: bool) -> OutlierDetector | None:
+        block = self.cells.block(outlier_block_name(name), outlier_block_size(len(set(hosts))))
+        if adopt_only and not (block.shared and block.array[block.start]):
+            return None  # no worker has created it yet
+        det = OutlierDetector(config, hosts, stats.store, stats.cluster(name).prefix,
+                              self.clock, block)
+        self._by_name[name] = det
+        return det
 
     def report(self, cluster: Cluster, host: Address | None, code: int,
                stats: ProxyStats) -> None:
@@ -220,12 +318,9 @@ class OutlierRegistry:
         config = cluster.policy.outlier_detection
         if config is None or host is None:
             return
-        det = self._by_name.get(cluster.name)
-        if det is None:
-            det = OutlierDetector(config, cluster.endpoints, stats.store,
-                                  stats.cluster(cluster.name).prefix, self.clock)
-            self._by_name[cluster.name] = det
-        det.put_http_code(host, code)
+        det = self._by_name.get(cluster.name) or self._create(
+            cluster.name, config, cluster.endpoints, stats, False)
+        det.put_http_code(host, code)  # type: ignore[union-attr]
 
     def report_reset(self, cluster: Cluster, host: Address | None, reason: ResetReason,
                      stats: ProxyStats) -> None:
@@ -239,11 +334,20 @@ class OutlierRegistry:
     def healthy(self, cluster: Cluster) -> tuple[Address, ...]:
         """The endpoints of ``cluster`` that load balancing may use."""
         det = self._by_name.get(cluster.name)
-        return cluster.endpoints if det is None else det.healthy(cluster.endpoints)
+        if det is None:
+            config = cluster.policy.outlier_detection
+            if config is None or not self.cells.shared or self.stats is None:
+                return cluster.endpoints
+            det = self._create(cluster.name, config, cluster.endpoints, self.stats, True)
+            if det is None:
+                return cluster.endpoints
+        return det.healthy(cluster.endpoints)
 
     def is_ejected(self, cluster_name: str, host: Address) -> bool:
         """Whether ``host`` of cluster ``cluster_name`` is ejected (for ``/clusters``)."""
         det = self._by_name.get(cluster_name)
+        if det is None and cluster_name in self._known and self.stats is not None:
+            det = self._create(cluster_name, *self._known[cluster_name], self.stats, True)
         return det is not None and det.is_ejected(host)
 
     def detector(self, cluster_name: str) -> OutlierDetector | None:

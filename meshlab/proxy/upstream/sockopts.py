@@ -86,7 +86,7 @@ def prepare_upstream(sock: socket.socket, policy: ClusterPolicy) -> None:
 
 
 def listen_socket(host: str, port: int, options: Iterable[SocketOption] = (),
-                  backlog: int = 1024) -> socket.socket:
+                  backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
     """A non-blocking listening TCP socket with Envoy's option states applied in order.
 
     Args:
@@ -95,6 +95,7 @@ def listen_socket(host: str, port: int, options: Iterable[SocketOption] = (),
         options: listener socket options (PREBIND before bind, BOUND after bind, LISTENING
             after ``listen``).
         backlog: ``listen()`` backlog.
+        reuse_port: set ``SO_REUSEPORT`` before bind (one socket per worker on one port).
 
     Returns:
         The socket, ready for ``asyncio.start_server(sock=...)``.
@@ -107,6 +108,8 @@ def listen_socket(host: str, port: int, options: Iterable[SocketOption] = (),
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         apply_options(sock, opts, ("STATE_PREBIND",))
         sock.bind((host, port))
         apply_options(sock, opts, ("STATE_BOUND",))
