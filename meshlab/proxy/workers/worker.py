@@ -100,9 +100,9 @@ def worker_main(config: SidecarConfig, cells: Cells, listeners: list[Listener],
                 control: socket.socket, drop_to: tuple[int, int] | None) -> int:
     """Body of a forked worker; returns its exit status (0 after a clean stop)."""
     try:
-        if drop_to is not None:
+        worker = Worker(config, cells)  # opens the access log as the single process does:
+        if drop_to is not None:  # before dropping privileges
             drop_privileges(*drop_to)
-        worker = Worker(config, cells)
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(worker.run(listeners, control))
     except KeyboardInterrupt:
