@@ -37,7 +37,6 @@ from _common import bench_run, machine_info, write_results
 from _procs import Proc
 from _report import TARGETS, markdown, summarise
 
-from meshlab.envs.local.kubelet import SIDECAR_PYTHON_FLAGS
 from meshlab.envs.local.veth_pair import (
     VethPair,
     install_capture,
@@ -83,8 +82,7 @@ def start_sidecars(pair: VethPair, workdir: Path, concurrency: int = 1) -> list[
         d.chmod(0o777)
         cfg = d / "sidecar.json"
         cfg.write_text(json.dumps(sidecar_config(f"{wl}-0", ip, wl, d)))
-        argv = [PY, *SIDECAR_PYTHON_FLAGS, "-m", "meshlab.proxy", "--config", str(cfg),
-                "--uid", "1337", "--gid", "1337",
+        argv = [PY, "-m", "meshlab.proxy", "--config", str(cfg), "--uid", "1337", "--gid", "1337",
                 "--concurrency", str(concurrency)]
         procs.append(_procs.start(ns, argv, cpu=PROXY_CPU, logdir=workdir, role=f"sidecar-{side}"))
     _procs.wait_port(pair.ns_a, ("127.0.0.1", 15001), procs[0])

@@ -70,4 +70,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[test]'
   touch "$stamp"
 fi
+# Byte-compile meshlab: with PYTHONDONTWRITEBYTECODE set, every sidecar would otherwise compile
+# its modules at start, which costs CPU and leaves ~0.5 MB more resident memory per process.
+# compileall only rewrites what changed; Python checks source mtimes, so stale files are harmless.
+"$VENV/bin/python" -m compileall -q meshlab >/dev/null
 echo "setup.sh: ready ($("$VENV/bin/python" --version), meshlab $("$VENV/bin/python" -c 'import meshlab; print(meshlab.__version__)'))"
