@@ -42,7 +42,7 @@ def _fail(exc: MeshlabError) -> None:
 
 def _env(manifests: Path | None, lab: str, overlays: list[str] | None = None):
     from meshlab.envs.local.lab import LocalEnv
-    from meshlab.envs.spec import manifest_set
+    from meshlab.envs.manifest_sets import manifest_set
 
     return LocalEnv(manifest_set(manifests, overlays or ()), lab=lab)
 

@@ -16,7 +16,8 @@ from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
 from meshlab.collectors.sampler import Sampler
 from meshlab.errors import ConfigError, MeshlabError
-from meshlab.faults.base import Fault, active
+from meshlab.faults.base import active
+from meshlab.faults.protocol import Fault
 from meshlab.journal import RunJournal
 from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
 from meshlab.load.spec import MODES, LoadSpec

@@ -162,7 +162,7 @@ class LabPool:
             ConfigError: unknown overlay, unsupported env, invalid manifests (nothing built).
             LabError: the lab could not be brought up.
         """
-        from meshlab.envs.spec import manifest_set
+        from meshlab.envs.manifest_sets import manifest_set
 
         key = manifest_set(self.base, overlays)
         if key == self.key:

@@ -9,7 +9,7 @@
 """
 
 from meshlab.checks import ResponseFlagsCount
-from meshlab.faults.reject import RejectConnections
+from meshlab.faults.reject_connections import RejectConnections
 
 L1 = "fortio-server-0"
 L2 = "fortio-server-l2-0"

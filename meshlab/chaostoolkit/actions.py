@@ -4,7 +4,7 @@ Use them as python providers (``"module": "meshlab.chaostoolkit.actions"``); eac
 the experiment's ``configuration`` (lab selection, :mod:`meshlab.chaostoolkit.session`) and
 returns a JSON-ready dict that Chaos Toolkit stores as the activity's ``output``.
 
-Faults are the registered meshlab faults (:data:`meshlab.faults.base.REGISTRY`):
+Faults are the registered meshlab faults (:data:`meshlab.faults.registry.FAULTS`):
 ``reject-connections``, ``node-poweroff``, ``packet-drop``, ``half-close``,
 ``conntrack-expiry`` and any other module in :mod:`meshlab.faults`. An injected fault stays
 active across activities and is reverted by ``revert_fault`` (in the method or a rollback), by
@@ -37,7 +37,7 @@ def inject_fault(name: str, params: dict[str, Any] | None = None,
             "probability": 0.5, "direction": "egress"}``.
         max_duration_s: the deadman reverts the fault after this many seconds even if the
             experiment is still running or dead (default: the fault's own maximum, else
-            :data:`~meshlab.faults.ledger.DEFAULT_MAX_DURATION_S`).
+            :data:`~meshlab.faults.protocol.DEFAULT_MAX_DURATION_S`).
         key: the handle ``revert_fault`` uses (default: ``name``); give one to run two
             faults of the same kind.
         configuration: the experiment configuration (injected by Chaos Toolkit).

@@ -30,8 +30,10 @@ from typing import Any
 from meshlab.chaostoolkit import clients
 from meshlab.errors import ConfigError, LabError
 from meshlab.experiment import DEFAULT_CLIENT, Run
-from meshlab.faults.base import Fault, create, start, stop
+from meshlab.faults.base import start, stop
 from meshlab.faults.ledger import fault_params
+from meshlab.faults.protocol import Fault
+from meshlab.faults.registry import create
 from meshlab.journal import RunJournal
 from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
 from meshlab.load.spec import LoadSpec
@@ -51,7 +53,7 @@ def env_spec(configuration: dict[str, Any] | None) -> dict[str, Any]:
     Raises:
         ConfigError: an unsupported env or an unknown overlay (names the key).
     """
-    from meshlab.envs.spec import manifest_set
+    from meshlab.envs.manifest_sets import manifest_set
 
     cfg = {**DEFAULTS, **(configuration or {})}
     if cfg["meshlab_env"] != "local":
@@ -70,7 +72,7 @@ def env_spec(configuration: dict[str, Any] | None) -> dict[str, Any]:
 
 def _check_up(spec: dict[str, Any]) -> None:
     from meshlab.envs.local.state import LabState
-    from meshlab.envs.spec import DEFAULT_MANIFESTS, OVERLAYS_ROOT
+    from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS, OVERLAYS_ROOT
 
     state = LabState.load(spec["lab"])
     base, *overlays = spec["manifests"]

@@ -1,14 +1,6 @@
-"""meshlab's faults: one module per fault, each registered by name (:mod:`meshlab.faults.base`).
+"""meshlab's faults: one module per fault, named after its registry key.
 
-Importing the package imports every fault module, so :data:`~meshlab.faults.base.REGISTRY` is
-complete for ``create(name, ...)``, the deadman and the chaostoolkit actions.
+:mod:`.protocol` (what a fault is), :mod:`.registry` (every fault by key, ``create``),
+:mod:`.ledger` and :mod:`.deadman` (an active fault is always recorded and reverted),
+:mod:`.base` (``start``/``stop``/``active``: inject and revert under the ledger).
 """
-
-import importlib
-import pkgutil
-
-_INFRA = {"base", "ledger", "deadman"}
-
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in _INFRA and not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")

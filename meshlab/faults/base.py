@@ -1,11 +1,6 @@
-"""The Fault protocol, its registry, and the always-rollback context manager.
+"""Starting and stopping a fault under the ledger, and the always-rollback context manager.
 
-Contract (after Shopify/toxiproxy's toxics and ``/reset``): a fault is a small dataclass with
-``inject(env)`` and an idempotent ``revert(env)``; reverting a fault that is not active, or
-twice, is a no-op; a fault never leaves state behind. Its fields are its parameters (plus any
-state ``inject`` saved for ``revert``, e.g. a sysctl's old value), all JSON-ready, because a
-*fresh* instance built from them must be able to revert it: the deadman and ``meshlab down``
-do exactly that (:mod:`meshlab.faults.ledger`).
+What a fault is: :mod:`meshlab.faults.protocol`; faults by name: :mod:`meshlab.faults.registry`.
 
 :func:`active` always reverts — on success, on an assertion failure, on any exception, on
 Ctrl-C and SIGTERM (the pytest plugin and the CLI turn SIGTERM into KeyboardInterrupt), and
@@ -20,51 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from meshlab.errors import ConfigError
-
-REGISTRY: dict[str, type] = {}
-
-
-@runtime_checkable
-class Fault(Protocol):
-    """A fault: ``name`` (registry key), ``inject(env)``, idempotent ``revert(env)``."""
-
-    name: str
-
-    def inject(self, env: Any) -> str:
-        """Apply the fault; returns a one-line description of what was done."""
-        ...
-
-    def revert(self, env: Any) -> str:
-        """Undo the fault (idempotent); returns a one-line description."""
-        ...
-
-
-def register(cls: type) -> type:
-    """Class decorator: make a fault available by its ``name`` (e.g. for chaostoolkit)."""
-    REGISTRY[cls.name] = cls  # type: ignore[attr-defined]
-    return cls
-
-
-def _load_builtin() -> None:
-    import meshlab.faults  # noqa: F401  (imports every fault module, filling REGISTRY)
-
-
-def create(name: str, **params: Any) -> Fault:
-    """Instantiate a registered fault by name.
-
-    Raises:
-        ConfigError: unknown fault name or bad parameters.
-    """
-    _load_builtin()
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown fault {name!r} (known: {', '.join(sorted(REGISTRY))})")
-    try:
-        return REGISTRY[name](**params)
-    except TypeError as exc:
-        raise ConfigError(f"fault {name!r}: {exc}") from exc
+from meshlab.faults.ledger import LedgerEntry, fault_params
+from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S, Fault
 
 
 @contextmanager
@@ -82,16 +36,12 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _open_entry(fault: Fault, env: Any, max_duration_s: float | None) -> Any:
-    from meshlab.faults.ledger import DEFAULT_MAX_DURATION_S, LedgerEntry
-
     limit = float(max_duration_s or getattr(fault, "max_duration_s", None)
                   or DEFAULT_MAX_DURATION_S)
     return LedgerEntry.create(env, fault, limit) if hasattr(env, "spec") else None
 
 
 def _mark_active(fault: Fault, entry: Any) -> None:
-    from meshlab.faults.ledger import fault_params
-
     if entry:
         entry.update(status="active", params=fault_params(fault))
 
@@ -104,7 +54,7 @@ def start(fault: Fault, env: Any, max_duration_s: float | None = None) -> tuple[
         fault: the fault.
         env: the env; one without ``spec()`` (a test double) gets no ledger entry.
         max_duration_s: deadman deadline (default: the fault's ``max_duration_s`` attribute,
-            else :data:`~meshlab.faults.ledger.DEFAULT_MAX_DURATION_S`).
+            else :data:`~meshlab.faults.protocol.DEFAULT_MAX_DURATION_S`).
 
     Returns:
         ``(entry, inject output)``: the :class:`~meshlab.faults.ledger.LedgerEntry` (None
@@ -188,8 +138,6 @@ def active(fault: Fault, env: Any, journal: Any | None = None,
                         f"fault {fault.name} reverted by its deadman after "
                         f"max_duration_s={last.get('max_duration_s')} (the block ran longer)")
             if journal is not None:
-                from meshlab.faults.ledger import fault_params
-
-                journal.add_fault_window(fault.name, t0, end, fault_params(fault))
+                            journal.add_fault_window(fault.name, t0, end, fault_params(fault))
             if on_window is not None:
                 on_window(t0, end)

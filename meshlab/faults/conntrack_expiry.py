@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.errors import ConfigError
-from meshlab.faults.base import register
 
 MODES = ("delete", "timeouts")
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -68,7 +67,6 @@ def target_shell(env: Any, target: str) -> Any:
                           f"of the lab") from None
 
 
-@register
 @dataclass
 class ConntrackExpiry:
     """Delete conntrack entries, or shorten TCP conntrack timeouts, in one netns.

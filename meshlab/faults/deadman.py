@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from meshlab.envs.spec import env_from_spec
 from meshlab.faults.ledger import LedgerEntry
+from meshlab.faults.registry import create
 
 POLL_S = 0.1
 
@@ -26,9 +28,6 @@ def watch(entry: LedgerEntry) -> str:
     Returns:
         ``"closed"`` (runner reverted), or the revert output.
     """
-    from meshlab.envs.spec import env_from_spec
-    from meshlab.faults.base import create
-
     while True:
         data = entry.read()
         if data is None or data.get("status") == "reverted":

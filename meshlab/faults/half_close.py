@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.errors import ConfigError, LabError
-from meshlab.faults.base import register
 
 CLOSE_WAIT_SYSCTL = "net.netfilter.nf_conntrack_tcp_timeout_close_wait"
 
@@ -81,7 +80,6 @@ def signal_app(shell: Any, match: str, signame: str = "USR1") -> list[int]:
     return [int(x) for x in res.stdout.split() if x.isdigit()]
 
 
-@register
 @dataclass
 class HalfClose:
     """Make ``upstream`` half-close its TCP connections with the target's CLOSE_WAIT scaled down.

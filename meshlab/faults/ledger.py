@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.envs.local.state import STATE_ROOT
+from meshlab.envs.spec import env_from_spec
+from meshlab.errors import MeshlabError
+from meshlab.faults.registry import create
 
 LEDGER_ROOT = STATE_ROOT / "faults"
-DEFAULT_MAX_DURATION_S = 300.0
 
 
 def ledger_dir(env_name: str, lab: str) -> Path:
@@ -170,10 +172,6 @@ def revert_leftovers(env_name: str, lab: str, env: Any | None = None) -> list[st
     Returns:
         One line per entry: what was reverted, or why it could not be.
     """
-    from meshlab.envs.spec import env_from_spec
-    from meshlab.errors import MeshlabError
-    from meshlab.faults.base import create
-
     done = []
     for entry in entries(env_name, lab):
         data = entry.read() or {}

@@ -25,7 +25,7 @@ application timeout gives up; new connections' SYNs go unanswered until ARP for 
 With ``duration_s`` the node powers itself on after that many seconds: it is the fault's
 ``max_duration_s``, so the ledger's deadman (:mod:`meshlab.faults.ledger`) does it even if the
 runner hung or was killed; without it the node stays off until revert (bounded by
-:data:`~meshlab.faults.ledger.DEFAULT_MAX_DURATION_S`). Revert is idempotent: powering on a node
+:data:`~meshlab.faults.protocol.DEFAULT_MAX_DURATION_S`). Revert is idempotent: powering on a node
 that is up does nothing.
 """
 
@@ -37,15 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshlab.errors import ConfigError, LabError
-from meshlab.faults.base import register
-from meshlab.faults.ledger import DEFAULT_MAX_DURATION_S
+from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S
 
 POWER_ON_WAIT_S = 600.0
 """Seconds revert waits for a node to answer after its power-on command (a cluster node boots)."""
 _POLL_S = 0.5
 
 
-@register
 @dataclass
 class NodePowerOff:
     """Power ``node`` off (like a power loss); revert powers it on.

@@ -85,7 +85,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.errors import ConfigError, LabError
-from meshlab.faults.base import register
 
 DIRECTIONS = ("ingress", "egress", "both")
 CHAIN_PREFIX = "MESHLAB-PD-"
@@ -98,7 +97,6 @@ def _fail(field_name: str, message: str) -> ConfigError:
     return ConfigError(f"packet-drop: {field_name}: {message}")
 
 
-@register
 @dataclass
 class PacketDrop:
     """Drop each packet of ``target``'s traffic with probability ``probability``.

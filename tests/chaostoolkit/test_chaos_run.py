@@ -190,7 +190,7 @@ def test_experiment_is_valid_and_its_faults_build(path):
     from chaoslib.experiment import ensure_experiment_is_valid
     from chaoslib.loader import load_experiment
 
-    from meshlab.faults.base import create
+    from meshlab.faults.registry import create
 
     exp = load_experiment(str(path))
     ensure_experiment_is_valid(exp)

@@ -20,7 +20,7 @@ from meshlab.envs.local.lab import LocalEnv
 from meshlab.envs.local.netns import ETC_NETNS, NETNS_DIR
 from meshlab.envs.local.netns_socket import netns_connect
 from meshlab.envs.local.state import LabState
-from meshlab.envs.spec import manifest_set
+from meshlab.envs.manifest_sets import manifest_set
 from meshlab.errors import ConfigError
 from meshlab.faults.ledger import entries
 from meshlab.faults.node_poweroff import NodePowerOff
@@ -133,7 +133,7 @@ def test_meshlab_down_with_a_node_off_leaves_nothing(lab, lab_leftovers):
 _INJECT = """
 import sys, time
 from meshlab.envs.local.lab import LocalEnv
-from meshlab.envs.spec import manifest_set
+from meshlab.envs.manifest_sets import manifest_set
 from meshlab.faults.base import start
 from meshlab.faults.node_poweroff import NodePowerOff
 from meshlab.polling import wait_until

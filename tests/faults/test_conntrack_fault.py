@@ -8,8 +8,8 @@ import pytest
 from meshlab.envs.local.netns import NetnsShell, add_netns, delete_netns
 from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.errors import ConfigError
-from meshlab.faults.base import create
 from meshlab.faults.conntrack_expiry import SYSCTL_PREFIX, ConntrackExpiry
+from meshlab.faults.registry import create
 
 NS = "ml-hctf-p"
 PORT = 9555

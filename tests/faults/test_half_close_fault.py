@@ -17,11 +17,12 @@ import pytest
 from meshlab.envs.local import istiod
 from meshlab.envs.local.netns import netns_pids
 from meshlab.envs.local.plan import make_plan
-from meshlab.envs.spec import manifest_set
+from meshlab.envs.manifest_sets import manifest_set
 from meshlab.errors import ConfigError, LabError
-from meshlab.faults.base import active, create
+from meshlab.faults.base import active
 from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL, HalfClose, signal_app
 from meshlab.faults.ledger import fault_params
+from meshlab.faults.registry import create
 from meshlab.manifest_loader import load_topology
 
 LAB = "hhc"

@@ -18,7 +18,7 @@ import pytest
 
 from meshlab.faults.base import active, start, stop
 from meshlab.faults.ledger import entries
-from meshlab.faults.reject import RejectConnections
+from meshlab.faults.reject_connections import RejectConnections
 from meshlab.journal import RunJournal
 from meshlab.polling import wait_until
 
@@ -57,7 +57,7 @@ RUNNER = textwrap.dedent("""
     import sys, time
     from meshlab.envs.local.lab import LocalEnv
     from meshlab.faults.base import active
-    from meshlab.faults.reject import RejectConnections
+    from meshlab.faults.reject_connections import RejectConnections
     from meshlab.pytest_plugin import _sigterm
     import signal
     signal.signal(signal.SIGTERM, _sigterm)   # as the pytest plugin does

@@ -17,9 +17,9 @@ import pytest
 from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
 from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.errors import ConfigError
-from meshlab.faults.base import create
 from meshlab.faults.packet_drop import PacketDrop
-from meshlab.faults.reject import RejectConnections
+from meshlab.faults.registry import create
+from meshlab.faults.reject_connections import RejectConnections
 
 pytestmark = pytest.mark.lab
 LAB = "hpd"

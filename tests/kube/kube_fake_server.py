@@ -424,7 +424,7 @@ def kube_env(fake: FakeKube, folder: Path, overlays: tuple[str, ...] = (), api: 
     use instead, e.g. a :class:`DryRunApi` printing to a buffer)."""
     from meshlab.envs.kube.env import KubeEnv
     from meshlab.envs.kube.settings import KubeSettings
-    from meshlab.envs.spec import manifest_set
+    from meshlab.envs.manifest_sets import manifest_set
 
     values = {"kubeconfig": fake.kubeconfig(folder), "ready_timeout_s": 5.0, **settings}
     return KubeEnv(manifest_set(None, overlays), KubeSettings(**values), lab=LAB, api=api,

@@ -17,7 +17,8 @@ from meshlab.collectors.sockets import SS_ARGV, snapshot
 from meshlab.envs.kube.dry_run import DryRunApi
 from meshlab.envs.kube.env import KubeEnv
 from meshlab.envs.kube.settings import KubeSettings
-from meshlab.envs.spec import DEFAULT_MANIFESTS, env_from_spec
+from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
+from meshlab.envs.spec import env_from_spec
 from meshlab.envs.ssh_config import SshConfig
 from meshlab.errors import ConfigError
 from meshlab.faults.node_poweroff import NodePowerOff

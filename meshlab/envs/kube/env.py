@@ -37,7 +37,7 @@ from meshlab.envs.kube.shells import (
     NsenterShell,
     app_container,
 )
-from meshlab.envs.spec import MANIFESTS_ROOT
+from meshlab.envs.manifest_sets import MANIFESTS_ROOT
 from meshlab.errors import ConfigError, LabError, MeshlabError
 from meshlab.load.driver import LoadResult
 from meshlab.load.spec import LoadSpec

@@ -20,7 +20,7 @@ from meshlab.envs.local.network import build_network
 from meshlab.envs.local.node_power import LocalNodeDriver
 from meshlab.envs.local.plan import LabPlan, make_plan
 from meshlab.envs.local.state import LabState, cleanup, leftovers
-from meshlab.envs.spec import DEFAULT_MANIFESTS
+from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
 from meshlab.errors import ConfigError, LabError
 from meshlab.manifest_loader import load_topology
 
@@ -35,7 +35,7 @@ class LocalEnv:
 
     Args:
         manifests: folder of Kubernetes YAML plus a ``LabCluster``, or a list of folders
-            (base, then overlays; see :mod:`meshlab.envs.spec`).
+            (base, then overlays; see :mod:`meshlab.envs.manifest_sets`).
         lab: short lab name (1-8 lowercase letters/digits); namespaces are ``ml-<lab>-…``.
         ready_timeout_s: how long ``up`` waits for every pod to listen.
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from meshlab.faults.base import register
 
-
-@register
 @dataclass
 class RejectConnections:
     """Refuse new connections to ``port`` of pod ``target`` with a TCP RST.

@@ -1,0 +1,35 @@
+"""The fault registry: every fault class by its registry key (its ``name``), for ``create``, the
+deadman, ``meshlab down`` and the chaostoolkit actions. A fault's module is named after its key
+(``reject-connections`` → :mod:`meshlab.faults.reject_connections`); a new fault is added to
+:data:`FAULTS` here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshlab.errors import ConfigError
+from meshlab.faults.conntrack_expiry import ConntrackExpiry
+from meshlab.faults.half_close import HalfClose
+from meshlab.faults.node_poweroff import NodePowerOff
+from meshlab.faults.packet_drop import PacketDrop
+from meshlab.faults.protocol import Fault
+from meshlab.faults.reject_connections import RejectConnections
+
+#: Fault classes by registry key.
+FAULTS: dict[str, type] = {cls.name: cls for cls in (  # type: ignore[attr-defined]
+    ConntrackExpiry, HalfClose, NodePowerOff, PacketDrop, RejectConnections)}
+
+
+def create(name: str, **params: Any) -> Fault:
+    """Instantiate a fault by its registry key.
+
+    Raises:
+        ConfigError: unknown fault name or bad parameters.
+    """
+    if name not in FAULTS:
+        raise ConfigError(f"unknown fault {name!r} (known: {', '.join(sorted(FAULTS))})")
+    try:
+        return FAULTS[name](**params)
+    except TypeError as exc:
+        raise ConfigError(f"fault {name!r}: {exc}") from exc
