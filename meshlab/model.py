@@ -1,6 +1,6 @@
 """The lab's topology as plain data: nodes, workloads, pods, services (no I/O).
 
-Built from real Kubernetes YAML by :mod:`meshlab.manifest_loader`; both envs consume it. Pod
+Built from real Kubernetes YAML by :mod:`meshlab.manifests.loader`; both envs consume it. Pod
 names follow Kubernetes: StatefulSet replicas are ``<name>-<ordinal>``; Deployment replicas are
 ``<name>-<ordinal>`` too (a stable stand-in for the ReplicaSet hash, documented difference).
 
@@ -202,7 +202,7 @@ class Topology:
         raise KeyError(name)
 
 
-# -- Istio traffic configuration (networking.istio.io; parsed by meshlab.istio_resources) --------
+# -- Istio traffic configuration (networking.istio.io; parsed by meshlab.manifests.istio_resources)
 # Socket options and keepalive reuse the sidecar contract's Envoy types (meshlab.proxy.config.policy).
 
 @dataclass(frozen=True)

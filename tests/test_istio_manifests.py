@@ -10,8 +10,8 @@ from meshlab.envs.local import istiod
 from meshlab.envs.local.lab import DEFAULT_MANIFESTS
 from meshlab.envs.local.plan import make_plan
 from meshlab.errors import ManifestError
-from meshlab.istio_fields import parse_duration_s, resolve_host
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.istio_fields import parse_duration_s, resolve_host
+from meshlab.manifests.loader import load_topology
 from meshlab.proxy.config.policy import ISTIO_UNLIMITED, parse_policies
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "istio"

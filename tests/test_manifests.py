@@ -8,7 +8,7 @@ import pytest
 
 from meshlab.envs.local.lab import DEFAULT_MANIFESTS
 from meshlab.errors import ManifestError
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.loader import load_topology
 from meshlab.model import protocol_for_port
 
 

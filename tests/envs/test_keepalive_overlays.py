@@ -8,7 +8,7 @@ from meshlab.apps import fortio
 from meshlab.envs.local import istiod
 from meshlab.envs.local.plan import make_plan
 from meshlab.envs.manifest_sets import manifest_set
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.loader import load_topology
 
 L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
 

@@ -23,7 +23,7 @@ from meshlab.faults.base import active
 from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL, HalfClose, signal_app
 from meshlab.faults.ledger import fault_params
 from meshlab.faults.registry import create
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.loader import load_topology
 
 LAB = "hhc"
 L1 = "fortio-server-0"

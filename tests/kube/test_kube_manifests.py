@@ -31,7 +31,7 @@ from meshlab.cli import app
 from meshlab.envs.kube.guardrails import check_namespace
 from meshlab.envs.kube.settings import settings_from_dict
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS, OVERLAYS_ROOT
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.loader import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"

@@ -17,7 +17,7 @@ from meshlab.collectors.prometheus_api import PrometheusClient
 from meshlab.envs.local import prometheus as server
 from meshlab.envs.local.plan import make_plan
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.loader import load_topology
 from meshlab.proxy.admin.endpoints import agent_response
 from meshlab.proxy.stats.process_metrics import process_values
 from meshlab.proxy.stats.store import StatsMatcher, StatsStore

@@ -41,7 +41,7 @@ from meshlab.envs.manifest_sets import MANIFESTS_ROOT
 from meshlab.errors import ConfigError, LabError, MeshlabError
 from meshlab.load.driver import LoadResult
 from meshlab.load.spec import LoadSpec
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.loader import load_topology
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.collectors.prometheus_api import PrometheusClient

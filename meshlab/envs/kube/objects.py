@@ -1,7 +1,7 @@
 """The lab's manifests as the objects the kube env applies into its namespace (no I/O).
 
 The same ``manifests/`` the local env builds from (base folder + overlays, merged by
-:func:`meshlab.manifest_loader.overlay_documents`) become cluster objects with these changes:
+:func:`meshlab.manifests.loader.overlay_documents`) become cluster objects with these changes:
 
 - every object moves into the lab's dedicated namespace (``settings.namespace``) and carries
   the ``app.kubernetes.io/managed-by: meshlab`` and ``meshlab.io/lab`` labels; ``Namespace``
@@ -37,7 +37,7 @@ import yaml
 
 from meshlab.envs.kube.settings import MANAGED_BY, KubeSettings
 from meshlab.errors import ManifestError
-from meshlab.manifest_loader import overlay_documents
+from meshlab.manifests.loader import overlay_documents
 from meshlab.model import Topology
 
 HOSTNAME_KEY = "kubernetes.io/hostname"
@@ -159,7 +159,7 @@ def lab_objects(folders: Sequence[Path], topology: Topology, settings: KubeSetti
     ``(namespace labels, objects in apply order)``.
 
     Raises:
-        ManifestError: see :func:`meshlab.manifest_loader.overlay_documents`.
+        ManifestError: see :func:`meshlab.manifests.loader.overlay_documents`.
     """
     docs = overlay_documents(list(folders))
     ns_labels: dict[str, str] = {}

@@ -18,7 +18,7 @@ import yaml
 
 from meshlab.envs.local.plan import LabPlan, PodPlan
 from meshlab.errors import ManifestError
-from meshlab.istio_envoy_filter import CAPTURE_LISTENERS
+from meshlab.manifests.istio_envoy_filter import CAPTURE_LISTENERS
 from meshlab.model import (
     ConnectionPoolSpec,
     DestinationRule,

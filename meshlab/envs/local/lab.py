@@ -22,7 +22,7 @@ from meshlab.envs.local.plan import LabPlan, make_plan
 from meshlab.envs.local.state import LabState, cleanup, leftovers
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
 from meshlab.errors import ConfigError, LabError
-from meshlab.manifest_loader import load_topology
+from meshlab.manifests.loader import load_topology
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.collectors.prometheus_api import PrometheusClient

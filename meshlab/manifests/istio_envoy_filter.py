@@ -7,14 +7,12 @@ Anything else fails as ``<file>: EnvoyFilter/<name>.<field>: <problem>``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from meshlab.istio_fields import opt, read_host, read_int, read_keepalive
+from meshlab.manifests.document import Document
+from meshlab.manifests.istio_fields import opt, read_host, read_int, read_keepalive
 from meshlab.model import EnvoyFilter, EnvoyFilterPatch
 from meshlab.proxy.config.policy import SocketOption
-
-if TYPE_CHECKING:  # pragma: no cover
-    from meshlab.manifest_loader import _Doc
 
 _SOCKOPT = {"description": None, "level": None, "name": None, "int_value": None, "state": None}
 _EF_PATCH: dict[str, Any] = {
@@ -38,7 +36,7 @@ CONTEXTS = ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "ANY")
 CAPTURE_LISTENERS = {"SIDECAR_OUTBOUND": 15001, "SIDECAR_INBOUND": 15006}
 
 
-def _socket_options(doc: _Doc, where: str, items: list[Any]) -> tuple[SocketOption, ...]:
+def _socket_options(doc: Document, where: str, items: list[Any]) -> tuple[SocketOption, ...]:
     out = []
     for i, o in enumerate(items):
         w = f"{where}[{i}]"
@@ -56,7 +54,7 @@ def _socket_options(doc: _Doc, where: str, items: list[Any]) -> tuple[SocketOpti
     return tuple(out)
 
 
-def _patch(doc: _Doc, where: str, p: dict[str, Any], namespace: str,
+def _patch(doc: Document, where: str, p: dict[str, Any], namespace: str,
            domain: str) -> EnvoyFilterPatch:
     apply_to = p.get("applyTo")
     if apply_to not in ("LISTENER", "CLUSTER"):
@@ -109,7 +107,7 @@ def _patch(doc: _Doc, where: str, p: dict[str, Any], namespace: str,
     return EnvoyFilterPatch(**kw)
 
 
-def parse_envoy_filter(doc: _Doc, namespace: str, domain: str) -> EnvoyFilter:
+def parse_envoy_filter(doc: Document, namespace: str, domain: str) -> EnvoyFilter:
     """A validated :class:`EnvoyFilter`.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Field readers shared by the Istio kinds (:mod:`meshlab.istio_resources`): Istio/Go
+"""Field readers shared by the Istio kinds (:mod:`meshlab.manifests.istio_resources`): Istio/Go
 durations, host names resolved Istio's way, integers and keepalive blocks. Each reader fails with
 the document's ``<file>: <Kind>/<name>.<field>: <problem>`` :class:`~meshlab.errors.ManifestError`.
 """
@@ -6,12 +6,10 @@ the document's ``<file>: <Kind>/<name>.<field>: <problem>`` :class:`~meshlab.err
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from meshlab.manifests.document import Document
 from meshlab.proxy.config.policy import TcpKeepalive
-
-if TYPE_CHECKING:  # pragma: no cover
-    from meshlab.manifest_loader import _Doc
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -55,7 +53,7 @@ def resolve_host(host: str, namespace: str, domain: str) -> str:
     return host if "." in host else f"{host}.{namespace}.svc.{domain}"
 
 
-def read_int(doc: _Doc, field: str, value: Any, lo: int = 0, hi: int = 2**32 - 1) -> int:
+def read_int(doc: Document, field: str, value: Any, lo: int = 0, hi: int = 2**32 - 1) -> int:
     """An integer in ``lo..hi`` (a digit string too: protobuf JSON writes int64 as strings).
 
     Raises:
@@ -68,7 +66,7 @@ def read_int(doc: _Doc, field: str, value: Any, lo: int = 0, hi: int = 2**32 - 1
     return value
 
 
-def read_duration(doc: _Doc, field: str, value: Any, *, min_s: float = 0.001) -> float:
+def read_duration(doc: Document, field: str, value: Any, *, min_s: float = 0.001) -> float:
     """Seconds of a duration field, at least ``min_s`` (Istio validates most at >= 1 ms).
 
     Raises:
@@ -88,7 +86,7 @@ def opt(node: dict[str, Any] | None, key: str) -> Any:
     return (node or {}).get(key)
 
 
-def read_host(doc: _Doc, field: str, value: Any, namespace: str, domain: str) -> str:
+def read_host(doc: Document, field: str, value: Any, namespace: str, domain: str) -> str:
     """:func:`resolve_host`, failing as a ManifestError on ``field``."""
     try:
         return resolve_host(value, namespace, domain)
@@ -96,7 +94,7 @@ def read_host(doc: _Doc, field: str, value: Any, namespace: str, domain: str) ->
         raise doc.fail(field, str(exc)) from None
 
 
-def read_keepalive(doc: _Doc, where: str, node: dict[str, Any], keys: tuple[str, str, str],
+def read_keepalive(doc: Document, where: str, node: dict[str, Any], keys: tuple[str, str, str],
                    durations: bool) -> TcpKeepalive:
     """Keepalive from DR (``probes``/``time``/``interval`` durations) or Envoy (seconds)."""
     vals: list[int | None] = []

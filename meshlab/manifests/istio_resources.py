@@ -1,7 +1,7 @@
 """Istio traffic configuration kinds in a manifests folder: DestinationRule, VirtualService,
 EnvoyFilter (``networking.istio.io``), parsed strictly into :mod:`meshlab.model` objects.
 
-The manifest loader (:mod:`meshlab.manifest_loader`) checks every document against the
+The manifest loader (:mod:`meshlab.manifests.loader`) checks every document against the
 schemas here (an unknown field fails) and calls the ``parse_*`` functions; every other problem
 also fails fast as ``<file>: <Kind>/<name>.<field>: <problem>``. What is accepted:
 
@@ -19,17 +19,20 @@ also fails fast as ``<file>: <Kind>/<name>.<field>: <problem>``. What is accepte
   listener ``socket_options``, cluster ``upstream_bind_config.socket_options`` or cluster
   ``upstream_connection_options.tcp_keepalive`` (Envoy field names).
 
-EnvoyFilter parsing lives in :mod:`meshlab.istio_envoy_filter`, shared field readers in
-:mod:`meshlab.istio_fields`. Durations use Istio's (Go) syntax: ``1.5s``, ``100ms``, ``1h30m``, ``0``. Short host names are
-resolved in the object's namespace (``reviews`` → ``reviews.<ns>.svc.<domain>``), as Istio does.
+EnvoyFilter parsing lives in :mod:`meshlab.manifests.istio_envoy_filter`, shared field readers
+in :mod:`meshlab.manifests.istio_fields`, the :class:`~meshlab.manifests.document.Document` they
+all take in :mod:`meshlab.manifests.document`. Durations use Istio's (Go) syntax: ``1.5s``,
+``100ms``, ``1h30m``, ``0``. Short host names are resolved in the object's namespace
+(``reviews`` → ``reviews.<ns>.svc.<domain>``), as Istio does.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from meshlab.istio_envoy_filter import ENVOY_FILTER_SCHEMA
-from meshlab.istio_fields import (
+from meshlab.manifests.document import Document
+from meshlab.manifests.istio_envoy_filter import ENVOY_FILTER_SCHEMA
+from meshlab.manifests.istio_fields import (
     opt,
     read_duration,
     read_host,
@@ -45,9 +48,6 @@ from meshlab.model import (
     TrafficPolicySpec,
     VirtualService,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from meshlab.manifest_loader import _Doc
 
 ISTIO_KINDS = ("DestinationRule", "VirtualService", "EnvoyFilter")
 API_VERSIONS = {
@@ -81,7 +81,7 @@ ISTIO_SCHEMAS: dict[str, dict[str, Any]] = {
 
 # -- DestinationRule -----------------------------------------------------------------------------
 
-def _pool(doc: _Doc, where: str, node: dict[str, Any]) -> ConnectionPoolSpec:
+def _pool(doc: Document, where: str, node: dict[str, Any]) -> ConnectionPoolSpec:
     tcp, http = node.get("tcp") or {}, node.get("http") or {}
     t, h = f"{where}.tcp", f"{where}.http"
     kw: dict[str, Any] = {}
@@ -106,7 +106,7 @@ def _pool(doc: _Doc, where: str, node: dict[str, Any]) -> ConnectionPoolSpec:
     return ConnectionPoolSpec(**kw)
 
 
-def _outlier(doc: _Doc, where: str, node: dict[str, Any]) -> OutlierSpec:
+def _outlier(doc: Document, where: str, node: dict[str, Any]) -> OutlierSpec:
     kw: dict[str, Any] = {}
     for key, attr in (("consecutive5xxErrors", "consecutive_5xx_errors"),
                       ("consecutiveGatewayErrors", "consecutive_gateway_errors")):
@@ -122,7 +122,7 @@ def _outlier(doc: _Doc, where: str, node: dict[str, Any]) -> OutlierSpec:
     return OutlierSpec(**kw)
 
 
-def _policy(doc: _Doc, where: str, node: dict[str, Any]) -> TrafficPolicySpec:
+def _policy(doc: Document, where: str, node: dict[str, Any]) -> TrafficPolicySpec:
     pool = node.get("connectionPool")
     od = node.get("outlierDetection")
     return TrafficPolicySpec(
@@ -131,7 +131,7 @@ def _policy(doc: _Doc, where: str, node: dict[str, Any]) -> TrafficPolicySpec:
         else None)
 
 
-def parse_destination_rule(doc: _Doc, namespace: str, domain: str) -> DestinationRule:
+def parse_destination_rule(doc: Document, namespace: str, domain: str) -> DestinationRule:
     """A validated :class:`DestinationRule` (host resolved to its FQDN).
 
     Raises:
@@ -154,7 +154,7 @@ def parse_destination_rule(doc: _Doc, namespace: str, domain: str) -> Destinatio
 
 # -- VirtualService ------------------------------------------------------------------------------
 
-def _percent(doc: _Doc, where: str, node: dict[str, Any]) -> float:
+def _percent(doc: Document, where: str, node: dict[str, Any]) -> float:
     value = opt(node.get("percentage"), "value")
     if value is None:
         return 100.0
@@ -163,7 +163,7 @@ def _percent(doc: _Doc, where: str, node: dict[str, Any]) -> float:
     return float(value)
 
 
-def _http_route(doc: _Doc, where: str, node: dict[str, Any], hosts: tuple[str, ...],
+def _http_route(doc: Document, where: str, node: dict[str, Any], hosts: tuple[str, ...],
                 namespace: str, domain: str) -> HttpRouteSpec:
     routes = node.get("route") or []
     if len(routes) != 1:
@@ -212,7 +212,7 @@ def _http_route(doc: _Doc, where: str, node: dict[str, Any], hosts: tuple[str, .
     return HttpRouteSpec(**kw)
 
 
-def parse_virtual_service(doc: _Doc, namespace: str, domain: str) -> VirtualService:
+def parse_virtual_service(doc: Document, namespace: str, domain: str) -> VirtualService:
     """A validated :class:`VirtualService` (hosts resolved to FQDNs).
 
     Raises:
@@ -230,7 +230,7 @@ def parse_virtual_service(doc: _Doc, namespace: str, domain: str) -> VirtualServ
                    for i, h in enumerate(http))
     return VirtualService(doc.name, namespace, hosts, routes, str(doc.path))
 
-def check_references(docs: list[_Doc], topo: Topology) -> None:
+def check_references(docs: list[Document], topo: Topology) -> None:
     """Every host and port the Istio objects name must be a Service (port) of the manifests.
 
     Args:
@@ -242,9 +242,9 @@ def check_references(docs: list[_Doc], topo: Topology) -> None:
     """
     domain = topo.cluster.cluster_domain
     ports = {s.fqdn(domain): {p.port for p in s.ports} for s in topo.services}
-    by_kind: dict[str, list[_Doc]] = {k: [d for d in docs if d.kind == k] for k in ISTIO_KINDS}
+    by_kind: dict[str, list[Document]] = {k: [d for d in docs if d.kind == k] for k in ISTIO_KINDS}
 
-    def known(doc: _Doc, field: str, host: str, port: int | None = None) -> None:
+    def known(doc: Document, field: str, host: str, port: int | None = None) -> None:
         if host not in ports:
             raise doc.fail(field, f"no Service {host} in the manifests")
         if port is not None and port not in ports[host]:

@@ -5,8 +5,10 @@ fast with one line ``<file>: <Kind>/<name>.<field>: <problem>`` (:class:`Manifes
 anything is built. Fields that only matter to a real cluster's image pulls and restarts
 (``imagePullPolicy``, ``imagePullSecrets``, ``restartPolicy``, ``securityContext``, …) are accepted
 and ignored by the local env; the kube env (#6) applies them as they are. Istio's
-DestinationRule, VirtualService and EnvoyFilter are checked by :mod:`meshlab.istio_resources`
-and land in ``Topology.destination_rules`` / ``virtual_services`` / ``envoy_filters``.
+DestinationRule, VirtualService and EnvoyFilter are checked by
+:mod:`meshlab.manifests.istio_resources` and land in ``Topology.destination_rules`` /
+``virtual_services`` / ``envoy_filters``. Each document is a
+:class:`~meshlab.manifests.document.Document`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 import yaml
 
 from meshlab.errors import ManifestError
-from meshlab.istio_envoy_filter import parse_envoy_filter
-from meshlab.istio_resources import (
+from meshlab.manifests.document import Document
+from meshlab.manifests.istio_envoy_filter import parse_envoy_filter
+from meshlab.manifests.istio_resources import (
     API_VERSIONS,
     ISTIO_KINDS,
     ISTIO_SCHEMAS,
@@ -67,39 +70,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-class _Doc:
-    """One YAML document with its file and a readable ``Kind/name`` for error messages."""
-
-    def __init__(self, path: Path, body: dict[str, Any]) -> None:
-        self.path = path
-        self.body = body
-        self.kind = str(body.get("kind", ""))
-        self.name = str((body.get("metadata") or {}).get("name", "?"))
-
-    def fail(self, field: str, message: str) -> ManifestError:
-        """A ManifestError for ``field`` (dotted, relative to the document)."""
-        return ManifestError(str(self.path), f"{self.kind}/{self.name}.{field}", message)
-
-    def get(self, dotted: str, default: Any = ..., kind: type | tuple[type, ...] | None = None) -> Any:
-        """Value at a dotted path; missing and no default → ManifestError 'missing'."""
-        node: Any = self.body
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                if default is ...:
-                    raise self.fail(dotted, "missing required field")
-                return default
-            node = node[part]
-        if kind is not None and not isinstance(node, kind):
-            raise self.fail(dotted, f"expected {_type_name(kind)}, got {type(node).__name__}")
-        return node
-
-
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
-
-
-def _check_fields(doc: _Doc, node: Any, schema: dict[str, Any], prefix: str) -> None:
+def _check_fields(doc: Document, node: Any, schema: dict[str, Any], prefix: str) -> None:
     """Reject keys the schema does not know, recursively."""
     if not isinstance(node, dict):
         raise doc.fail(prefix.rstrip(".") or "(document)", "expected a mapping")
@@ -116,7 +87,7 @@ def _check_fields(doc: _Doc, node: Any, schema: dict[str, Any], prefix: str) -> 
                 _check_fields(doc, item, sub[0], f"{prefix}{key}[{i}].")
 
 
-def read_documents(folder: Path) -> list[_Doc]:
+def read_documents(folder: Path) -> list[Document]:
     """Every YAML document of ``*.yaml``/``*.yml`` files in ``folder`` (sorted by file name).
 
     Raises:
@@ -125,7 +96,7 @@ def read_documents(folder: Path) -> list[_Doc]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError(str(folder), "(folder)", "manifests folder does not exist")
-    docs: list[_Doc] = []
+    docs: list[Document] = []
     files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
     if not files:
         raise ManifestError(str(folder), "(folder)", "no *.yaml manifests found")
@@ -141,7 +112,7 @@ def read_documents(folder: Path) -> list[_Doc]:
                 continue
             if not isinstance(body, dict):
                 raise ManifestError(str(path), "(document)", "expected a mapping at the top level")
-            doc = _Doc(path, body)
+            doc = Document(path, body)
             if "kind" not in body:
                 raise ManifestError(str(path), "kind", "missing required field")
             if doc.kind not in SUPPORTED_KINDS:
@@ -157,7 +128,7 @@ def read_documents(folder: Path) -> list[_Doc]:
     return docs
 
 
-def _workload(doc: _Doc, default_ns: str) -> Workload:
+def _workload(doc: Document, default_ns: str) -> Workload:
     containers = []
     for i, c in enumerate(doc.get("spec.template.spec.containers", kind=list)):
         if "image" not in c:
@@ -182,7 +153,7 @@ def _workload(doc: _Doc, default_ns: str) -> Workload:
                     source=str(doc.path))
 
 
-def _node_affinity(doc: _Doc) -> tuple[str, ...]:
+def _node_affinity(doc: Document) -> tuple[str, ...]:
     """Hostnames from required node affinity on ``kubernetes.io/hostname`` (operator In)."""
     field = "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
     req = doc.get(field, None)
@@ -198,7 +169,7 @@ def _node_affinity(doc: _Doc) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _service(doc: _Doc, default_ns: str) -> Service:
+def _service(doc: Document, default_ns: str) -> Service:
     ports = []
     for i, p in enumerate(doc.get("spec.ports", kind=list)):
         if "port" not in p:
@@ -213,7 +184,7 @@ def _service(doc: _Doc, default_ns: str) -> Service:
                    cluster_ip=doc.get("spec.clusterIP", None), source=str(doc.path))
 
 
-def _cluster(doc: _Doc) -> LabCluster:
+def _cluster(doc: Document) -> LabCluster:
     nodes = doc.get("spec.nodes", kind=list)
     if not nodes:
         raise doc.fail("spec.nodes", "at least one node is required")
@@ -226,7 +197,7 @@ def _cluster(doc: _Doc) -> LabCluster:
 
 
 def overlay_documents(folders: Sequence[Path | str],
-                      default_namespace: str = "default") -> list[_Doc]:
+                      default_namespace: str = "default") -> list[Document]:
     """The documents of ``folders`` applied in order, as ``kubectl apply`` of each would.
 
     A later folder's object with the same kind, namespace and name *replaces* the earlier one
@@ -238,7 +209,7 @@ def overlay_documents(folders: Sequence[Path | str],
     """
     if not folders:
         raise ManifestError("(manifests)", "(folder)", "no manifests folder given")
-    merged: dict[tuple[str, str, str], _Doc] = {}
+    merged: dict[tuple[str, str, str], Document] = {}
     for folder in folders:
         for doc in read_documents(Path(folder)):
             ns = (doc.body.get("metadata") or {}).get("namespace") or default_namespace
