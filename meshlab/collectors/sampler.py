@@ -18,7 +18,7 @@ previous read is still running skips that tick (counted in ``skipped``); ticks t
 itself missed are dropped, never caught up (counted in ``overruns``). A read that raises writes a
 gap line and sampling goes on; nothing the targets do reaches the caller. Each line is flushed as
 it is written, so a ``kill -9``'d run keeps its series. The scheduler and reader threads run at
-``SCHED_IDLE`` (nice 19 if refused, :mod:`meshlab.collectors.idle`): observing never takes CPU
+``SCHED_IDLE`` (nice 19 if refused, :mod:`meshlab.envs.idle`): observing never takes CPU
 the data path wants.
 """
 
@@ -37,9 +37,9 @@ from meshlab.collectors.accesslog import AccessLogTarget
 from meshlab.collectors.conntrack import ConntrackCommand, ConntrackReader, ConntrackTarget
 from meshlab.collectors.ctnetlink import CtnetlinkReader
 from meshlab.collectors.envoy_stats import EnvoyStatsTarget
-from meshlab.collectors.idle import make_thread_idle
 from meshlab.collectors.sock_diag import SockDiagReader
 from meshlab.collectors.sockets import SocketReader, SocketsTarget, SsReader
+from meshlab.envs.idle import make_thread_idle
 from meshlab.errors import ConfigError, MeshlabError
 
 #: Series file keys, in the journal's order.
@@ -133,7 +133,7 @@ class Sampler:
         overruns: ticks the scheduler missed (dropped, not caught up).
         ticks: ticks started.
         priorities: ``{thread name: "idle" | "nice19" | "unchanged"}`` of the sampler's
-            threads (:func:`~meshlab.collectors.idle.make_thread_idle`).
+            threads (:func:`~meshlab.envs.idle.make_thread_idle`).
 
     Raises:
         ConfigError: ``interval_s`` is not a positive number.

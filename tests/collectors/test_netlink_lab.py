@@ -24,9 +24,9 @@ import pytest
 
 from meshlab.collectors import conntrack, sockets
 from meshlab.collectors.ctnetlink import CtnetlinkReader
-from meshlab.collectors.idle import policy_of
 from meshlab.collectors.sampler import Sampler
 from meshlab.collectors.sock_diag import SockDiagReader
+from meshlab.envs.idle import policy_of
 from meshlab.envs.local.netns_socket import netns_connect, run_in_netns
 from meshlab.polling import wait_until
 

@@ -19,7 +19,7 @@ import pytest
 
 from meshlab.collectors import prometheus as queries
 from meshlab.collectors.envoy_stats import delta, snapshot
-from meshlab.collectors.idle import policy_of
+from meshlab.envs.idle import policy_of
 from meshlab.envs.local import prometheus as server
 from meshlab.envs.local.netns_socket import netns_connect, netns_socket, run_in_netns
 from meshlab.envs.local.state import LabState

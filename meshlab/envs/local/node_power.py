@@ -38,19 +38,26 @@ import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from meshlab.envs.base import run_argv
 from meshlab.envs.local import kubelet
 from meshlab.envs.local.netns import NETNS_DIR, delete_netns, kill_pids, netns_pids
 from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.envs.local.network import build_node_with_pods
-from meshlab.envs.local.plan import NodePlan
+from meshlab.envs.local.plan import LabPlan, NodePlan
 from meshlab.envs.local.state import LabState
 from meshlab.errors import ConfigError, LabError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from meshlab.envs.local.lab import LocalEnv
+
+class LabView(Protocol):
+    """What the driver reads and updates of the local env
+    (:class:`~meshlab.envs.local.lab.LocalEnv`)."""
+
+    lab: str
+    plan: LabPlan
+    state: LabState
+    ready_timeout_s: float
 
 KILL_WAIT_S = 5.0
 """Seconds to wait for SIGKILLed processes to be gone."""
@@ -94,7 +101,7 @@ class LocalNodeDriver:
         env: the :class:`~meshlab.envs.local.lab.LocalEnv` whose nodes are switched.
     """
 
-    def __init__(self, env: LocalEnv) -> None:
+    def __init__(self, env: LabView) -> None:
         self.env = env
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ the Kubernetes relabelling of those jobs gives: ``namespace``, ``pod``, ``node``
 Scrape interval :data:`SCRAPE_INTERVAL_S` (per start: ``start(plan, scrape_interval_s=…)``),
 TSDB under the lab's state dir (tmpfs, removed by ``down``), retention 1 h, run as the
 ``prometheus`` user that the Debian package creates (``nobody`` without it), at ``SCHED_IDLE``
-(``chrt --idle 0``; ``nice -n 19`` where refused, :mod:`meshlab.collectors.idle`): the
+(``chrt --idle 0``; ``nice -n 19`` where refused, :mod:`meshlab.envs.idle`): the
 server's scrapes, compactions and queries only get CPU the data path leaves over.
 
 The PID is recorded in the lab state (``pids["prometheus"]``), and the process lives in the
@@ -46,8 +46,8 @@ from typing import Any
 
 import yaml
 
-from meshlab.collectors.idle import idle_argv_prefix
 from meshlab.envs.base import run_argv
+from meshlab.envs.idle import idle_argv_prefix
 from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids, process_alive
 from meshlab.envs.local.network import UNDERLAY_BRIDGE
 from meshlab.envs.local.plan import LabPlan
