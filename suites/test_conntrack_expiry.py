@@ -10,7 +10,7 @@ Hop: the app in L1 (``fortio-server-0``) ↔ its own sidecar, on the outbound TC
    a journal note.
 2. The leak (§5.3): an app client in L1 connects from port :data:`PORT`; ``half-close`` makes
    tcp-echo send FIN, L1's sidecar half-closes toward the app (its socket on 15001 goes
-   FIN-WAIT-2, no timer). ``conntrack-expiry`` (``delete``, ``--state CLOSE_WAIT``) then does at
+   FIN-WAIT-2, no timer). ``conntrack-delete`` (``--state CLOSE_WAIT``) then does at
    once what the CLOSE_WAIT timeout does after 60 s. The app closes late: its FIN is INVALID,
    is not un-NATed to 15001 and is lost; the sidecar keeps FIN-WAIT-2 + CLOSE-WAIT. The app's
    orphaned LAST-ACK socket is aborted with ``ss -K`` — time scaling of its FIN retransmissions
@@ -41,7 +41,7 @@ import pytest
 from meshlab.apps.tcp_client import wait_event
 from meshlab.checks import SocketCount
 from meshlab.collectors.sockets import snapshot
-from meshlab.faults.conntrack_expiry import ConntrackExpiry
+from meshlab.faults.conntrack_delete import ConntrackDelete
 from meshlab.faults.half_close import HalfClose
 from meshlab.polling import wait_until
 from meshlab.probes.challenge_ack import RESET_SUCCEEDS, probe_challenge_ack
@@ -102,8 +102,8 @@ def leak_sidecar_socket(run: Any, cluster_ip: str) -> list[dict[str, Any]]:
                        max_duration_s=60):
             wait_event(out, "eof")
             wait_close_wait_entry(shell, cluster_ip)
-            with run.fault(ConntrackExpiry(target=L1, orig_dst=cluster_ip, orig_port=9000,
-                                           state="CLOSE_WAIT")) as expiry:
+            with run.fault(ConntrackDelete(target=L1, orig_dst=cluster_ip, orig_port=9000,
+                                          state="CLOSE_WAIT")) as expiry:
                 assert expiry.deleted == 1
             os.killpg(app.pid, signal.SIGTERM)  # the app closes late: its FIN is lost
             app.wait(timeout=10)

@@ -6,7 +6,7 @@ returns a JSON-ready dict that Chaos Toolkit stores as the activity's ``output``
 
 Faults are the registered meshlab faults (:data:`meshlab.faults.registry.FAULTS`):
 ``reject-connections``, ``node-poweroff``, ``packet-drop``, ``half-close``,
-``conntrack-expiry`` and any other module in :mod:`meshlab.faults`. An injected fault stays
+``conntrack-delete``, ``conntrack-timeouts`` and any other module in :mod:`meshlab.faults`. An injected fault stays
 active across activities and is reverted by ``revert_fault`` (in the method or a rollback), by
 the control's cleanup when rollbacks did not run, or by its deadman after ``max_duration_s``
 if the ``chaos`` process died. Loads run Locust in the client pod (as

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from meshlab.errors import ConfigError
-from meshlab.faults.conntrack_expiry import ConntrackExpiry
+from meshlab.faults.conntrack_delete import ConntrackDelete
+from meshlab.faults.conntrack_timeouts import ConntrackTimeouts
 from meshlab.faults.half_close import HalfClose
 from meshlab.faults.node_poweroff import NodePowerOff
 from meshlab.faults.packet_drop import PacketDrop
@@ -18,7 +19,7 @@ from meshlab.faults.reject_connections import RejectConnections
 
 #: Fault classes by registry key.
 FAULTS: dict[str, type] = {cls.name: cls for cls in (  # type: ignore[attr-defined]
-    ConntrackExpiry, HalfClose, NodePowerOff, PacketDrop, RejectConnections)}
+    ConntrackDelete, ConntrackTimeouts, HalfClose, NodePowerOff, PacketDrop, RejectConnections)}
 
 
 def create(name: str, **params: Any) -> Fault:

@@ -23,7 +23,7 @@ The probe replays exactly that in a private pair of namespaces
 2. The client aborts (``SO_LINGER`` 0) while an ``iptables`` rule drops its RST: the server
    socket stays FIN-WAIT-2, the client side is gone silently.
 3. The flow's conntrack entry is deleted (what expiry does;
-   :class:`~meshlab.faults.conntrack_expiry.ConntrackExpiry` builds the argv).
+   :class:`~meshlab.faults.conntrack_delete.ConntrackDelete` builds the argv).
 4. With counting rules on the client's RSTs (all / ``--ctstate INVALID``) and a scapy capture
    on the client's eth0, a real kernel ``connect()`` from the same port to the VIP.
 
@@ -45,7 +45,7 @@ from meshlab.envs.local.netns import NetnsShell
 from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.envs.local.veth_pair import VethPair, veth_pair
 from meshlab.errors import ConfigError, LabError
-from meshlab.faults.conntrack_expiry import ConntrackExpiry
+from meshlab.faults.conntrack_delete import ConntrackDelete
 from meshlab.polling import wait_until
 from meshlab.probes.sniff import Segment, TcpSniffer
 
@@ -161,7 +161,7 @@ def _leak_server_socket(pair: VethPair, client: NetnsShell, port: int
             client.run(["iptables", "-D", *drop])
     finally:
         first.close()
-    expiry = ConntrackExpiry(target=pair.ns_a, orig_dst=VIP, orig_port=SERVER_PORT)
+    expiry = ConntrackDelete(target=pair.ns_a, orig_dst=VIP, orig_port=SERVER_PORT)
     client.run(expiry.delete_argv())
     if _tcp_state(leaked) != "FIN_WAIT2":
         raise LabError(f"challenge-ack probe: server socket is {_tcp_state(leaked)}, "

@@ -1,4 +1,4 @@
-"""``conntrack-expiry`` on a real netns: entries deleted by selector, timeouts set and restored
+"""``conntrack-delete`` and ``conntrack-timeouts`` on a real netns: entries deleted by selector, timeouts set and restored
 exactly by a fresh instance (as the deadman builds it), and parameter validation."""
 
 import dataclasses
@@ -8,7 +8,8 @@ import pytest
 from meshlab.envs.local.netns import NetnsShell, add_netns, delete_netns
 from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.errors import ConfigError
-from meshlab.faults.conntrack_expiry import SYSCTL_PREFIX, ConntrackExpiry
+from meshlab.faults.conntrack_delete import ConntrackDelete
+from meshlab.faults.conntrack_timeouts import SYSCTL_PREFIX, ConntrackTimeouts
 from meshlab.faults.registry import create
 
 NS = "ml-hctf-p"
@@ -64,9 +65,9 @@ def test_delete_removes_only_the_selected_flow(netns):
     socks = tcp_flow()
     try:
         assert len(entries(netns, PORT)) == 1
-        other = ConntrackExpiry(target="app", orig_dst="127.0.0.1", orig_port=PORT + 1)
+        other = ConntrackDelete(target="app", orig_dst="127.0.0.1", orig_port=PORT + 1)
         assert "deleted 0" in other.inject(OneNetnsEnv()) and other.deleted == 0
-        fault = ConntrackExpiry(target="app", orig_dst="127.0.0.1", orig_port=PORT,
+        fault = ConntrackDelete(target="app", orig_dst="127.0.0.1", orig_port=PORT,
                                 state="ESTABLISHED")
         assert "deleted 1" in fault.inject(OneNetnsEnv()) and fault.deleted == 1
         assert entries(netns, PORT) == []
@@ -83,14 +84,13 @@ def test_delete_removes_only_the_selected_flow(netns):
 def test_timeouts_are_restored_exactly_by_a_fresh_instance(netns, target):
     before = {k: netns.run(["sysctl", "-n", SYSCTL_PREFIX + k]).stdout.strip()
               for k in ("close_wait", "established")}
-    fault = ConntrackExpiry(target=target, mode="timeouts",
-                            timeouts={"close_wait": 5, "established": 30})
+    fault = ConntrackTimeouts(target=target, timeouts={"close_wait": 5, "established": 30})
     out = fault.inject(OneNetnsEnv())
     assert "close_wait=5s (was 60)" in out
     fault.inject(OneNetnsEnv())  # idempotent: the saved values stay the original ones
     assert fault.saved == {SYSCTL_PREFIX + k: v for k, v in before.items()}
     assert netns.run(["sysctl", "-n", SYSCTL_PREFIX + "close_wait"]).stdout.strip() == "5"
-    fresh = create("conntrack-expiry", **dataclasses.asdict(fault))  # what the deadman does
+    fresh = create("conntrack-timeouts", **dataclasses.asdict(fault))  # what the deadman does
     assert "restored" in fresh.revert(OneNetnsEnv())
     assert {k: netns.run(["sysctl", "-n", SYSCTL_PREFIX + k]).stdout.strip()
             for k in before} == before
@@ -99,31 +99,31 @@ def test_timeouts_are_restored_exactly_by_a_fresh_instance(netns, target):
 
 def test_unknown_target_is_a_config_error():
     with pytest.raises(ConfigError, match="target"):
-        ConntrackExpiry(target="nope").inject(OneNetnsEnv())
+        ConntrackDelete(target="nope").inject(OneNetnsEnv())
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"mode": "flush"}, "mode"),
-    ({"protocol": "icmpv9"}, "protocol"),
-    ({"orig_dst": "10.0.0.300"}, "orig_dst"),
-    ({"orig_port": 70000}, "orig_port"),
-    ({"state": "ESTAB"}, "state"),
-    ({"protocol": "udp", "state": "ESTABLISHED"}, "state"),
-    ({"timeouts": {"close_wait": 5}}, "timeouts"),
-    ({"mode": "timeouts"}, "timeouts"),
-    ({"mode": "timeouts", "timeouts": {"closewait": 5}}, "timeouts"),
-    ({"mode": "timeouts", "timeouts": {"close_wait": 0}}, "timeouts"),
-    ({"mode": "timeouts", "timeouts": {"close_wait": 5}, "orig_port": 80}, "mode"),
-    ({"mode": "timeouts", "timeouts": {"close_wait": 5}, "protocol": "udp"}, "protocol"),
-    ({"target": ""}, "target"),
+@pytest.mark.parametrize("fault, params, field", [
+    ("conntrack-delete", {"protocol": "icmpv9"}, "protocol"),
+    ("conntrack-delete", {"orig_dst": "10.0.0.300"}, "orig_dst"),
+    ("conntrack-delete", {"orig_port": 70000}, "orig_port"),
+    ("conntrack-delete", {"state": "ESTAB"}, "state"),
+    ("conntrack-delete", {"protocol": "udp", "state": "ESTABLISHED"}, "state"),
+    ("conntrack-delete", {"timeouts": {"close_wait": 5}}, "unexpected keyword"),
+    ("conntrack-delete", {"target": ""}, "target"),
+    ("conntrack-timeouts", {}, "timeouts"),
+    ("conntrack-timeouts", {"timeouts": {"closewait": 5}}, "timeouts"),
+    ("conntrack-timeouts", {"timeouts": {"close_wait": 0}}, "timeouts"),
+    ("conntrack-timeouts", {"timeouts": {"close_wait": 5}, "orig_port": 80}, "unexpected keyword"),
+    ("conntrack-timeouts", {"timeouts": {"close_wait": 5}, "target": ""}, "target"),
 ])
-def test_bad_parameters_name_the_field(params, field):
-    with pytest.raises(ConfigError, match=f"conntrack-expiry: {field}:"):
-        create("conntrack-expiry", **{"target": "app", **params})
+def test_bad_parameters_name_the_field(fault, params, field):
+    pattern = f"fault '{fault}': .*{field}" if field == "unexpected keyword" else f"{fault}: {field}:"
+    with pytest.raises(ConfigError, match=pattern):
+        create(fault, **{"target": "app", **params})
 
 
 def test_delete_argv_carries_the_selector():
-    fault = ConntrackExpiry(target="app", orig_dst="10.96.0.10", orig_port=9000,
+    fault = ConntrackDelete(target="app", orig_dst="10.96.0.10", orig_port=9000,
                             state="CLOSE_WAIT")
     assert fault.delete_argv() == ["conntrack", "-D", "-p", "tcp", "--orig-dst", "10.96.0.10",
                                    "--orig-port-dst", "9000", "--state", "CLOSE_WAIT"]
