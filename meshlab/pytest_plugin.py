@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from meshlab.envs.base import Env, Fingerprinting
 from meshlab.errors import ConfigError, MeshlabError
 
 RUNS_KEY = pytest.StashKey[list]()
@@ -136,7 +137,7 @@ class LabPool:
         self.config = config
         self.base = base
         self.lab = lab
-        self.env: Any = None
+        self.env: Env = None
         self.key: tuple[Path, ...] | None = None
         self.baseline: dict[str, Any] | None = None
         self.which = str(config.getoption("--meshlab-env", "local"))
@@ -173,7 +174,7 @@ class LabPool:
         if self.prometheus:  # before the fingerprint: it runs for the lab's whole life
             env.start_prometheus()
         self.env, self.key = env, key
-        self.baseline = env.fingerprint() if hasattr(env, "fingerprint") else None
+        self.baseline = env.fingerprint() if isinstance(env, Fingerprinting) else None
         return env
 
     def _build(self, key: tuple[Path, ...]) -> Any:
@@ -194,8 +195,7 @@ class LabPool:
         own server, or the cluster's ``prometheus_url`` (not in a dry run)."""
         if self.which == "local":
             return self.prometheus
-        settings = getattr(self.env, "settings", None)
-        return bool(settings is not None and settings.prometheus_url and not self.dry_run)
+        return bool(self.env.prometheus_configured() and not self.dry_run)
 
     def leftovers(self) -> list[str]:
         """What the current lab has now that it did not have when it came up."""
@@ -250,7 +250,7 @@ def meshlab_env(request: pytest.FixtureRequest, meshlab_labs: LabPool) -> Any:
 
 
 @pytest.fixture
-def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Any) -> Iterator[Any]:
+def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[Any]:
     """A journaled run for this test; its report is written when the test ends, then the lab
     is checked for leftovers (rule, sysctl, namespace, process, active fault): any fails the
     test at teardown and is listed in the journal's notes."""

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from meshlab.envs.base import Env, PodLogFiles
+
 #: Field shapes after the request line: W = bare word, Q = double-quoted (may hold spaces).
 _SHAPES = "WWWWQWWWWQQQQQWWWWWW"
 #: One Istio TEXT line; groups in the order of :data:`TEXT_KEYS`.
@@ -159,11 +161,11 @@ class AccessLogTarget:
 
     series = "accesslog"
 
-    def __init__(self, env: Any, pod: str) -> None:
+    def __init__(self, env: Env, pod: str) -> None:
         self.env = env
         self.name = pod
-        log_dir = getattr(env, "pod_log_dir", None)
-        self._path: Path | None = Path(log_dir(pod)) / "access.log" if log_dir else None
+        self._path: Path | None = (Path(env.pod_log_dir(pod)) / "access.log"
+                                   if isinstance(env, PodLogFiles) else None)
         if self._path is not None:
             self._mark = self._path.stat().st_size if self._path.exists() else 0
         else:

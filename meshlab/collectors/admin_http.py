@@ -13,8 +13,8 @@ re-opened once per call. Elsewhere it falls back to ``env.sidecar_admin``.
 from __future__ import annotations
 
 import http.client
-from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.envs.local.netns_socket import netns_connect
 from meshlab.errors import LabError
 
@@ -43,7 +43,7 @@ class AdminClient:
         timeout_s: connect and read timeout of the kept-alive connection.
     """
 
-    def __init__(self, env: Any, pod: str, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(self, env: Env, pod: str, timeout_s: float = TIMEOUT_S) -> None:
         self.env = env
         self.pod = pod
         shell = env.pod_shell(pod)

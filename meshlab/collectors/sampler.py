@@ -5,8 +5,8 @@ Targets (docs/CONTRACTS.md §5): each meshed pod's sidecar ``/stats``
 (:class:`~meshlab.collectors.accesslog.AccessLogTarget`), each pod's sockets
 (:class:`~meshlab.collectors.sockets.SocketsTarget`) and the conntrack table of every pod and
 node network namespace (:class:`~meshlab.collectors.conntrack.ConntrackTarget`). On an env whose
-namespaces are on this machine (``env.kernel_reads == "netlink"``: the local lab) sockets and
-conntrack are read over netlink sockets kept open inside each namespace
+namespaces are on this machine (:class:`~meshlab.envs.base.LocalNamespaces`: the local lab)
+sockets and conntrack are read over netlink sockets kept open inside each namespace
 (:mod:`~meshlab.collectors.sock_diag`, :mod:`~meshlab.collectors.ctnetlink`); elsewhere (kube)
 ``ss`` / ``conntrack`` run through the env's shells. A target is
 anything with ``series`` (the file key), ``name`` (the lines' ``target``) and ``read() -> dict |
@@ -39,6 +39,7 @@ from meshlab.collectors.ctnetlink import CtnetlinkReader
 from meshlab.collectors.envoy_stats import EnvoyStatsTarget
 from meshlab.collectors.sock_diag import SockDiagReader
 from meshlab.collectors.sockets import SocketReader, SocketsTarget, SsReader
+from meshlab.envs.base import Env, LocalNamespaces
 from meshlab.envs.idle import make_thread_idle
 from meshlab.errors import ConfigError, MeshlabError
 
@@ -59,24 +60,25 @@ class Target(Protocol):
         ...
 
 
-def kernel_readers(env: Any, kind: str, name: str) -> tuple[SocketReader, ConntrackReader]:
+def kernel_readers(env: Env, kind: str, name: str) -> tuple[SocketReader, ConntrackReader]:
     """The socket and conntrack readers of pod or node ``name`` (``kind`` ``pod``|``node``).
 
-    Netlink readers inside the namespace when ``env.kernel_reads == "netlink"`` (the env then
-    has ``netns_of(kind, name)``), else ``ss`` / ``conntrack -L`` through
-    ``env.pod_shell`` / ``env.node_shell`` (the default for envs without the attribute).
+    Netlink readers inside the namespace when the env has its namespaces on this machine
+    (:class:`~meshlab.envs.base.LocalNamespaces`, ``netns_of(kind, name)``; its
+    ``kernel_reads`` is ``netlink``), else ``ss`` / ``conntrack -L`` through ``env.pod_shell`` /
+    ``env.node_shell``.
 
     Raises:
         MeshlabError: no such pod or node.
     """
-    if getattr(env, "kernel_reads", "shell") == "netlink":
+    if isinstance(env, LocalNamespaces):
         netns = env.netns_of(kind, name)
         return SockDiagReader(netns), CtnetlinkReader(netns)
     shell = env.pod_shell(name) if kind == "pod" else env.node_shell(name)
     return SsReader(shell), ConntrackCommand(shell)
 
 
-def default_targets(env: Any) -> tuple[list[Target], list[str]]:
+def default_targets(env: Env) -> tuple[list[Target], list[str]]:
     """Every target of ``env`` (see the module docstring) and notes on what was left out.
 
     Never raises: a part that cannot be set up is left out with a note.
@@ -96,10 +98,6 @@ def default_targets(env: Any) -> tuple[list[Target], list[str]]:
                         ConntrackTarget(conntrack, pod.name, "pod")]
         except (MeshlabError, OSError) as exc:
             notes.append(f"collectors: pod {pod.name} not sampled: {exc}")
-    if not callable(getattr(env, "node_shell", None)):
-        notes.append(f"collectors: env {getattr(env, 'name', env)!r} has no node_shell: "
-                     "node conntrack not sampled")
-        return targets, notes
     for node in _node_names(env, pods):
         try:
             targets.append(ConntrackTarget(kernel_readers(env, "node", node)[1], node, "node"))
@@ -108,7 +106,7 @@ def default_targets(env: Any) -> tuple[list[Target], list[str]]:
     return targets, notes
 
 
-def _node_names(env: Any, pods: list[Any]) -> list[str]:
+def _node_names(env: Env, pods: list[Any]) -> list[str]:
     try:
         nodes = [n["name"] for n in env.describe().get("topology", {}).get("nodes", [])]
     except (MeshlabError, OSError, AttributeError, KeyError, TypeError):
@@ -120,7 +118,8 @@ class Sampler:
     """Samples targets into ``<run_dir>/series/<series>.jsonl`` until stopped.
 
     Args:
-        env: the env (used for :func:`default_targets` when ``targets`` is None).
+        env: the env (used for :func:`default_targets` when ``targets`` is None; may be None
+            when ``targets`` are given).
         run_dir: the run folder (``results.json``'s folder).
         interval_s: seconds between ticks (> 0).
         targets: what to read (default: :func:`default_targets`).
@@ -136,10 +135,11 @@ class Sampler:
             threads (:func:`~meshlab.envs.idle.make_thread_idle`).
 
     Raises:
-        ConfigError: ``interval_s`` is not a positive number.
+        ConfigError: ``interval_s`` is not a positive number, or neither ``env`` nor
+            ``targets`` is given.
     """
 
-    def __init__(self, env: Any, run_dir: Path | str, interval_s: float = 1.0,
+    def __init__(self, env: Env | None, run_dir: Path | str, interval_s: float = 1.0,
                  targets: list[Target] | None = None, max_workers: int = 4) -> None:
         if isinstance(interval_s, bool) or not isinstance(interval_s, int | float) \
                 or not interval_s > 0 or interval_s == float("inf"):
@@ -149,6 +149,8 @@ class Sampler:
         self.interval_s = float(interval_s)
         self.notes: list[str] = []
         if targets is None:
+            if env is None:
+                raise ConfigError("Sampler: needs an env or explicit targets")
             targets, self.notes = default_targets(env)
         self.targets: list[Target] = list(targets)
         self.samples: Counter[str] = Counter()

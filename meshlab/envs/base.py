@@ -10,8 +10,9 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from meshlab.envs.node_driver import NodeDriver
 from meshlab.errors import CommandError, LabError
 
 
@@ -145,13 +146,29 @@ class PodInfo:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+@runtime_checkable
 class Env(Protocol):
     """A place the lab runs: ``local`` (network namespaces) or ``kube`` (a cluster with Istio).
 
-    Suites only use this protocol, never a concrete env.
+    Suites, faults, collectors, loads and front ends use only this protocol and the optional
+    capabilities below (:class:`LocalNamespaces`, :class:`PodLogFiles`, :class:`Fingerprinting`, :class:`ManagedPrometheus`,
+    :class:`LoadJobs`), never a concrete env. ``isinstance(x, Env)`` is True for a complete env;
+    unit tests' partial stand-ins (a pod shell and little else) are not recorded in the fault
+    ledger.
+
+    Attributes:
+        name: ``local`` or ``kube``.
+        lab: the lab's name (state folder, namespace suffix, ledger key).
+        kernel_reads: ``netlink`` when the lab's namespaces are on this machine (collectors read
+            sockets and conntrack in-process), ``shell`` when commands must run in the pods.
+        sidecar_has_tcp_stats: the sidecars have Envoy's ``tcp_stats`` transport socket
+            (meshlab's do; stock istio-proxy does not, so tcp_stats are derived from ``ss``).
     """
 
     name: str
+    lab: str
+    kernel_reads: str
+    sidecar_has_tcp_stats: bool
 
     def up(self) -> None:
         """Bring the lab up (idempotent: cleans leftovers of a dead lab first)."""
@@ -159,6 +176,18 @@ class Env(Protocol):
 
     def down(self) -> None:
         """Tear the lab down and remove everything it created (idempotent)."""
+        ...
+
+    def spec(self) -> dict[str, Any]:
+        """What rebuilds this env elsewhere (:func:`meshlab.envs.spec.env_from_spec`)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What runs now, as found on the machine or the cluster (JSON-ready)."""
+        ...
+
+    def revert_faults(self) -> list[str]:
+        """Revert faults a dead runner left in the ledger; one line per fault."""
         ...
 
     def pods(self) -> list[PodInfo]:
@@ -177,6 +206,10 @@ class Env(Protocol):
         """A Shell running commands on (in the network namespace of) a node."""
         ...
 
+    def node_driver(self) -> NodeDriver:
+        """What powers the lab's nodes off and on (:mod:`meshlab.envs.node_driver`)."""
+        ...
+
     def sidecar_admin(self, pod: str, path: str, *, method: str = "GET") -> str:
         """Call the pod's sidecar admin API (``127.0.0.1:15000`` in the pod) and return the body."""
         ...
@@ -185,6 +218,64 @@ class Env(Protocol):
         """The pod sidecar's access-log lines so far (Istio JSON format)."""
         ...
 
-    def describe(self) -> dict:
+    def prometheus_configured(self) -> bool:
+        """Whether :meth:`prometheus` can give a client (the local lab starts its own; a
+        cluster needs ``prometheus_url`` in its settings)."""
+        ...
+
+    def prometheus(self) -> Any:
+        """A query client of the Prometheus that scrapes the lab
+        (:class:`meshlab.collectors.prometheus_api.PrometheusClient`)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
         """Topology and environment facts for the run journal (JSON-ready)."""
+        ...
+
+
+@runtime_checkable
+class LocalNamespaces(Protocol):
+    """Capability of an env whose network namespaces are on this machine (the local lab), so
+    collectors can open netlink sockets inside them."""
+
+    def netns_of(self, kind: str, name: str) -> str:
+        """The network namespace of a ``pod`` or ``node`` by name."""
+        ...
+
+
+@runtime_checkable
+class PodLogFiles(Protocol):
+    """Capability of an env whose pods' log files are on this machine (the local lab)."""
+
+    def pod_log_dir(self, pod: str) -> Path:
+        """The folder holding the pod's container logs and sidecar access log."""
+        ...
+
+
+@runtime_checkable
+class Fingerprinting(Protocol):
+    """Capability of an env that can list everything a run may leave behind (rules, sysctls,
+    processes, namespaces, active faults), to compare before and after a test."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The lab's state now (compare two with :func:`meshlab.envs.local.fingerprint.diff`)."""
+        ...
+
+
+@runtime_checkable
+class ManagedPrometheus(Protocol):
+    """Capability of an env that runs its own Prometheus (the local lab; a cluster has one)."""
+
+    def start_prometheus(self, scrape_interval_s: float | None = None) -> str:
+        """Start (idempotent) the lab's Prometheus; returns its URL."""
+        ...
+
+
+@runtime_checkable
+class LoadJobs(Protocol):
+    """Capability of an env that runs load generators as its own jobs (Kubernetes Jobs)."""
+
+    def load_jobs(self, client: str, spec: Any, out_path: Path) -> Any:
+        """Run ``spec`` (a :class:`~meshlab.load.spec.LoadSpec`) as jobs next to ``client``;
+        the merged :class:`~meshlab.load.driver.LoadResult`."""
         ...

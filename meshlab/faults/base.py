@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.faults.ledger import LedgerEntry, fault_params
 from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S, Fault
 
@@ -35,10 +36,10 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _open_entry(fault: Fault, env: Any, max_duration_s: float | None) -> Any:
+def _open_entry(fault: Fault, env: Env, max_duration_s: float | None) -> Any:
     limit = float(max_duration_s or getattr(fault, "max_duration_s", None)
                   or DEFAULT_MAX_DURATION_S)
-    return LedgerEntry.create(env, fault, limit) if hasattr(env, "spec") else None
+    return LedgerEntry.create(env, fault, limit) if isinstance(env, Env) else None
 
 
 def _mark_active(fault: Fault, entry: Any) -> None:
@@ -46,7 +47,7 @@ def _mark_active(fault: Fault, entry: Any) -> None:
         entry.update(status="active", params=fault_params(fault))
 
 
-def start(fault: Fault, env: Any, max_duration_s: float | None = None) -> tuple[Any, str]:
+def start(fault: Fault, env: Env, max_duration_s: float | None = None) -> tuple[Any, str]:
     """Inject ``fault`` with a ledger entry and a deadman (the long-lived form of
     :func:`active`, for callers whose inject and revert are separate steps, e.g. chaostoolkit).
 
@@ -73,7 +74,7 @@ def start(fault: Fault, env: Any, max_duration_s: float | None = None) -> tuple[
     return entry, output
 
 
-def stop(fault: Fault, env: Any, entry: Any) -> tuple[str, dict[str, Any] | None]:
+def stop(fault: Fault, env: Env, entry: Any) -> tuple[str, dict[str, Any] | None]:
     """Revert ``fault`` (unless its deadman already did) and close its ledger entry.
 
     Returns:
@@ -89,7 +90,7 @@ def stop(fault: Fault, env: Any, entry: Any) -> tuple[str, dict[str, Any] | None
 
 
 @contextmanager
-def active(fault: Fault, env: Any, journal: Any | None = None,
+def active(fault: Fault, env: Env, journal: Any | None = None,
            on_window: Callable[[float, float], None] | None = None,
            max_duration_s: float | None = None) -> Iterator[Fault]:
     """Inject ``fault`` for the duration of the block, then always revert it (also when

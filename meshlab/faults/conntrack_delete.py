@@ -22,8 +22,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.errors import ConfigError
 from meshlab.faults.targets import param_error, require_target, target_shell
 
@@ -92,7 +92,7 @@ class ConntrackDelete:
     def _selector(self) -> str:
         return " ".join(self.delete_argv()[2:])
 
-    def inject(self, env: Any) -> str:
+    def inject(self, env: Env) -> str:
         """Delete the matching entries.
 
         Raises:
@@ -106,6 +106,6 @@ class ConntrackDelete:
         self.deleted = int(found.group(1)) if found else 0
         return f"{shell.name}: deleted {self.deleted} conntrack entries ({self._selector()})"
 
-    def revert(self, env: Any) -> str:
+    def revert(self, env: Env) -> str:
         """Nothing to undo: deleting entries is a one-shot action."""
         return "nothing to revert: deleted conntrack entries are a one-shot action"

@@ -13,8 +13,8 @@ once instead is :mod:`meshlab.faults.conntrack_delete`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.errors import ConfigError
 from meshlab.faults.targets import param_error, require_target, target_shell
 
@@ -55,7 +55,7 @@ class ConntrackTimeouts:
             if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
                 raise bad("timeouts", f"{key}: {seconds!r} is not a whole number of seconds >= 1")
 
-    def inject(self, env: Any) -> str:
+    def inject(self, env: Env) -> str:
         """Set the timeouts (a second inject keeps the values saved by the first).
 
         Raises:
@@ -72,7 +72,7 @@ class ConntrackTimeouts:
                           for k, v in self.timeouts.items())
         return f"{shell.name}: conntrack tcp timeouts {shown}"
 
-    def revert(self, env: Any) -> str:
+    def revert(self, env: Env) -> str:
         """Restore the saved timeouts exactly (idempotent)."""
         if not self.saved:
             return "nothing to revert: no timeout was changed"

@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.errors import ConfigError, LabError
 
 CLOSE_WAIT_SYSCTL = "net.netfilter.nf_conntrack_tcp_timeout_close_wait"
@@ -115,7 +116,7 @@ class HalfClose:
         if not self.app_match.strip():
             raise ConfigError("half-close: app_match must not be empty")
 
-    def inject(self, env: Any) -> str:
+    def inject(self, env: Env) -> str:
         """Scale CLOSE_WAIT in the target netns (saving the old value once), then signal the
         upstream app.
 
@@ -138,7 +139,7 @@ class HalfClose:
                 f"{self.close_wait_timeout_s}; {up.name}: SIG{self.signame} to "
                 f"{', '.join(map(str, self.signalled))} (upstream FIN)")
 
-    def revert(self, env: Any) -> str:
+    def revert(self, env: Env) -> str:
         """Write the saved sysctl values back (idempotent; nothing saved → nothing to do)."""
         if not self.saved:
             return f"{self.target}: nothing to restore"

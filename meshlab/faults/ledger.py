@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.envs.local.state import STATE_ROOT
 from meshlab.envs.spec import env_from_spec
 from meshlab.errors import MeshlabError
@@ -67,7 +68,7 @@ class LedgerEntry:
         return f"LedgerEntry(path={str(self.path)!r})"
 
     @classmethod
-    def create(cls, env: Any, fault: Any, max_duration_s: float) -> LedgerEntry:
+    def create(cls, env: Env, fault: Any, max_duration_s: float) -> LedgerEntry:
         """Write the entry (status ``injecting``) and start its deadman.
 
         Raises:
@@ -119,7 +120,7 @@ class LedgerEntry:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def revert_once(self, fault: Any, env: Any, by: str) -> str:
+    def revert_once(self, fault: Any, env: Env, by: str) -> str:
         """Revert ``fault`` unless someone already did; record who did it.
 
         Returns:
@@ -161,7 +162,7 @@ def entries(env_name: str, lab: str) -> list[LedgerEntry]:
     return [LedgerEntry(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def revert_leftovers(env_name: str, lab: str, env: Any | None = None) -> list[str]:
+def revert_leftovers(env_name: str, lab: str, env: Env | None = None) -> list[str]:
     """Revert every fault a dead runner left active and remove the ledger (``meshlab down``).
 
     Args:

@@ -34,8 +34,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.errors import ConfigError, LabError
 from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S
 
@@ -75,11 +75,11 @@ class NodePowerOff:
         """The deadman's deadline: ``duration_s``, else the ledger default."""
         return float(self.duration_s) if self.duration_s is not None else DEFAULT_MAX_DURATION_S
 
-    def inject(self, env: Any) -> str:
+    def inject(self, env: Env) -> str:
         """Power the node off through ``env.node_driver()``."""
         return env.node_driver().power_off(self.node)
 
-    def revert(self, env: Any) -> str:
+    def revert(self, env: Env) -> str:
         """Power the node on (no-op when it is up) and wait until it answers.
 
         Raises:

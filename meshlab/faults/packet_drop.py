@@ -84,6 +84,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.errors import ConfigError, LabError
 
 DIRECTIONS = ("ingress", "egress", "both")
@@ -167,13 +168,13 @@ class PacketDrop:
         return f"meshlab:{self.name}:{self.drop_id}"
 
     # where -------------------------------------------------------------------------------
-    def _pod(self, env: Any) -> Any | None:
+    def _pod(self, env: Env) -> Any | None:
         try:
             return env.pod(self.target)
         except ConfigError:
             return None
 
-    def _shell(self, env: Any) -> Any:
+    def _shell(self, env: Env) -> Any:
         """The pod's or the node's shell.
 
         Raises:
@@ -188,19 +189,19 @@ class PacketDrop:
             raise _fail("target", f"{self.target!r} is neither a pod/workload nor a node "
                                   f"({exc})") from exc
 
-    def _node_cidr(self, env: Any) -> str:
+    def _node_cidr(self, env: Env) -> str:
         for node in env.describe().get("topology", {}).get("nodes", []):
             if node.get("name") == self.target and node.get("pod_cidr"):
                 return str(node["pod_cidr"])
         raise LabError(f"packet-drop: the env reports no pod CIDR for node {self.target!r}")
 
-    def _service_ip(self, env: Any) -> str:
+    def _service_ip(self, env: Env) -> str:
         for svc in env.describe().get("topology", {}).get("services", []):
             if self.peer_service in (svc.get("name"), f"{svc.get('namespace')}/{svc.get('name')}"):
                 return f"{svc['cluster_ip']}/32"
         raise _fail("peer_service", f"no Service named {self.peer_service!r}")
 
-    def _peer(self, env: Any, pod: Any | None) -> str | None:
+    def _peer(self, env: Env, pod: Any | None) -> str | None:
         """The peer as an iptables address, or None (all traffic)."""
         if self.peer_pod:
             try:
@@ -254,7 +255,7 @@ class PacketDrop:
         return hooks
 
     # protocol ----------------------------------------------------------------------------
-    def inject(self, env: Any) -> str:
+    def inject(self, env: Env) -> str:
         """Create the chain and its rules, then hook it in (a second inject is a no-op).
 
         Raises:
@@ -278,7 +279,7 @@ class PacketDrop:
                 f"{f' port {self.peer_port}' if self.peer_port else ''} "
                 f"({self.chain} from {', '.join(r[0] for r in hooks)})")
 
-    def revert(self, env: Any) -> str:
+    def revert(self, env: Env) -> str:
         """Delete every rule carrying this fault's comment, then its chain (idempotent; a
         namespace that no longer exists has nothing to revert)."""
         shell = self._shell(env)

@@ -11,7 +11,9 @@ do exactly that (:mod:`meshlab.faults.ledger`).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+from meshlab.envs.base import Env
 
 #: Longest a fault stays active unless it sets ``max_duration_s``: after it the deadman
 #: reverts it even if the runner is gone (seconds).
@@ -24,10 +26,10 @@ class Fault(Protocol):
 
     name: str
 
-    def inject(self, env: Any) -> str:
+    def inject(self, env: Env) -> str:
         """Apply the fault; returns a one-line description of what was done."""
         ...
 
-    def revert(self, env: Any) -> str:
+    def revert(self, env: Env) -> str:
         """Undo the fault (idempotent); returns a one-line description."""
         ...

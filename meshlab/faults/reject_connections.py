@@ -14,7 +14,8 @@ Cluster: the same argv runs in the pod's netns through a debug container with NE
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from meshlab.envs.base import Env
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RejectConnections:
                 str(self.port), "-m", "comment", "--comment", f"meshlab:{self.name}",
                 "-j", "REJECT", "--reject-with", "tcp-reset"]
 
-    def inject(self, env: Any) -> str:
+    def inject(self, env: Env) -> str:
         """Insert the REJECT rule (once; a second inject is a no-op)."""
         shell = env.pod_shell(self.target)
         if shell.run(["iptables", "-C", *self._rule()], check=False).ok:
@@ -43,7 +44,7 @@ class RejectConnections:
         shell.run(["iptables", "-I", *self._rule()])
         return f"{shell.name}: TCP to port {self.port} gets RST"
 
-    def revert(self, env: Any) -> str:
+    def revert(self, env: Env) -> str:
         """Delete every copy of the rule (idempotent)."""
         shell = env.pod_shell(self.target)
         removed = 0

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshlab.envs.base import Env
 from meshlab.errors import ConfigError
 
 
-def target_shell(env: Any, target: str, fault: str) -> Any:
+def target_shell(env: Env, target: str, fault: str) -> Any:
     """The Shell of ``target``: a pod (or workload) name first, else a node name.
 
     Args:

@@ -377,6 +377,10 @@ class KubeEnv:
         text = self.api.pod_log(self.namespace, info.name, SIDECAR)
         return [line for line in text.splitlines() if is_access_json(line)]
 
+    def prometheus_configured(self) -> bool:
+        """Whether the settings name the cluster's Prometheus (``prometheus_url``)."""
+        return self.settings.prometheus_url is not None
+
     def prometheus(self) -> PrometheusClient:
         """A client for the cluster's Prometheus at ``settings.prometheus_url``.
 

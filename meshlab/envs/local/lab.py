@@ -47,6 +47,8 @@ class LocalEnv:
     #: The collectors read sockets and conntrack over netlink sockets opened inside the lab's
     #: namespaces (:func:`meshlab.collectors.sampler.kernel_readers`, :meth:`netns_of`).
     kernel_reads = "netlink"
+    #: meshlab's sidecar has Envoy's tcp_stats transport socket (docs/SIDECAR.md)
+    sidecar_has_tcp_stats = True
 
     def __init__(self, manifests: Path | str | Sequence[Path | str] = DEFAULT_MANIFESTS,
                  lab: str = "lab", ready_timeout_s: float = 30.0) -> None:
@@ -146,6 +148,10 @@ class LocalEnv:
         stopped = server.stop(self.lab)
         self.state = LabState.load(self.lab) or self.state
         return stopped
+
+    def prometheus_configured(self) -> bool:
+        """Always: the lab starts its own Prometheus (:meth:`start_prometheus`)."""
+        return True
 
     def prometheus(self) -> PrometheusClient:
         """A client for the lab's Prometheus (its calls run in the cluster netns), told the
