@@ -15,6 +15,7 @@ from typing import Any
 from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
 from meshlab.collectors.sampler import Sampler
+from meshlab.envs.base import Env, LoadJobs
 from meshlab.errors import ConfigError, MeshlabError
 from meshlab.faults.base import active
 from meshlab.faults.protocol import Fault
@@ -43,7 +44,7 @@ class Run:
     counts are its own.
     """
 
-    def __init__(self, env: Any, journal: RunJournal, client: str = DEFAULT_CLIENT,
+    def __init__(self, env: Env, journal: RunJournal, client: str = DEFAULT_CLIENT,
                  load_mode: str = "closed-loop") -> None:
         if load_mode not in MODES:
             raise ConfigError(f"load_mode: must be one of {', '.join(MODES)}, got {load_mode!r}")
@@ -53,7 +54,7 @@ class Run:
         self.load_mode = load_mode
         self.started_epoch_s = time.time()
         journal.data.update(env.describe())
-        if not getattr(env, "sidecar_has_tcp_stats", True):
+        if not env.sidecar_has_tcp_stats:
             from meshlab.collectors.tcp_stats_ss import NOTE
 
             journal.data["notes"].append(NOTE)
@@ -115,7 +116,7 @@ class Run:
         spec = self._spec(name, url, users, rate_per_s, duration_s, max_requests, timeout_s,
                           processes, mode, connections, distribution)
         out_path = self.journal.dir / f"load-{name}.json"
-        if jobs and not hasattr(self.env, "load_jobs"):
+        if jobs and not isinstance(self.env, LoadJobs):
             raise ConfigError(f"load {name!r}: jobs=True needs an env that runs Jobs (kube); "
                               f"the {self.env.name} env runs processes=N in the client pod")
         shell = None if jobs else self.env.pod_shell(from_pod or self.client)

@@ -10,6 +10,7 @@ import pytest
 
 class TinyEnv:
     name = "tiny"
+    sidecar_has_tcp_stats = True
     def describe(self):
         return {"env": {"name": "tiny"}, "topology": {"nodes": [], "pods": [], "services": []}}
     def pods(self):

@@ -37,6 +37,7 @@ import urllib.parse
 from typing import Any, Self
 
 from meshlab.collectors.admin_http import AdminClient
+from meshlab.envs.base import Env
 from meshlab.errors import MeshlabError
 
 #: Counters of the tcp_stats extension (charged with positive ``tcp_info`` deltas).
@@ -126,7 +127,7 @@ def stats_path(filter_regex: str | None = None) -> str:
     return "/stats?filter=" + urllib.parse.quote(filter_regex, safe="")
 
 
-def snapshot(env: Any, pod: str, filter_regex: str | None = "tcp_stats") -> dict[str, int]:
+def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict[str, int]:
     """One reading of a sidecar's counters and gauges.
 
     Args:
@@ -143,7 +144,7 @@ def snapshot(env: Any, pod: str, filter_regex: str | None = "tcp_stats") -> dict
         ConfigError: the pod has no sidecar.
         LabError: the admin endpoint did not answer.
     """
-    if not getattr(env, "sidecar_has_tcp_stats", True) and filter_regex and \
+    if not env.sidecar_has_tcp_stats and filter_regex and \
             "tcp_stats" in filter_regex:
         from meshlab.collectors import tcp_stats_ss
 
@@ -185,7 +186,7 @@ class StatsPoller:
         errors: admin calls that failed (text), e.g. while the pod was unreachable.
     """
 
-    def __init__(self, env: Any, pod: str, filter_regex: str | None = "tcp_stats",
+    def __init__(self, env: Env, pod: str, filter_regex: str | None = "tcp_stats",
                  interval_s: float = 0.25, max_samples: int = 2400) -> None:
         self.env = env
         self.pod = pod
@@ -258,7 +259,7 @@ class EnvoyStatsTarget:
 
     series = "envoy_stats"
 
-    def __init__(self, env: Any, pod: str) -> None:
+    def __init__(self, env: Env, pod: str) -> None:
         self.env = env
         self.name = pod
         self.admin_calls = 0

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from meshlab.collectors.sockets import SocketInfo
 from meshlab.collectors.sockets import snapshot as socket_snapshot
+from meshlab.envs.base import Env
 
 SIDECAR_UID = 1337
 #: tcp_stats name → the :class:`SocketInfo` field summed for it.
@@ -89,7 +89,7 @@ def listeners_from_stats(stats: dict[str, int]) -> dict[str, int]:
             for name in stats if (m := _LISTENER.match(name))}
 
 
-def snapshot(env: Any, pod: str, filter_regex: str | None = "tcp_stats") -> dict[str, int]:
+def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict[str, int]:
     """tcp_stats of ``pod``'s sidecar computed from ``ss`` (same shape as
     :func:`meshlab.collectors.envoy_stats.snapshot`), filtered by ``filter_regex``.
 
