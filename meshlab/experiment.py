@@ -20,8 +20,9 @@ from meshlab.errors import ConfigError, MeshlabError
 from meshlab.faults.base import active
 from meshlab.faults.protocol import Fault
 from meshlab.journal import RunJournal
-from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
+from meshlab.load.driver import LoadHandle, LoadResult
 from meshlab.load.spec import MODES, LoadSpec
+from meshlab.load.start import run_load, start_load
 
 DEFAULT_CLIENT = "netshoot"
 #: ``ss`` states in which a socket can still deliver a request (``Run.settle``).

@@ -22,6 +22,7 @@ from typing import Any
 
 from meshlab.chaostoolkit import session
 from meshlab.collectors.sockets import select, snapshot
+from meshlab.collectors.stats_text import parse_stats, stats_path
 from meshlab.errors import ConfigError, LabError
 from meshlab.load.driver import LoadResult
 from meshlab.load.spec import LoadSpec
@@ -162,14 +163,9 @@ def tcp_stats_value(pod: str, stat: str, cluster: str | None = None,
         raise ConfigError(f"stat: {stat!r} is not a tcp_stats counter or gauge "
                           f"(known: {', '.join(sorted(_tcp_stat_names()))})")
     s = session.current(configuration)
-    body = s.env.sidecar_admin(pod, "/stats?filter=tcp_stats")
-    total = 0
-    for line in body.splitlines():
-        full, _, value = line.partition(": ")
-        if not full.endswith(f".tcp_stats.{stat}") or not value.strip().lstrip("-").isdigit():
-            continue
-        if cluster is None or full == f"cluster.{cluster};.tcp_stats.{stat}":
-            total += int(value)
+    stats = parse_stats(s.env.sidecar_admin(pod, stats_path("tcp_stats")))
+    total = sum(value for full, value in stats.items() if full.endswith(f".tcp_stats.{stat}")
+                and (cluster is None or full == f"cluster.{cluster};.tcp_stats.{stat}"))
     return s.observe("tcp_stats", f"{pod}:{stat}", total, pod=pod, cluster=cluster)
 
 

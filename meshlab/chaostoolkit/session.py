@@ -35,8 +35,9 @@ from meshlab.faults.ledger import fault_params
 from meshlab.faults.protocol import Fault
 from meshlab.faults.registry import create
 from meshlab.journal import RunJournal
-from meshlab.load.driver import LoadHandle, LoadResult, run_load, start_load
+from meshlab.load.driver import LoadHandle, LoadResult
 from meshlab.load.spec import LoadSpec
+from meshlab.load.start import run_load, start_load
 
 DEFAULTS: dict[str, Any] = {"meshlab_env": "local", "meshlab_lab": "lab",
                             "meshlab_overlays": [], "meshlab_manifests": None,

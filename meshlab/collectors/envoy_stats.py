@@ -30,13 +30,13 @@ must be polled *while* a fault is active (:class:`StatsPoller`); read afterwards
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-import urllib.parse
 from typing import Any, Self
 
+from meshlab.collectors import tcp_stats_ss
 from meshlab.collectors.admin_http import AdminClient
+from meshlab.collectors.stats_text import parse_stats, parse_stats_text, stats_path
 from meshlab.envs.base import Env
 from meshlab.errors import MeshlabError
 
@@ -59,74 +59,6 @@ def listener_tcp_stat(port: int, stat: str, address: str = "0.0.0.0") -> str:
     return f"listener.{address}_{port}.tcp_stats.{stat}"
 
 
-def parse_stats(text: str) -> dict[str, int]:
-    """Parse ``/stats`` text into ``{name: value}`` for counters and gauges.
-
-    Lines whose value is not an integer (histograms, ``No recorded values``) are skipped.
-    Names may contain ``:`` (``listener.0.0.0.0_15006``… does not, but IPv6 addresses do), so
-    the value is what follows the *last* ``": "``.
-    """
-    return parse_stats_text(text, histograms=False)[0]
-
-
-#: Envoy's text-format histogram quantiles → the series' keys (docs/CONTRACTS.md §5).
-SERIES_QUANTILES = {"P50": "p50", "P90": "p90", "P99": "p99", "P99.9": "p999", "P100": "max"}
-_QUANTILE = re.compile(r"(P[\d.]+)\(([^,()]+),([^,()]+)\)")
-NO_VALUES = "No recorded values"
-
-
-def _number(text: str | None) -> float | int | None:
-    if text is None or text in ("nan", "-nan"):
-        return None
-    value = float(text)
-    return int(value) if value.is_integer() else value
-
-
-def parse_histogram(value: str) -> dict[str, float | int | None] | None:
-    """The last interval's quantiles of one text histogram value, or None if it is not one.
-
-    ``P0(interval,cumulative) P25(…) … P100(…)`` (``stats_render.render_text``, Envoy
-    ``StatsTextRender``) → ``{"p50", "p90", "p99", "p999", "max"}`` from the *interval* values
-    (None for ``nan``: nothing recorded in the last flush interval). ``No recorded values`` →
-    every key None.
-    """
-    if value == NO_VALUES:
-        return dict.fromkeys(SERIES_QUANTILES.values())
-    found = {q: interval for q, interval, _ in _QUANTILE.findall(value)}
-    if not found:
-        return None
-    return {key: _number(found.get(q)) for q, key in SERIES_QUANTILES.items()}
-
-
-def parse_stats_text(text: str, histograms: bool = True
-                     ) -> tuple[dict[str, int], dict[str, dict[str, float | int | None]]]:
-    """Parse a whole ``/stats`` text page (``histograms=False``: integers only, histogram
-    lines skipped unparsed).
-
-    Returns:
-        ``({name: integer value}, {histogram name: quantiles of parse_histogram})``; text
-        readouts (``name: "text"``) are left out.
-    """
-    scalars: dict[str, int] = {}
-    hists: dict[str, dict[str, float | int | None]] = {}
-    for line in text.splitlines():
-        name, sep, value = line.rpartition(": ")
-        if not (sep and name):
-            continue
-        if value.lstrip("-").isdigit():
-            scalars[name] = int(value)
-        elif histograms and (quantiles := parse_histogram(value)) is not None:
-            hists[name] = quantiles
-    return scalars, hists
-
-
-def stats_path(filter_regex: str | None = None) -> str:
-    """The admin path for ``/stats`` with an optional (URL-encoded) ``filter`` regex."""
-    if not filter_regex:
-        return "/stats"
-    return "/stats?filter=" + urllib.parse.quote(filter_regex, safe="")
-
-
 def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict[str, int]:
     """One reading of a sidecar's counters and gauges.
 
@@ -146,8 +78,6 @@ def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict
     """
     if not env.sidecar_has_tcp_stats and filter_regex and \
             "tcp_stats" in filter_regex:
-        from meshlab.collectors import tcp_stats_ss
-
         return tcp_stats_ss.snapshot(env, pod, filter_regex)
     return parse_stats(env.sidecar_admin(pod, stats_path(filter_regex)))
 

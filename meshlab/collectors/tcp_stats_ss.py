@@ -29,6 +29,7 @@ from collections.abc import Iterable
 
 from meshlab.collectors.sockets import SocketInfo
 from meshlab.collectors.sockets import snapshot as socket_snapshot
+from meshlab.collectors.stats_text import parse_stats, stats_path
 from meshlab.envs.base import Env
 
 SIDECAR_UID = 1337
@@ -96,8 +97,6 @@ def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict
     Raises:
         LabError: the admin endpoint or ``ss`` failed.
     """
-    from meshlab.collectors.envoy_stats import parse_stats, stats_path
-
     clusters = cluster_endpoints(env.sidecar_admin(pod, "/clusters"))
     listeners = listeners_from_stats(
         parse_stats(env.sidecar_admin(pod, stats_path("downstream_cx_total$"))))

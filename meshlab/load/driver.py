@@ -14,7 +14,7 @@ removes, and the shell's ``runner_python`` is the interpreter (see
 Typical use from a suite::
 
     spec = LoadSpec(url="http://fortio-server:8080/echo", users=4, rate_per_s=200, duration_s=30)
-    handle = start_load(env.pod_shell("netshoot"), spec, run_dir / "baseline.json")
+    handle = start_load(env.pod_shell("netshoot"), spec, run_dir / "baseline.json")  # load.start
     fault.inject(); ...; fault.revert()
     result = handle.wait()
 """
@@ -39,7 +39,7 @@ from meshlab.load.result_file import ResultFile
 from meshlab.load.spec import MAX_DURATION_S, MAX_USERS, LoadSpec
 
 __all__ = ["MAX_DURATION_S", "MAX_USERS", "LoadHandle", "LoadResult", "LoadSpec", "ResultFile",
-           "SeriesPoint", "read_result", "run_load", "runner_argv", "start_load"]
+           "SeriesPoint", "read_result", "run_runner", "runner_argv", "start_runner"]
 
 RUNNER_MODULE = "meshlab.load.locust_runner"
 WAIT_MARGIN_S = 30.0
@@ -273,9 +273,10 @@ def _python(shell: Shell, python: str | None) -> str:
     return python or getattr(shell, "runner_python", None) or sys.executable
 
 
-def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
-             python: str | None = None) -> LoadResult:
-    """Run the load to completion through ``shell`` and return its result.
+def run_runner(shell: Shell, spec: LoadSpec, out_path: Path,
+               python: str | None = None) -> LoadResult:
+    """Run one runner process to completion through ``shell`` and return its result
+    (:func:`meshlab.load.start.run_load` chooses between this and a group of processes).
 
     Args:
         shell: where the runner runs (e.g. the client pod's netns, or the pod itself).
@@ -291,11 +292,7 @@ def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
     Raises:
         LabError: the runner exited non-zero, timed out (``duration_s + 30`` s) or wrote no
             valid result; the message carries the tail of its stderr.
-
-    With ``spec.processes`` > 1 this is ``start_load(...).wait()`` (:mod:`meshlab.load.group`).
     """
-    if spec.processes > 1:
-        return start_load(shell, spec, out_path, python).wait()
     out = ResultFile(shell, spec.name, out_path)
     argv = runner_argv(spec, out.runner_path, _python(shell, python))
     result = shell.run(argv, check=False, timeout_s=wait_budget_s(spec))
@@ -307,7 +304,7 @@ def run_load(shell: Shell, spec: LoadSpec, out_path: Path,
 
 
 class LoadHandle:
-    """A load running in the background (see :func:`start_load`).
+    """A load running in the background (see :func:`start_runner`).
 
     Attributes:
         spec: the load.
@@ -390,30 +387,25 @@ class LoadHandle:
             return ""
 
 
-def start_load(shell: Shell, spec: LoadSpec, out_path: Path,
+def start_runner(shell: Shell, spec: LoadSpec, out_path: Path,
                python: str | None = None) -> LoadHandle:
     """Start the load in the background, e.g. to inject a fault while it runs.
 
     Args:
         shell: where the runner runs.
         spec: the load.
-        out_path: result JSON path on this machine (see :func:`run_load`); the runner's stderr
+        out_path: result JSON path on this machine (see :func:`run_runner`); the runner's stderr
             goes to the local ``<out_path>.stderr``.
         python: interpreter with meshlab installed, as seen by ``shell`` (default as for
-            :func:`run_load`).
+            :func:`run_runner`).
 
     Returns:
-        A :class:`LoadHandle`; call :meth:`LoadHandle.wait` for the result. With
-        ``spec.processes`` > 1 a :class:`~meshlab.load.group.LoadGroup` (the same interface)
-        over one runner per process, whose result is the exact merge of theirs.
+        A :class:`LoadHandle`; call :meth:`LoadHandle.wait` for the result.
+        (:func:`meshlab.load.start.start_load` chooses between this and a group of processes.)
 
     Raises:
         LabError: the runner could not be started.
     """
-    if spec.processes > 1:
-        from meshlab.load.group import start_group
-
-        return start_group(shell, spec, out_path, python)  # type: ignore[return-value]
     out = ResultFile(shell, spec.name, out_path)
     stderr_path = out.local.with_name(out.local.name + ".stderr")
     stderr_path.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """A load split over N runner processes in one place (the client pod's netns), merged exactly.
 
-``LoadSpec(processes=N)`` (N > 1) makes :func:`meshlab.load.driver.run_load` and
-:func:`~meshlab.load.driver.start_load` come here: :func:`split_spec` cuts the spec into N
+``LoadSpec(processes=N)`` (N > 1) makes :func:`meshlab.load.start.run_load` and
+:func:`~meshlab.load.start.start_load` come here: :func:`split_spec` cuts the spec into N
 single-process specs, :func:`start_group` starts one runner per part through the same
 :class:`~meshlab.envs.base.Shell` (each its own :class:`~meshlab.load.driver.LoadHandle`, so a
 pod exec works as a netns does), and :class:`LoadGroup` waits for (or stops) them all and merges
@@ -25,7 +25,7 @@ from typing import Any
 
 from meshlab.envs.base import Shell
 from meshlab.errors import LabError, MeshlabError
-from meshlab.load.driver import LoadResult, start_load, wait_budget_s
+from meshlab.load.driver import LoadResult, start_runner, wait_budget_s
 from meshlab.load.locust_runner import write_json_atomic
 from meshlab.load.merge import merge_results
 from meshlab.load.spec import POOL_FIELD, LoadSpec
@@ -181,7 +181,7 @@ def start_group(shell: Shell, spec: LoadSpec, out_path: Path,
     handles: list[Any] = []
     try:
         for index, part in enumerate(split_spec(spec)):
-            handles.append(start_load(shell, part, part_path(out_path, index), python))
+            handles.append(start_runner(shell, part, part_path(out_path, index), python))
     except BaseException:
         _stop_running(handles, "after a sibling failed to start")
         raise

@@ -3,7 +3,8 @@
 import pytest
 
 from meshlab.checks import StatAtLeast, StatAtMost, assert_all
-from meshlab.collectors.envoy_stats import delta, max_values, parse_stats, stats_path
+from meshlab.collectors.envoy_stats import delta, max_values
+from meshlab.collectors.stats_text import parse_stats, stats_path
 from meshlab.errors import ConfigError, SystemUnderTestError
 
 RETRANS = ("cluster.outbound|8080||fortio-server-l2.mark.svc.cluster.local;"

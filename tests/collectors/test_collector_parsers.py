@@ -24,9 +24,10 @@ from meshlab.collectors.conntrack import (
     parse_line,
 )
 from meshlab.collectors.conntrack import aggregate as conntrack_aggregate
-from meshlab.collectors.envoy_stats import EnvoyStatsTarget, parse_histogram, parse_stats_text
+from meshlab.collectors.envoy_stats import EnvoyStatsTarget
 from meshlab.collectors.sockets import SocketsTarget, SsReader, parse_ss
 from meshlab.collectors.sockets import aggregate as sockets_aggregate
+from meshlab.collectors.stats_text import parse_histogram, parse_stats_text
 from meshlab.errors import LabError
 
 DATA = Path(__file__).with_name("data")

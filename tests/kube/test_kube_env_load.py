@@ -28,7 +28,8 @@ from meshlab.errors import ConfigError, LabError
 from meshlab.experiment import Run
 from meshlab.journal import RunJournal
 from meshlab.load import hdr
-from meshlab.load.driver import RUNNER_MODULE, LoadSpec, run_load, start_load
+from meshlab.load.driver import RUNNER_MODULE, LoadSpec
+from meshlab.load.start import run_load, start_load
 from meshlab.polling import wait_until
 
 NS = "meshlab-lab"

@@ -12,8 +12,9 @@ import pytest
 from meshlab.envs.base import Shell
 from meshlab.errors import ConfigError, LabError
 from meshlab.load import hdr
-from meshlab.load.driver import LoadResult, LoadSpec, read_result, run_load, runner_argv, start_load
+from meshlab.load.driver import LoadResult, LoadSpec, read_result, runner_argv
 from meshlab.load.locust_runner import parse_args
+from meshlab.load.start import run_load, start_load
 
 GOOD: dict[str, Any] = {"url": "http://127.0.0.1:8080/echo", "users": 2, "duration_s": 1.0}
 

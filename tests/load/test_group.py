@@ -15,9 +15,10 @@ from _hdr_buckets import buckets
 
 from meshlab.errors import ConfigError, LabError
 from meshlab.load import hdr
-from meshlab.load.driver import LoadResult, LoadSpec, run_load, start_load
+from meshlab.load.driver import LoadResult, LoadSpec
 from meshlab.load.group import LoadGroup, part_path, shares, split_spec
 from meshlab.load.spec import MAX_PROCESSES
+from meshlab.load.start import run_load, start_load
 from meshlab.polling import wait_until
 
 URL = "http://127.0.0.1:8080/echo"
