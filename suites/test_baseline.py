@@ -34,7 +34,7 @@ def test_steady_state_through_both_sidecars(meshlab_run):
     assert load.requests > 0
     meshlab_run.check(
         TpsAtLeast(0.9 * RATE_PER_S, load="baseline"),
-        LatencyPercentileAtMost(99, max_ms=P99_MAX_MS, load="baseline"),
+        LatencyPercentileAtMost(99, at_most=P99_MAX_MS, load="baseline"),
         ErrorRateAtMost(0.0, load="baseline"),
         OnlyResponseFlags(allowed={"-"}),
         ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=load.requests + 40),

@@ -144,7 +144,7 @@ def test_poweroff_leaves_half_open_connections_and_spikes_tail_latency(meshlab_r
     meshlab_run.check(
         SocketCount("l1-sockets-after-poweroff", state="ESTAB", uid=SIDECAR_UID, peer_ip=ip,
                     peer_port=8080, at_least=1),
-        LatencyPercentileAtMost(50, max_ms=0.1 * L1_APP_DEADLINE_MS, load="poweroff"),
+        LatencyPercentileAtMost(50, at_most=0.1 * L1_APP_DEADLINE_MS, load="poweroff"),
         ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="DC", at_least=1),
     )
     base, outage = w["baseline"], w["outage"]
@@ -169,7 +169,7 @@ def test_timeouts_and_ejection_bound_the_outage(meshlab_run):
     w = _power_cycle_under_load(meshlab_run, "mitigated")
     meshlab_run.check(
         ErrorRateAtMost(0.0, load="mitigated"),
-        LatencyPercentileAtMost(100, max_ms=MITIGATED_MAX_MS, load="mitigated"),
+        LatencyPercentileAtMost(100, at_most=MITIGATED_MAX_MS, load="mitigated"),
     )
     base, recovered = w["baseline"], w["recovered"]
     assert recovered["seconds"] >= FAULT_S - RECOVERY_S - 1, recovered

@@ -5,7 +5,7 @@ Usage in a suite::
     from meshlab.checks import TpsAtLeast, LatencyPercentileAtMost, assert_all
 
     assert_all(journal, [TpsAtLeast(50, load="baseline"),
-                         LatencyPercentileAtMost(99, max_ms=10, load="baseline")])
+                         LatencyPercentileAtMost(99, at_most=10, load="baseline")])
 """
 
 from meshlab.checks.base import Check, Verdict, assert_all

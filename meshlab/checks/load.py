@@ -38,24 +38,24 @@ def percentile_label(percentile: float) -> str:
 
 @dataclass(frozen=True)
 class TpsAtLeast(Check):
-    """The load's throughput (``tps``, requests per second) is at least ``min_tps``.
+    """The load's throughput (``tps``, requests per second) is at least ``at_least``.
 
     Args:
-        min_tps: the lowest accepted throughput in requests per second.
+        at_least: the lowest accepted throughput in requests per second.
         load: the load's name.
     """
 
-    min_tps: float
+    at_least: float
     _: KW_ONLY
     load: str
     name: ClassVar[str] = "tps_at_least"
 
     def __post_init__(self) -> None:
-        if as_number(self.min_tps) is None or self.min_tps < 0:
-            raise ConfigError(f"TpsAtLeast: min_tps must be a number >= 0, got {self.min_tps!r}")
+        if as_number(self.at_least) is None or self.at_least < 0:
+            raise ConfigError(f"TpsAtLeast: at_least must be a number >= 0, got {self.at_least!r}")
 
     def evaluate(self, journal: Mapping[str, Any]) -> Verdict:
-        expected = f">= {fmt_number(self.min_tps, 1)} TPS"
+        expected = f">= {fmt_number(self.at_least, 1)} TPS"
         result, reason = find_load(journal, self.load)
         if result is None:
             return self._missing(self.load, expected, reason)
@@ -67,25 +67,25 @@ class TpsAtLeast(Check):
                 return self._missing(self.load, expected, f"no tps for load {self.load!r}")
             tps = requests / duration_s
         observed = f"{fmt_number(tps, 1)} TPS"
-        return self._verdict(self.load, expected, observed, tps >= self.min_tps,
+        return self._verdict(self.load, expected, observed, tps >= self.at_least,
                              f"throughput of load {self.load!r} is {observed}, "
                              f"expected {expected}")
 
 
 @dataclass(frozen=True)
 class LatencyPercentileAtMost(Check):
-    """A latency percentile of the load is at most ``max_ms`` milliseconds.
+    """A latency percentile of the load is at most ``at_most`` milliseconds.
 
     Args:
         percentile: the percentile in (0, 100]; 50, 90, 99, 99.9 and 100 (max) come from the
             load summary, any other needs the load's ``hdr`` histogram.
-        max_ms: the highest accepted latency in milliseconds.
+        at_most: the highest accepted latency in milliseconds.
         load: the load's name.
     """
 
     percentile: float = 99.0
     _: KW_ONLY
-    max_ms: float
+    at_most: float
     load: str
     name: ClassVar[str] = "latency_percentile_at_most"
 
@@ -93,13 +93,13 @@ class LatencyPercentileAtMost(Check):
         if as_number(self.percentile) is None or not 0 < self.percentile <= 100:
             raise ConfigError("LatencyPercentileAtMost: percentile must be in (0, 100], "
                               f"got {self.percentile!r}")
-        if as_number(self.max_ms) is None or self.max_ms < 0:
+        if as_number(self.at_most) is None or self.at_most < 0:
             raise ConfigError(
-                f"LatencyPercentileAtMost: max_ms must be a number >= 0, got {self.max_ms!r}")
+                f"LatencyPercentileAtMost: at_most must be a number >= 0, got {self.at_most!r}")
 
     def evaluate(self, journal: Mapping[str, Any]) -> Verdict:
         label = percentile_label(self.percentile)
-        expected = f"<= {fmt_number(self.max_ms)} ms"
+        expected = f"<= {fmt_number(self.at_most)} ms"
         result, reason = find_load(journal, self.load)
         if result is None:
             return self._missing(self.load, expected, reason)
@@ -109,7 +109,7 @@ class LatencyPercentileAtMost(Check):
                                  f"no {label} latency for load {self.load!r}")
         value_ms = value_us / 1000.0
         observed = f"{fmt_number(value_ms)} ms"
-        return self._verdict(self.load, f"{label} {expected}", observed, value_ms <= self.max_ms,
+        return self._verdict(self.load, f"{label} {expected}", observed, value_ms <= self.at_most,
                              f"{label} latency of load {self.load!r} is {observed}, "
                              f"expected {expected}")
 
@@ -137,25 +137,25 @@ class LatencyPercentileAtMost(Check):
 
 @dataclass(frozen=True)
 class ErrorRateAtMost(Check):
-    """The load's error ratio (errors / requests) is at most ``max_ratio``.
+    """The load's error ratio (errors / requests) is at most ``at_most``.
 
     Args:
-        max_ratio: the highest accepted ratio in [0, 1], e.g. ``0.001`` for 0.1 %.
+        at_most: the highest accepted ratio in [0, 1], e.g. ``0.001`` for 0.1 %.
         load: the load's name.
     """
 
-    max_ratio: float
+    at_most: float
     _: KW_ONLY
     load: str
     name: ClassVar[str] = "error_rate_at_most"
 
     def __post_init__(self) -> None:
-        if as_number(self.max_ratio) is None or not 0 <= self.max_ratio <= 1:
+        if as_number(self.at_most) is None or not 0 <= self.at_most <= 1:
             raise ConfigError(
-                f"ErrorRateAtMost: max_ratio must be in [0, 1], got {self.max_ratio!r}")
+                f"ErrorRateAtMost: at_most must be in [0, 1], got {self.at_most!r}")
 
     def evaluate(self, journal: Mapping[str, Any]) -> Verdict:
-        expected = f"<= {fmt_number(self.max_ratio * 100)} %"
+        expected = f"<= {fmt_number(self.at_most * 100)} %"
         result, reason = find_load(journal, self.load)
         if result is None:
             return self._missing(self.load, expected, reason)
@@ -170,6 +170,6 @@ class ErrorRateAtMost(Check):
         observed = f"{fmt_number(ratio * 100)} %"
         counts = (f" ({int(errors)} of {int(requests)} requests)"
                   if errors is not None and requests is not None else "")
-        return self._verdict(self.load, expected, observed, ratio <= self.max_ratio,
+        return self._verdict(self.load, expected, observed, ratio <= self.at_most,
                              f"error rate of load {self.load!r} is {observed}{counts}, "
                              f"expected {expected}")

@@ -37,7 +37,7 @@ def test_all_passing_returns_verdicts_and_records_them():
 def test_failures_are_all_listed_after_every_check_ran():
     data = journal()
     del data["verdicts"]
-    checks = [LatencyPercentileAtMost(99, max_ms=10.0, load="baseline"),
+    checks = [LatencyPercentileAtMost(99, at_most=10.0, load="baseline"),
               TpsAtLeast(100, load="baseline"),
               TpsAtLeast(100, load="poweroff")]
 

@@ -43,7 +43,7 @@ def test_tps_falls_back_to_requests_over_duration():
 
 
 def test_latency_percentile_message_matches_the_house_format():
-    verdict = LatencyPercentileAtMost(percentile=99, max_ms=10.0, load="baseline").evaluate(
+    verdict = LatencyPercentileAtMost(percentile=99, at_most=10.0, load="baseline").evaluate(
         journal())
 
     assert not verdict.passed
@@ -51,14 +51,14 @@ def test_latency_percentile_message_matches_the_house_format():
     assert verdict.expected == "p99 <= 10.0 ms" and verdict.observed == "12.4 ms"
 
 
-@pytest.mark.parametrize(("percentile", "max_ms", "observed", "passed"), [
+@pytest.mark.parametrize(("percentile", "at_most", "observed", "passed"), [
     (50, 1, "0.7 ms", True),
     (90, 1, "1.1 ms", False),
     (99.9, 41, "41.0 ms", True),
     (100, 50, "52.0 ms", False),
 ])
-def test_latency_percentiles_from_the_summary(percentile, max_ms, observed, passed):
-    verdict = LatencyPercentileAtMost(percentile, max_ms=max_ms, load="baseline").evaluate(
+def test_latency_percentiles_from_the_summary(percentile, at_most, observed, passed):
+    verdict = LatencyPercentileAtMost(percentile, at_most=at_most, load="baseline").evaluate(
         journal())
     assert (verdict.observed, verdict.passed) == (observed, passed)
 
@@ -72,11 +72,11 @@ def test_other_percentiles_come_from_the_hdr_histogram():
     base64.b64decode(hdr)  # the contract stores it base64
     result = load(hdr=hdr)
 
-    verdict = LatencyPercentileAtMost(95, max_ms=9.0, load="baseline").evaluate(journal(result))
+    verdict = LatencyPercentileAtMost(95, at_most=9.0, load="baseline").evaluate(journal(result))
 
     assert not verdict.passed
     assert verdict.message.startswith("p95 latency of load 'baseline' is 9.5")
-    missing = LatencyPercentileAtMost(95, max_ms=9.0, load="baseline").evaluate(journal())
+    missing = LatencyPercentileAtMost(95, at_most=9.0, load="baseline").evaluate(journal())
     assert not missing.passed and "no p95 latency for load 'baseline'" in missing.message
 
 
@@ -98,7 +98,7 @@ def test_error_rate_computed_from_counts_when_ratio_is_absent():
 
 @pytest.mark.parametrize("check", [
     TpsAtLeast(1, load="nope"),
-    LatencyPercentileAtMost(99, max_ms=1, load="nope"),
+    LatencyPercentileAtMost(99, at_most=1, load="nope"),
     ErrorRateAtMost(0.1, load="nope"),
 ])
 def test_missing_load_is_a_failed_verdict_naming_it(check):
@@ -110,7 +110,7 @@ def test_missing_load_is_a_failed_verdict_naming_it(check):
 
 def test_journal_without_loads_and_with_garbage_values():
     empty = TpsAtLeast(1, load="x").evaluate({"status": "running"})
-    garbage = LatencyPercentileAtMost(99, max_ms=1, load="baseline").evaluate(
+    garbage = LatencyPercentileAtMost(99, at_most=1, load="baseline").evaluate(
         journal(load(latency_us={"p99": "fast"})))
 
     assert not empty.passed and "the journal has no loads" in empty.message
@@ -119,9 +119,9 @@ def test_journal_without_loads_and_with_garbage_values():
 
 @pytest.mark.parametrize("build", [
     lambda: TpsAtLeast(-1, load="a"),
-    lambda: LatencyPercentileAtMost(0, max_ms=1, load="a"),
-    lambda: LatencyPercentileAtMost(101, max_ms=1, load="a"),
-    lambda: LatencyPercentileAtMost(99, max_ms=-1, load="a"),
+    lambda: LatencyPercentileAtMost(0, at_most=1, load="a"),
+    lambda: LatencyPercentileAtMost(101, at_most=1, load="a"),
+    lambda: LatencyPercentileAtMost(99, at_most=-1, load="a"),
     lambda: ErrorRateAtMost(1.5, load="a"),
 ])
 def test_invalid_parameters_are_config_errors(build):
@@ -130,6 +130,6 @@ def test_invalid_parameters_are_config_errors(build):
 
 
 def test_reprs_show_state():
-    assert repr(LatencyPercentileAtMost(99.9, max_ms=5, load="b")) == (
-        "LatencyPercentileAtMost(percentile=99.9, max_ms=5, load='b')")
-    assert repr(TpsAtLeast(50, load="b")) == "TpsAtLeast(min_tps=50, load='b')"
+    assert repr(LatencyPercentileAtMost(99.9, at_most=5, load="b")) == (
+        "LatencyPercentileAtMost(percentile=99.9, at_most=5, load='b')")
+    assert repr(TpsAtLeast(50, load="b")) == "TpsAtLeast(at_least=50, load='b')"
