@@ -28,7 +28,7 @@ from typing import Any
 from meshlab.apps.fortio_query import EchoLimits, parse_go_duration_s
 from meshlab.apps.fortio_replies import VERSION, EchoConfig
 from meshlab.apps.fortio_server import FortioConfig, FortioServer, MultiSpec
-from meshlab.apps.fortio_upstream import Target
+from meshlab.apps.fortio_upstream import Destination
 from meshlab.apps.netutil import parse_listen_spec
 from meshlab.errors import ConfigError, LabError
 
@@ -164,7 +164,7 @@ def _multi(value: str, mirror_origin: bool) -> MultiSpec:
     listen = parse_listen_spec("-M", parts[0])
     if listen is None:
         raise ConfigError(f"-M {value!r}: a multi server cannot be disabled")
-    return MultiSpec(listen, tuple(Target.parse(url, mirror_origin) for url in parts[1:]))
+    return MultiSpec(listen, tuple(Destination.parse(url, mirror_origin) for url in parts[1:]))
 
 
 def build_config(command: str, values: dict[str, Any]) -> FortioConfig:

@@ -36,7 +36,7 @@ import h11
 from meshlab.apps import fortio_replies as replies
 from meshlab.apps import gohttp
 from meshlab.apps.fortio_replies import EchoConfig, TargetResult
-from meshlab.apps.fortio_upstream import DEFAULT_TIMEOUT_S, Target, UpstreamError, UpstreamPool
+from meshlab.apps.fortio_upstream import DEFAULT_TIMEOUT_S, Destination, UpstreamError, UpstreamPool
 from meshlab.apps.gohttp import HttpReply, HttpRequest
 from meshlab.apps.idle_race import IdleRace
 from meshlab.apps.netutil import ListenSpec, peer_addr, set_go_keepalive
@@ -63,7 +63,7 @@ class MultiSpec:
     """One ``-M "localport url1 url2 …"``: where to listen and where to forward."""
 
     listen: ListenSpec
-    targets: tuple[Target, ...]
+    targets: tuple[Destination, ...]
 
 
 @dataclass
@@ -351,10 +351,10 @@ class FortioServer:
                                        hostname=self._hostname)
         return replies.echo_reply(request, self.rng, echo)
 
-    def _multi_handler(self, targets: tuple[Target, ...]) -> Handler:
+    def _multi_handler(self, targets: tuple[Destination, ...]) -> Handler:
         mirror = self.config.mirror_origin
 
-        async def forward(index: int, target: Target, request: HttpRequest) -> TargetResult:
+        async def forward(index: int, target: Destination, request: HttpRequest) -> TargetResult:
             if mirror:
                 method, path = request.method, request.target
                 headers, body = replies.mirror_headers(request, index), request.body

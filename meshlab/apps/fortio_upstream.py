@@ -51,7 +51,7 @@ class _StaleConnection(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
+class Destination:
     """One ``-M`` destination.
 
     Attributes:
@@ -69,7 +69,7 @@ class Target:
     path_prefix: str
 
     @classmethod
-    def parse(cls, url: str, mirror_origin: bool = True) -> Target:
+    def parse(cls, url: str, mirror_origin: bool = True) -> Destination:
         """Parse a base URL the way fortio's ``MultiServer`` normalises it.
 
         Raises:
@@ -136,7 +136,7 @@ class UpstreamPool:
         idle = {f"{h}:{p}": len(c) for (h, p), c in self._idle.items()}
         return f"UpstreamPool(timeout_s={self.timeout_s}, idle={idle})"
 
-    async def request(self, target: Target, method: str, request_target: str,
+    async def request(self, target: Destination, method: str, request_target: str,
                       headers: Sequence[tuple[str, str]], body: bytes) -> UpstreamResponse:
         """Send one request to ``target`` and read the whole reply.
 

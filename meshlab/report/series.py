@@ -88,7 +88,7 @@ def read_jsonl(path: Path) -> JsonlFile:
 
 
 @dataclass
-class Target:
+class TargetSeries:
     """Series of one target (pod or netns) common to every file.
 
     Attributes:
@@ -120,7 +120,7 @@ def _counts(value: Any) -> dict[str, float | None]:
     return {str(k): n for k, v in value.items() if (n := _number(v)) is not None}
 
 
-_T = TypeVar("_T", bound=Target)
+_T = TypeVar("_T", bound=TargetSeries)
 #: ``(t, line)`` per line of a target; ``line`` None for a gap line.
 _Samples = list[tuple[float, dict[str, Any] | None]]
 
@@ -144,7 +144,7 @@ def _group(lines: Iterable[dict[str, Any]], make: Callable[[str], _T]
 
 
 @dataclass
-class EnvoyTarget(Target):
+class EnvoyTarget(TargetSeries):
     """One sidecar's decoded ``/stats`` series.
 
     Attributes:
@@ -224,7 +224,7 @@ def envoy_series(lines: Iterable[dict[str, Any]],
 
 
 @dataclass
-class AccessTarget(Target):
+class AccessTarget(TargetSeries):
     """One sidecar's access-log counts.
 
     Attributes:
@@ -268,7 +268,7 @@ def accesslog_series(lines: Iterable[dict[str, Any]]) -> dict[str, AccessTarget]
 
 
 @dataclass
-class SocketTarget(Target):
+class SocketTarget(TargetSeries):
     """One pod's ``ss`` summary series.
 
     Attributes:
@@ -297,7 +297,7 @@ def sockets_series(lines: Iterable[dict[str, Any]]) -> dict[str, SocketTarget]:
 
 
 @dataclass
-class ConntrackTarget(Target):
+class ConntrackTarget(TargetSeries):
     """One netns' conntrack series.
 
     Attributes:

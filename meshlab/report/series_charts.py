@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshlab.report.charts import PALETTE, Series, Window, line_chart
-from meshlab.report.series import Point, RunSeries, Target, error_label
+from meshlab.report.series import Point, RunSeries, TargetSeries, error_label
 
 #: Most lines one chart draws (the largest ones are kept; the rest are listed in a note).
 MAX_LINES = 8
@@ -72,7 +72,7 @@ def run_axis(journal: dict[str, Any], series: RunSeries) -> TimeAxis | None:
     return TimeAxis(origin, (low, high), "time since collectors started (s)")
 
 
-def gap_spans(targets: Iterable[Target], axis: TimeAxis) -> list[tuple[float, float]]:
+def gap_spans(targets: Iterable[TargetSeries], axis: TimeAxis) -> list[tuple[float, float]]:
     """Axis ranges without data: each run of gap lines, from its first gap to the target's
     next data line (or one interval-less point when the run ends with the file)."""
     spans = []

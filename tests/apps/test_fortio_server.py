@@ -11,7 +11,7 @@ import pytest
 from fortio_support import LOCAL, WAIT_S, RunningServer, echo_config, free_port, local, request
 
 from meshlab.apps.fortio_server import MultiSpec
-from meshlab.apps.fortio_upstream import Target
+from meshlab.apps.fortio_upstream import Destination
 from meshlab.apps.netutil import ListenSpec
 from meshlab.errors import LabError
 
@@ -19,7 +19,7 @@ Factory = Callable[..., RunningServer]
 
 
 def _multi(factory: Factory, *target_urls: str, **overrides: object) -> RunningServer:
-    targets = tuple(Target.parse(url) for url in target_urls)
+    targets = tuple(Destination.parse(url) for url in target_urls)
     config = echo_config(http=None, multis=[MultiSpec(local(), targets)], **overrides)
     return factory(config)
 

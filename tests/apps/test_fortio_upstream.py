@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from meshlab.apps.fortio_upstream import Target, UpstreamError, UpstreamPool
+from meshlab.apps.fortio_upstream import Destination, UpstreamError, UpstreamPool
 from meshlab.errors import ConfigError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -39,7 +39,7 @@ async def _two_requests(method: str) -> tuple[list[object], int]:
     server, connections = await _flaky_server(answers_on_first_connection=1)
     port = server.sockets[0].getsockname()[1]
     pool = UpstreamPool(timeout_s=WAIT_S)
-    target = Target.parse(f"http://127.0.0.1:{port}")
+    target = Destination.parse(f"http://127.0.0.1:{port}")
     results: list[object] = []
     try:
         for _ in range(2):
@@ -70,12 +70,12 @@ def test_post_on_dead_reused_connection_is_an_eof_error() -> None:
 
 
 def test_target_parsing() -> None:
-    target = Target.parse("fortio-server-l2:8080/")
+    target = Destination.parse("fortio-server-l2:8080/")
     assert (target.base_url, target.host, target.port, target.authority) == (
         "http://fortio-server-l2:8080", "fortio-server-l2", 8080, "fortio-server-l2:8080")
-    assert Target.parse("http://h/pre").url_for("/echo?x") == "http://h/pre/echo?x"
-    assert Target.parse("http://h").port == 80
+    assert Destination.parse("http://h/pre").url_for("/echo?x") == "http://h/pre/echo?x"
+    assert Destination.parse("http://h").port == 80
     with pytest.raises(ConfigError):
-        Target.parse("https://h")
+        Destination.parse("https://h")
     with pytest.raises(ConfigError):
-        Target.parse("http://h:notaport")
+        Destination.parse("http://h:notaport")

@@ -170,7 +170,7 @@ def test_fault_abort_and_delay_with_stats():
                                       "delay": {"fixed_delay_s": 0.5, "percent": 100}}))
     s = HttpStream(ctx, request())
     act = s.on_request_complete()
-    assert isinstance(act, actions.FaultDelay) and act.delay_s == 0.5
+    assert isinstance(act, actions.DelayRequest) and act.delay_s == 0.5
     assert store.value(HTTP + "fault.active_faults") == 1
     act = s.on_fault_delay_elapsed()
     assert act.response.status_code == 418 and act.body == b"fault filter abort"

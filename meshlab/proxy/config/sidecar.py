@@ -49,7 +49,7 @@ ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,r
 
 
 @dataclass(frozen=True)
-class PodInfo:
+class SidecarPod:
     """The pod this sidecar serves (source/destination labels of the Istio metrics)."""
 
     name: str
@@ -162,7 +162,7 @@ def _concurrency(value: Any) -> int:
 class SidecarConfig:
     """Everything the sidecar needs, validated (docs/CONTRACTS.md §1)."""
 
-    pod: PodInfo
+    pod: SidecarPod
     cluster_domain: str = "cluster.local"
     ports: ListenerPorts = field(default_factory=ListenerPorts)
     inbound: tuple[InboundPort, ...] = ()
@@ -230,7 +230,7 @@ def parse_config(doc: Any) -> SidecarConfig:
     if not isinstance(doc, dict):
         raise ConfigError(f"<root>: expected an object, got {type(doc).__name__}")
     p = require(doc, "pod", "")
-    pod = PodInfo(
+    pod = SidecarPod(
         name=as_str(require(p, "name", "pod"), "pod.name"),
         namespace=as_str(require(p, "namespace", "pod"), "pod.namespace"),
         ip=as_ipv4(require(p, "ip", "pod"), "pod.ip"),

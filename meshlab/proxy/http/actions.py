@@ -36,7 +36,7 @@ class Backoff:
 
 
 @dataclass(frozen=True)
-class FaultDelay:
+class DelayRequest:
     """Hold the request ``delay_s`` (fault filter delay), then report ``on_fault_delay_elapsed``."""
 
     delay_s: float
@@ -76,5 +76,5 @@ class Done:
     """Nothing more to send for this stream."""
 
 
-Action = (Connect | Backoff | FaultDelay | SendRequest | ForwardResponse | SendLocalReply
+Action = (Connect | Backoff | DelayRequest | SendRequest | ForwardResponse | SendLocalReply
           | ResetDownstream | Done)

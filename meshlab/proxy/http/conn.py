@@ -235,7 +235,7 @@ class HttpConnection(DownstreamConnection):
                 elif kind is actions.SendLocalReply:
                     self._write_local_reply(codec, action)  # type: ignore[arg-type]
                     return LINGER if action.close else KEEP  # type: ignore[union-attr]
-                elif kind is actions.FaultDelay or kind is actions.Backoff:
+                elif kind is actions.DelayRequest or kind is actions.Backoff:
                     if kind is actions.Backoff:
                         dl.start_per_try(None)
                         if conn is not None:  # retried after a response: reset that stream
@@ -243,7 +243,7 @@ class HttpConnection(DownstreamConnection):
                             conn = None
                     outcome = await self.until(None, dl, self._loop.time() + action.delay_s)  # type: ignore[union-attr]
                     if outcome == OK:
-                        action = (stream.on_fault_delay_elapsed() if kind is actions.FaultDelay
+                        action = (stream.on_fault_delay_elapsed() if kind is actions.DelayRequest
                                   else stream.on_backoff_elapsed())
                         continue
                 elif kind is actions.ResetDownstream:

@@ -7,7 +7,7 @@ and stats; :mod:`~meshlab.proxy.http.record` turns it into the access-log record
 
 Rules (event → phase → action)::
 
-    request_complete   REQUEST              → FAULT_DELAY  FaultDelay     (VS fault delay: DI)
+    request_complete   REQUEST              → FAULT_DELAY  DelayRequest   (VS fault delay: DI)
                                             → DONE         LocalReply(NR, FI abort, 426)
                                             → CONNECTING   Connect | LocalReply UH
     fault_delay_elapsed FAULT_DELAY         → DONE/CONNECTING  LocalReply FI | Connect
@@ -56,8 +56,8 @@ from meshlab.proxy.http.actions import (
     Action,
     Backoff,
     Connect,
+    DelayRequest,
     Done,
-    FaultDelay,
     ForwardResponse,
     ResetDownstream,
     SendLocalReply,
@@ -168,7 +168,7 @@ class HttpStream:
         if delay_s is not None:
             self.flags.add(Flag.DI)
             self.phase = Phase.FAULT_DELAY
-            return FaultDelay(delay_s)
+            return DelayRequest(delay_s)
         return self._after_delay()
 
     def on_fault_delay_elapsed(self) -> Action:

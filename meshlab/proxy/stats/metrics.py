@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshlab.proxy.config.sidecar import PodInfo
+from meshlab.proxy.config.sidecar import SidecarPod
 from meshlab.proxy.stats.store import Counter, Histogram, StatsStore, Tags, tagged_name
 from meshlab.proxy.stats.trees import ClusterStats, HttpStats, ListenerStats, StatTree
 
@@ -58,7 +58,7 @@ class PeerInfo:
         return self.version if self.version != "unknown" else "latest"
 
     @classmethod
-    def from_pod(cls, pod: PodInfo) -> PeerInfo:
+    def from_pod(cls, pod: SidecarPod) -> PeerInfo:
         """Labels of this sidecar's own pod."""
         return cls(workload=pod.workload, namespace=pod.namespace, app=pod.app,
                    version=pod.version, cluster_id=pod.cluster_id, principal="unknown")
