@@ -15,6 +15,7 @@ from typing import Any
 from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
 from meshlab.collectors.sampler import Sampler
+from meshlab.collectors.stats_text import stat_ints, stats_path
 from meshlab.envs.base import Env, LoadJobs
 from meshlab.errors import ConfigError, MeshlabError
 from meshlab.faults.base import active
@@ -199,8 +200,6 @@ class Run:
             ``{pod: requests + sockets}`` still busy when ``timeout_s`` ran out (empty: all
             quiet). Never raises for an unreachable pod (a powered-off node): it is skipped.
         """
-        import re
-
         from meshlab.collectors.sockets import snapshot
         from meshlab.polling import PollTimeout, wait_until
 
@@ -210,9 +209,9 @@ class Run:
                 active = 0
                 try:
                     if pod.name in self._log_marks:
-                        text = self.env.sidecar_admin(pod.name, "/stats?filter=rq_active$")
-                        active = sum(int(v) for v in
-                                     re.findall(r":\s*(\d+)\s*$", text, re.MULTILINE))
+                        text = self.env.sidecar_admin(pod.name, stats_path("rq_active$"))
+                        active = sum(v for _, v in stat_ints(text, ":", newline="\n",
+                                                             strip=True, signed=False))
                     active += sum(1 for s in snapshot(self.env.pod_shell(pod.name))
                                   if s.recv_q or (s.state in DELIVERING
                                                   and (s.send_q or s.timer == "on")))

@@ -38,7 +38,7 @@ import pytest
 from meshlab.apps.tcp_client import read_events, wait_event
 from meshlab.checks import SocketCount
 from meshlab.collectors.sockets import SocketInfo, select, snapshot
-from meshlab.collectors.stats_text import parse_stats, stats_path
+from meshlab.collectors.stats_text import stat_lines, stats_path
 from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL, HalfClose
 from meshlab.polling import wait_until
 
@@ -133,7 +133,8 @@ def observe_sockets(run: Any, name: str, sockets: list[SocketInfo], **meta: Any)
 def sidecar_stat(run: Any, name: str) -> int:
     """One counter/gauge of L1's sidecar about the tcp-echo cluster (0 when absent), e.g.
     ``tcp.<CLUSTER>.idle_timeout`` or ``cluster.<CLUSTER>;.upstream_cx_active``."""
-    return parse_stats(run.env.sidecar_admin(L1, stats_path("tcp-echo"))).get(name, 0)
+    body = run.env.sidecar_admin(L1, stats_path("tcp-echo"))
+    return next((int(value) for key, value in stat_lines(body, first=True) if key == name), 0)
 
 
 def session_records(run: Any, app_port: int) -> list[dict[str, Any]]:

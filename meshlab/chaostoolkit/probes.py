@@ -22,7 +22,7 @@ from typing import Any
 
 from meshlab.chaostoolkit import session
 from meshlab.collectors.sockets import select, snapshot
-from meshlab.collectors.stats_text import parse_stats, stats_path
+from meshlab.collectors.stats_text import int_value, stat_lines, stats_path
 from meshlab.errors import ConfigError, LabError
 from meshlab.load.driver import LoadResult
 from meshlab.load.spec import LoadSpec
@@ -163,9 +163,11 @@ def tcp_stats_value(pod: str, stat: str, cluster: str | None = None,
         raise ConfigError(f"stat: {stat!r} is not a tcp_stats counter or gauge "
                           f"(known: {', '.join(sorted(_tcp_stat_names()))})")
     s = session.current(configuration)
-    stats = parse_stats(s.env.sidecar_admin(pod, stats_path("tcp_stats")))
-    total = sum(value for full, value in stats.items() if full.endswith(f".tcp_stats.{stat}")
-                and (cluster is None or full == f"cluster.{cluster};.tcp_stats.{stat}"))
+    total = 0
+    for full, value in stat_lines(s.env.sidecar_admin(pod, stats_path("tcp_stats")), first=True):
+        if full.endswith(f".tcp_stats.{stat}") and \
+                (cluster is None or full == f"cluster.{cluster};.tcp_stats.{stat}"):
+            total += int_value(value, strip=True) or 0
     return s.observe("tcp_stats", f"{pod}:{stat}", total, pod=pod, cluster=cluster)
 
 

@@ -3,13 +3,63 @@
 ``name: value`` lines: counters and gauges have integer values; histograms have
 ``P0(interval,cumulative) … P100(…)`` or ``No recorded values``; text readouts are quoted. Used
 by the collectors (:mod:`meshlab.collectors.envoy_stats`, :mod:`meshlab.collectors.tcp_stats_ss`),
-the chaostoolkit probes and the suites.
+the experiment's settle wait, the chaostoolkit probes and the suites.
+
+:func:`stat_lines` splits a page into ``(name, value text)`` and :func:`int_value` reads a
+counter or gauge; :func:`stat_ints`, :func:`parse_stats` and :func:`parse_stats_text` build on
+them. Their options are the ways callers read a line: at the last ``": "`` (the default: names
+may hold ``": "``) or the first, with or without whitespace around the number, signed or not.
 """
 
 from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Iterator
+
+
+def stat_lines(text: str, sep: str = ": ", *, first: bool = False,
+               newline: str | None = None) -> Iterator[tuple[str, str]]:
+    """Each line of a ``/stats`` page as ``(name, value text)``, in page order.
+
+    Args:
+        text: the page.
+        sep: what separates a name from its value.
+        first: split at the first ``sep`` instead of the last.
+        newline: lines end only at this string (as for a multi-line regex's ``$``), not at
+            every line boundary of :meth:`str.splitlines` (``\\r``, ``\\x1c``…).
+
+    A line without ``sep`` (blank, garbage) is ``(line, "")``; nothing is skipped or stripped.
+    """
+    for line in text.split(newline) if newline else text.splitlines():
+        name, found, value = line.partition(sep) if first else line.rpartition(sep)
+        yield (name, value) if found else (line, "")
+
+
+def int_value(value: str, *, strip: bool = False, signed: bool = True) -> int | None:
+    """The integer of a counter's or gauge's value text, or None if it is not one (a
+    histogram, ``No recorded values``, a text readout, garbage).
+
+    Args:
+        value: the value text of :func:`stat_lines`.
+        strip: allow whitespace around the number.
+        signed: a ``-`` sign and :meth:`str.isdigit` digits (gauges can be negative); False:
+            decimal digits only, as a regex's ``\\d+``.
+    """
+    digits = value.strip() if strip else value
+    if not (digits.lstrip("-").isdigit() if signed else digits.isdecimal()):
+        return None
+    return int(digits)
+
+
+def stat_ints(text: str, sep: str = ": ", *, first: bool = False, newline: str | None = None,
+              strip: bool = False, signed: bool = True) -> Iterator[tuple[str, int]]:
+    """Each counter or gauge line of a page as ``(name, value)``, in page order (a name seen
+    twice comes twice); lines whose value is no integer are skipped. Options as for
+    :func:`stat_lines` and :func:`int_value`."""
+    for name, value in stat_lines(text, sep, first=first, newline=newline):
+        if (number := int_value(value, strip=strip, signed=signed)) is not None:
+            yield name, number
 
 
 def parse_stats(text: str) -> dict[str, int]:
@@ -62,12 +112,11 @@ def parse_stats_text(text: str, histograms: bool = True
     """
     scalars: dict[str, int] = {}
     hists: dict[str, dict[str, float | int | None]] = {}
-    for line in text.splitlines():
-        name, sep, value = line.rpartition(": ")
-        if not (sep and name):
+    for name, value in stat_lines(text):
+        if not name:
             continue
-        if value.lstrip("-").isdigit():
-            scalars[name] = int(value)
+        if (number := int_value(value)) is not None:
+            scalars[name] = number
         elif histograms and (quantiles := parse_histogram(value)) is not None:
             hists[name] = quantiles
     return scalars, hists
