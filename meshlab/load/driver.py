@@ -34,7 +34,7 @@ from hdrh.histogram import HdrHistogram
 
 from meshlab.envs.base import Shell
 from meshlab.errors import LabError
-from meshlab.load import hdr
+from meshlab.load.hdr import decode
 from meshlab.load.result_file import ResultFile
 from meshlab.load.spec import MAX_DURATION_S, MAX_USERS, LoadSpec
 
@@ -202,8 +202,8 @@ class LoadResult:
         return self.end_epoch_s - self.start_epoch_s
 
     def histogram(self) -> HdrHistogram:
-        """The decoded latency histogram (µs); merge several with :func:`hdr.merge`."""
-        return hdr.decode(self.hdr)
+        """The decoded latency histogram (µs); merge several with :func:`meshlab.load.hdr.merge`."""
+        return decode(self.hdr)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: the §2 fields, preceded by ``name`` when it is set (journal form)."""

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshlab.errors import LabError
-from meshlab.load import hdr
+from meshlab.load.hdr import decode, encode, merge, percentiles, quantiles
 from meshlab.load.spec import POOL_FIELD
 
 #: Keys every merged result must agree on (one load).
@@ -79,7 +79,7 @@ def _merge_histogram(parts: Sequence[Mapping[str, Any]], key: str, what: str) ->
     if missing:
         raise LabError(f"cannot merge {what}: {key} is missing in {len(missing)} of "
                        f"{len(parts)} parts that have requests")
-    return hdr.encode(hdr.merge(p[key] for p in have))
+    return encode(merge(p[key] for p in have))
 
 
 def series_offset_s(start_epoch_s: float, t0_epoch_s: float) -> int:
@@ -131,7 +131,7 @@ def merge_points(points: Sequence[Mapping[str, Any]], t_s: int) -> dict[str, Any
             continue
         encoded = _merge_histogram(points, hdr_key, f"second {t_s}")
         merged[hdr_key] = encoded if merged.get("requests") else None
-        summary = (hdr.quantiles(hdr.decode(encoded), percentile_keys.values())
+        summary = (quantiles(decode(encoded), percentile_keys.values())
                    if merged[hdr_key] else {})
         for point_key, summary_key in percentile_keys.items():
             if point_key in merged:
@@ -195,7 +195,7 @@ def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if encoded is None:
             continue
         merged[hdr_key] = encoded
-        merged[summary_key] = hdr.percentiles(hdr.decode(encoded))
+        merged[summary_key] = percentiles(decode(encoded))
     merged["series"] = merge_series(results)
     merged["processes"] = sum(int(r.get("processes") or 1) for r in results)
     return merged

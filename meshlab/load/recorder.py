@@ -18,7 +18,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from meshlab.load import hdr
+from meshlab.load.hdr import clamp_us, decode, encode, new_histogram, percentiles, quantiles
 
 NO_RESPONSE = 0
 """Status recorded for a request that got no (complete) HTTP response: connect error, reset,
@@ -52,15 +52,15 @@ class _Latencies:
     complete once the recorder is finished."""
 
     def __init__(self) -> None:
-        self.total = hdr.new_histogram()
-        self.bucket = hdr.new_histogram()
+        self.total = new_histogram()
+        self.bucket = new_histogram()
         self.encoded: list[str | None] = []
 
     def record(self, latency_us: float) -> None:
-        self.bucket.record_value(hdr.clamp_us(latency_us))
+        self.bucket.record_value(clamp_us(latency_us))
 
     def close_bucket(self, requests: int) -> None:
-        self.encoded.append(hdr.encode(self.bucket) if requests else None)
+        self.encoded.append(encode(self.bucket) if requests else None)
         if requests:
             self.total.add(self.bucket)
             self.bucket.reset()
@@ -68,7 +68,7 @@ class _Latencies:
     def point(self, index: int, suffix: str) -> dict[str, Any]:
         """Second ``index``'s ``p50…``/``max`` (``<name><suffix>_us``) and ``hdr<suffix>``."""
         encoded = self.encoded[index]
-        summary = hdr.quantiles(hdr.decode(encoded), POINT_KEYS) if encoded else dict.fromkeys(
+        summary = quantiles(decode(encoded), POINT_KEYS) if encoded else dict.fromkeys(
             POINT_KEYS)
         return {**{f"{key}{suffix}_us": summary[key] for key in POINT_KEYS},
                 f"hdr{suffix}": encoded}
@@ -229,14 +229,14 @@ class Recorder:
             "errors": self.errors,
             "status_counts": _status_dict(self.status_counts),
             "error_rate": self.errors / self.requests if self.requests else 0.0,
-            "latency_us": hdr.percentiles(self._latency.total),
-            "hdr": hdr.encode(self._latency.total),
+            "latency_us": percentiles(self._latency.total),
+            "hdr": encode(self._latency.total),
             "series": [{**point, **self._latency.point(index, "")}
                        for index, point in enumerate(self.series)],
         }
         if self._uncorrected is not None:
-            out["latency_uncorrected_us"] = hdr.percentiles(self._uncorrected.total)
-            out["hdr_uncorrected"] = hdr.encode(self._uncorrected.total)
+            out["latency_uncorrected_us"] = percentiles(self._uncorrected.total)
+            out["hdr_uncorrected"] = encode(self._uncorrected.total)
             out["late"], out["skipped"] = self.late, self.skipped
             for index, point in enumerate(out["series"]):
                 point.update(self._uncorrected.point(index, "_uncorrected"))
