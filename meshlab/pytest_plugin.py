@@ -17,12 +17,15 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from meshlab.envs.base import Env, Fingerprinting
 from meshlab.errors import ConfigError, MeshlabError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from meshlab.experiment import Run
 
 RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
@@ -237,7 +240,7 @@ def meshlab_labs(pytestconfig: pytest.Config, meshlab_manifests: Path,
 
 
 @pytest.fixture
-def meshlab_env(request: pytest.FixtureRequest, meshlab_labs: LabPool) -> Any:
+def meshlab_env(request: pytest.FixtureRequest, meshlab_labs: LabPool) -> Env:
     """The lab this test asked for (``meshlab_lab`` mark; default: the base lab), up.
 
     Raises:
@@ -250,7 +253,7 @@ def meshlab_env(request: pytest.FixtureRequest, meshlab_labs: LabPool) -> Any:
 
 
 @pytest.fixture
-def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[Any]:
+def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[Run]:
     """A journaled run for this test; its report is written when the test ends, then the lab
     is checked for leftovers (rule, sysctl, namespace, process, active fault): any fails the
     test at teardown and is listed in the journal's notes."""
@@ -268,7 +271,8 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[An
               load_mode=LOAD_MODES[request.config.getoption("--meshlab-load-mode", "locust")])
     interval_s = float(request.config.getoption("--meshlab-interval"))
     dry_run = bool(request.config.getoption("--meshlab-dry-run"))
-    if interval_s > 0 and hasattr(meshlab_env, "sidecar_admin") and not dry_run:
+    full_env = isinstance(meshlab_env, Env)  # a partial stand-in gets no collectors/settle
+    if interval_s > 0 and full_env and not dry_run:
         run.start_collectors(interval_s=interval_s)
     interrupted = True
     try:
@@ -281,7 +285,7 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[An
             status = "error"
         else:
             status = "passed" if call.passed else ("skipped" if call.skipped else "failed")
-        if hasattr(meshlab_env, "sidecar_admin"):
+        if full_env:
             run.settle()
         pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
             request.fixturenames else None
