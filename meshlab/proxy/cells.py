@@ -171,9 +171,6 @@ class Cells:
             return private_block(size)
         return Block(self.array, where[0], size, self.lock, self.shared, self.workers, self.slot)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._offsets
-
     def __repr__(self) -> str:
         return f"Cells(blocks={len(self._offsets)}, shared={self.shared}, slot={self.slot})"
 

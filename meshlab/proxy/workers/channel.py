@@ -121,12 +121,5 @@ class WorkerLink:
             raise ChannelError(f"worker {self.index}: {op} failed: {value}")
         return value
 
-    def close(self) -> None:
-        """Close the main's end (the worker sees EOF and stops)."""
-        if self._writer is not None:
-            self._writer.close()
-        else:
-            self.sock.close()
-
     def __repr__(self) -> str:
         return f"WorkerLink({self.index})"

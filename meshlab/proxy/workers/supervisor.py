@@ -242,8 +242,8 @@ class _Main:
     def _reap(self, index: int, stop: asyncio.Event) -> None:
         pid = self.pids[index]
         with contextlib.suppress(ChildProcessError):
-            _, raw = os.waitpid(pid, os.WNOHANG)
-            if _ == 0:
+            reaped, raw = os.waitpid(pid, os.WNOHANG)
+            if reaped == 0:
                 return
             self.alive.discard(pid)
             if self.stopping:

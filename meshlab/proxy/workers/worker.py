@@ -11,7 +11,6 @@ the control channel closes.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -31,8 +30,8 @@ from meshlab.proxy.workers.snapshot import WorkerReport
 
 #: Control requests a worker answers: ``stats`` → (stat deltas, host deltas); ``flush`` →
 #: closed histogram intervals; ``reset_counters`` → None; ``drain`` (inbound_only) → listeners
-#: stopped; ``pid`` → the worker's pid.
-OPS = ("stats", "flush", "reset_counters", "drain", "pid")
+#: stopped.
+OPS = ("stats", "flush", "reset_counters", "drain")
 
 
 class Worker:
@@ -71,8 +70,6 @@ class Worker:
             return None
         if op == "drain":
             return self.sidecar.stop_listeners(bool(arg))
-        if op == "pid":
-            return os.getpid()
         raise ValueError(f"unknown control op {op!r}")
 
     async def run(self, listeners: list[Listener], control: socket.socket) -> None:
