@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 #: Public name → the module that defines it.
 _EXPORTS: dict[str, str] = {
     # the run API (the ``meshlab_run`` fixture is a Run)
-    "Run": "meshlab.experiment",
+    "Run": "meshlab.experiment", "LabNames": "meshlab.experiment.names",
+    "SystemUnderTestError": "meshlab.errors",
     # checks
     "Check": "meshlab.checks", "Verdict": "meshlab.checks", "assert_all": "meshlab.checks",
     "TpsAtLeast": "meshlab.checks", "LatencyPercentileAtMost": "meshlab.checks",

@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import typer
 
 from meshlab.errors import ConfigError, LabError, MeshlabError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from meshlab.envs.local.lab import LocalEnv
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="meshlab: chaos-testing lab for service meshes (Istio/Envoy).")
@@ -40,11 +44,11 @@ def _fail(exc: MeshlabError) -> None:
     raise typer.Exit(code)
 
 
-def _env(manifests: Path | None, lab: str, overlays: list[str] | None = None):
-    from meshlab.envs.local.lab import LocalEnv
+def _env(manifests: Path | None, lab: str, overlays: list[str] | None = None) -> LocalEnv:
+    from meshlab.envs.factory import build_env
     from meshlab.envs.manifest_sets import manifest_set
 
-    return LocalEnv(manifest_set(manifests, overlays or ()), lab=lab)
+    return cast("LocalEnv", build_env("local", manifest_set(manifests, overlays or ()), lab))
 
 
 @app.command()
@@ -54,8 +58,11 @@ def up(manifests: Path | None = MANIFESTS, lab: str = LAB,
     leftovers first)."""
     url = None
     try:
+        from meshlab.experiment.labs import lab_up
+
         env = _env(manifests, lab, overlay)
-        env.up()
+        for line in lab_up(env):
+            typer.echo(f"reverted leftover fault {line}")
         if prometheus:
             url = env.start_prometheus()
     except MeshlabError as exc:
@@ -76,8 +83,8 @@ def down(lab: str = LAB) -> None:
     from meshlab.envs.local.state import cleanup
     from meshlab.faults.ledger import revert_leftovers
 
-    for line in revert_leftovers("local", lab):
-        typer.echo(f"reverted leftover fault {line}")
+    for line in revert_leftovers("local", lab):  # what lab_down does, without needing the
+        typer.echo(f"reverted leftover fault {line}")  # manifests the lab was built from
     removed = cleanup(lab)
     typer.echo(f"lab {lab!r} is down ({len(removed)} namespace(s) removed)")
 
@@ -138,23 +145,24 @@ def load(url: str = typer.Argument(..., help="target as the client pod sees it, 
          lab: str = LAB, reports: Path = REPORTS) -> None:
     """Drive one bounded load from a pod of the running local lab; write a run report and print
     TPS and corrected/uncorrected latency percentiles (ms)."""
-    from meshlab.envs.local.lab import LocalEnv
+    from meshlab.envs.factory import build_env
     from meshlab.envs.local.state import LabState
-    from meshlab.experiment import Run
+    from meshlab.experiment.lifecycle import RunOptions, experiment
     from meshlab.journal import RunJournal
 
     try:
         state = LabState.load(lab)
         if state is None or state.status != "up":
             raise LabError(f"lab {lab!r} is not up: run 'meshlab up --lab {lab}' first")
-        env = LocalEnv([Path(m) for m in state.manifests], lab=lab)  # as it was brought up
-        run = Run(env, RunJournal(reports, f"meshlab load {url}"), client=from_pod)
-        closed = mode == "closed-loop"
-        result = run.load("cli", url, users=connections if closed else 1, rate_per_s=rate_per_s,
-                          duration_s=duration_s, mode=mode, processes=processes,
-                          connections=None if closed else connections,
-                          distribution=distribution)
-        path = run.finish("passed")
+        env = build_env("local", state.manifests, lab)  # as it was brought up
+        journal = RunJournal(reports, f"meshlab load {url}")
+        with experiment(env, journal, RunOptions(client=from_pod)) as run:
+            closed = mode == "closed-loop"
+            result = run.load("cli", url, users=connections if closed else 1,
+                              rate_per_s=rate_per_s, duration_s=duration_s, mode=mode,
+                              processes=processes, connections=None if closed else connections,
+                              distribution=distribution)
+        path = journal.dir / "report.html"
     except MeshlabError as exc:
         _fail(exc)
     out = {"mode": result.mode, "requests": result.requests, "errors": result.errors,

@@ -128,6 +128,11 @@ class RunJournal:
                                                           "data": data, **meta}
         self.save()
 
+    def add_note(self, text: str) -> None:
+        """Append a line to ``notes`` (shown at the top of the report) and save."""
+        self.data["notes"].append(str(text))
+        self.save()
+
     def add_fault_window(self, name: str, start_epoch_s: float, end_epoch_s: float,
                          params: dict[str, Any] | None = None) -> None:
         """Record when a fault was active (the report shades it on every chart) and with which

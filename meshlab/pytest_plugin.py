@@ -17,15 +17,16 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from meshlab.envs.base import Env, Fingerprinting
-from meshlab.errors import ConfigError, MeshlabError
+from meshlab.envs.base import Env
+from meshlab.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from meshlab.experiment import Run
+    from meshlab.experiment.labs import LabPool
+    from meshlab.experiment.run import Run
 
 RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
@@ -121,122 +122,46 @@ def meshlab_lab_name(pytestconfig: pytest.Config) -> str:
     return str(pytestconfig.getoption("--meshlab-lab"))
 
 
-class LabPool:
-    """The session's labs: one up at a time, switched when a test asks for other manifests.
-
-    A suite picks its lab with ``@pytest.mark.meshlab_lab(overlays=["ha-l2"])`` (module-wide
-    through ``pytestmark``); tests without the mark get the base lab. Bringing a lab up takes
-    under a second, so a switch at a module boundary is cheap. Each lab's fingerprint
-    (:mod:`meshlab.envs.local.fingerprint`) is taken when it comes up, for the leftover check
-    after every run.
-
-    Args:
-        config: the pytest config (``--meshlab-*`` options).
-        base: the base manifests folder.
-        lab: the local lab name.
-    """
-
-    def __init__(self, config: pytest.Config, base: Path, lab: str) -> None:
-        self.config = config
-        self.base = base
-        self.lab = lab
-        self.env: Env = None
-        self.key: tuple[Path, ...] | None = None
-        self.baseline: dict[str, Any] | None = None
-        self.which = str(config.getoption("--meshlab-env", "local"))
-        self.dry_run = bool(config.getoption("--meshlab-dry-run", False))
-        #: where a dry run prints its manifests and commands (shown in the terminal summary)
-        self.dry_run_out: Any = None
-        if self.dry_run:
-            reports = Path(config.getoption("--meshlab-reports", "reports"))
-            reports.mkdir(parents=True, exist_ok=True)
-            self.dry_run_out = (reports / "dry-run.txt").open("w", encoding="utf-8")
-            config.stash[DRY_RUN_KEY] = reports / "dry-run.txt"
-        #: run the local lab's Prometheus server (``--meshlab-prometheus=on``)
-        self.prometheus = (self.which == "local"
-                           and config.getoption("--meshlab-prometheus", "off") == "on")
-
-    def __repr__(self) -> str:
-        return f"LabPool(lab={self.lab!r}, up={[str(p) for p in self.key or ()]})"
-
-    def get(self, overlays: tuple[str, ...] = ()) -> Any:
-        """The env for base + ``overlays``, bringing it up (and the previous one down) if needed.
-
-        Raises:
-            ConfigError: unknown overlay, unsupported env, invalid manifests (nothing built).
-            LabError: the lab could not be brought up.
-        """
-        from meshlab.envs.manifest_sets import manifest_set
-
-        key = manifest_set(self.base, overlays)
-        if key == self.key:
-            return self.env
-        env = self._build(key)  # validates before the old lab goes down
-        self.close(keep=False)
-        env.up()
-        if self.prometheus:  # before the fingerprint: it runs for the lab's whole life
-            env.start_prometheus()
-        self.env, self.key = env, key
-        self.baseline = env.fingerprint() if isinstance(env, Fingerprinting) else None
-        return env
-
-    def _build(self, key: tuple[Path, ...]) -> Any:
-        if self.which == "kube":
-            from meshlab.envs.kube.env import KubeEnv
-            from meshlab.envs.kube.settings import load_settings
-
-            settings = load_settings(self.config.getoption("--meshlab-kube-config"),
-                                     dry_run=self.dry_run)
-            return KubeEnv(list(key), settings, lab=self.lab, out=self.dry_run_out)
-        from meshlab.envs.local.lab import LocalEnv
-
-        return LocalEnv(key, lab=self.lab)
-
-    @property
-    def queries_prometheus(self) -> bool:
-        """Whether runs on the current lab query a Prometheus at their end: the local lab's
-        own server, or the cluster's ``prometheus_url`` (not in a dry run)."""
-        if self.which == "local":
-            return self.prometheus
-        return bool(self.env.prometheus_configured() and not self.dry_run)
-
-    def leftovers(self) -> list[str]:
-        """What the current lab has now that it did not have when it came up."""
-        if self.env is None or self.baseline is None:
-            return []
-        from meshlab.envs.local.fingerprint import diff
-
-        return diff(self.baseline, self.env.fingerprint())
-
-    def close(self, keep: bool | None = None) -> None:
-        """Tear the current lab down (unless ``--meshlab-keep-lab`` at session end)."""
-        if keep is None:
-            keep = bool(self.config.getoption("--meshlab-keep-lab"))
-        if self.env is not None and not keep:
-            self.env.down()
-        self.env = self.key = self.baseline = None
-        if self.dry_run_out is not None:
-            self.dry_run_out.flush()
-
-    def shutdown(self) -> None:
-        """End of session: tear the lab down (:meth:`close`) and close the dry-run printout."""
-        try:
-            self.close()
-        finally:
-            if self.dry_run_out is not None:
-                self.dry_run_out.close()
-                self.dry_run_out = None
+def _dry_run_out(config: pytest.Config) -> IO[str] | None:
+    """A dry run's printout file (``<reports>/dry-run.txt``, shown in the terminal summary)."""
+    if not config.getoption("--meshlab-dry-run", False):
+        return None
+    reports = Path(config.getoption("--meshlab-reports", "reports"))
+    reports.mkdir(parents=True, exist_ok=True)
+    config.stash[DRY_RUN_KEY] = reports / "dry-run.txt"
+    return (reports / "dry-run.txt").open("w", encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
 def meshlab_labs(pytestconfig: pytest.Config, meshlab_manifests: Path,
                  meshlab_lab_name: str) -> Iterator[LabPool]:
-    """The session's :class:`LabPool`; the current lab is always torn down at session end."""
-    pool = LabPool(pytestconfig, meshlab_manifests, meshlab_lab_name)
+    """The session's :class:`~meshlab.experiment.labs.LabPool` (envs built by
+    :func:`~meshlab.envs.factory.build_env` from the ``--meshlab-*`` options); the current lab
+    is always torn down at session end (unless ``--meshlab-keep-lab``)."""
+    from meshlab.envs.factory import build_env
+    from meshlab.experiment.labs import LabPool
+
+    config = pytestconfig
+    which = str(config.getoption("--meshlab-env", "local"))
+    dry_run = bool(config.getoption("--meshlab-dry-run", False))
+    out = _dry_run_out(config)
+
+    def build(key: tuple[Path, ...]) -> Env:
+        return build_env(which, key, meshlab_lab_name,
+                         kube_config=config.getoption("--meshlab-kube-config", None),
+                         dry_run=dry_run, out=out)
+
+    pool = LabPool(build, meshlab_manifests, dry_run=dry_run,
+                   prometheus=config.getoption("--meshlab-prometheus", "off") == "on",
+                   keep=bool(config.getoption("--meshlab-keep-lab", False)))
     try:
         yield pool
     finally:
-        pool.shutdown()
+        try:
+            pool.shutdown()
+        finally:
+            if out is not None:
+                out.close()
 
 
 @pytest.fixture
@@ -258,52 +183,36 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[Ru
     is checked for leftovers (rule, sysctl, namespace, process, active fault): any fails the
     test at teardown and is listed in the journal's notes."""
     from meshlab.errors import LabError
-    from meshlab.experiment import Run
+    from meshlab.experiment.lifecycle import RunLifecycle, RunOptions
     from meshlab.journal import RunJournal
     from meshlab.report.render import REPORT_NAME
 
-    reports = Path(request.config.getoption("--meshlab-reports"))
-    journal = RunJournal(reports, request.node.nodeid)
+    config = request.config
+    journal = RunJournal(Path(config.getoption("--meshlab-reports")), request.node.nodeid)
     report = journal.dir / REPORT_NAME
     request.node.stash[RUN_REPORT_KEY] = report
     request.node.user_properties.append(("meshlab_report", str(report)))  # JUnit XML
-    run = Run(meshlab_env, journal,
-              load_mode=LOAD_MODES[request.config.getoption("--meshlab-load-mode", "locust")])
-    interval_s = float(request.config.getoption("--meshlab-interval"))
-    dry_run = bool(request.config.getoption("--meshlab-dry-run"))
-    full_env = isinstance(meshlab_env, Env)  # a partial stand-in gets no collectors/settle
-    if interval_s > 0 and full_env and not dry_run:
-        run.start_collectors(interval_s=interval_s)
+    options = RunOptions(interval_s=float(config.getoption("--meshlab-interval")),
+                         load_mode=LOAD_MODES[config.getoption("--meshlab-load-mode", "locust")],
+                         dry_run=bool(config.getoption("--meshlab-dry-run")))
+    pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
+        request.fixturenames else None
+    life = RunLifecycle(meshlab_env, journal, options, pool)
+    run = life.open()
     interrupted = True
     try:
         yield run
         interrupted = False
     finally:
-        reps = request.node.stash.get(REPORT_KEY, {})
-        call = reps.get("call")
+        call = request.node.stash.get(REPORT_KEY, {}).get("call")
         if interrupted or call is None:
             status = "error"
         else:
             status = "passed" if call.passed else ("skipped" if call.skipped else "failed")
-        if full_env:
-            run.settle()
-        pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
-            request.fixturenames else None
-        if pool is not None and pool.queries_prometheus and pool.env is meshlab_env:
-            try:
-                run.query_prometheus()
-            except MeshlabError as exc:
-                journal.data["notes"].append(f"Prometheus not queried: {exc}")
-        run.stop_collectors()  # its reads (ss, conntrack) must not count as leftovers
-        left = pool.leftovers() if pool is not None and pool.env is meshlab_env else []
-        if left:
-            journal.data["notes"] += [f"left behind: {line}" for line in left]
-            status = "error"
-        path = run.finish(status)
-        request.config.stash[RUNS_KEY].append((request.node.nodeid, status, path))
-    if left:
-        pool.close(keep=False)  # the next test gets a clean lab
-        raise LabError("the run left state behind in the lab:\n  " + "\n  ".join(left))
+        end = life.close(status)
+        config.stash[RUNS_KEY].append((request.node.nodeid, end.status, end.report))
+    if end.leftovers:
+        raise LabError("the run left state behind in the lab:\n  " + "\n  ".join(end.leftovers))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,

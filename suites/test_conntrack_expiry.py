@@ -38,18 +38,14 @@ from typing import Any
 
 import pytest
 
+from meshlab import ConntrackDelete, HalfClose, Run, SocketCount, wait_until
 from meshlab.apps.tcp_client import wait_event
-from meshlab.checks import SocketCount
 from meshlab.collectors.sockets import snapshot
-from meshlab.faults.conntrack_delete import ConntrackDelete
-from meshlab.faults.half_close import HalfClose
-from meshlab.polling import wait_until
 from meshlab.probes.challenge_ack import RESET_SUCCEEDS, probe_challenge_ack
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["tcp-echo"])
 
-L1 = "fortio-server-0"
-UPSTREAM = "tcp-echo"
+L1, UPSTREAM = "fortio-server", "tcp-echo"  # workloads, and the Services in front of them
 PORT = 61234
 CONNECT_TIMEOUT_S = 3.0
 RESET_CONNECT_MAX_S = 1.5
@@ -90,19 +86,21 @@ def wait_close_wait_entry(shell: Any, cluster_ip: str, timeout_s: float = 5.0) -
                       every_s=0.02)
 
 
-def leak_sidecar_socket(run: Any, cluster_ip: str) -> list[dict[str, Any]]:
+def leak_sidecar_socket(run: Run, cluster_ip: str) -> list[dict[str, Any]]:
     """Step 2: returns the L1 socket snapshot with the leaked pair (also observed)."""
-    shell = run.env.pod_shell(L1)
+    l1 = run.names.pod(L1)
+    shell = run.shell(l1)
     out = run.journal.dir / "app-first.out"
     app = shell.popen(client_argv("--send", "hello", "--hold-s", "30", "--close-delay-s", "30"),
                       stdout=out)
     try:
         wait_event(out, "connected")
-        with run.fault(HalfClose(target=L1, upstream=UPSTREAM, close_wait_timeout_s=5),
+        with run.fault(HalfClose(target=l1, upstream=run.names.pod(UPSTREAM),
+                                 close_wait_timeout_s=5),
                        max_duration_s=60):
             wait_event(out, "eof")
             wait_close_wait_entry(shell, cluster_ip)
-            with run.fault(ConntrackDelete(target=L1, orig_dst=cluster_ip, orig_port=9000,
+            with run.fault(ConntrackDelete(target=l1, orig_dst=cluster_ip, orig_port=9000,
                                           state="CLOSE_WAIT")) as expiry:
                 assert expiry.deleted == 1
             os.killpg(app.pid, signal.SIGTERM)  # the app closes late: its FIN is lost
@@ -113,19 +111,20 @@ def leak_sidecar_socket(run: Any, cluster_ip: str) -> list[dict[str, Any]]:
             app.wait(timeout=10)
     shell.run(["ss", "-K", "-Htn", "state", "last-ack", "sport", "=", f":{PORT}"])
     return run.observe("l1-sockets-leaked", "sockets", [s.to_dict() for s in snapshot(shell)],
-                       pod=L1)
+                       pod=l1)
 
 
-def test_port_reuse_meets_the_leaked_socket_as_the_probe_predicts(meshlab_run):
-    probe = probe_challenge_ack(prefix=f"ml-{meshlab_run.env.spec()['lab']}-probe")
+def test_port_reuse_meets_the_leaked_socket_as_the_probe_predicts(meshlab_run: Run) -> None:
+    probe = probe_challenge_ack(prefix=f"ml-{meshlab_run.env.lab}-probe")
     meshlab_run.observe("challenge-ack-probe", "probe", probe.to_dict(), kernel=probe.kernel)
-    meshlab_run.journal.data["notes"].append(
+    meshlab_run.note(
         f"kernel {probe.kernel}: conntrack {'marks' if probe.rst_invalid else 'accepts'} the "
         f"RST answering a challenge ACK ({'INVALID' if probe.rst_invalid else 'valid'}) → "
         f"expected outcome {probe.predicts} (probe connect {probe.connect_s:.3f} s)")
     assert probe.consistent, probe.to_dict()
 
-    shell = meshlab_run.env.pod_shell(L1)
+    l1 = meshlab_run.names.pod(L1)
+    shell = meshlab_run.shell(l1)
     cluster_ip = shell.run(["getent", "hosts", UPSTREAM]).stdout.split()[0]
     leak_sidecar_socket(meshlab_run, cluster_ip)
     meshlab_run.check(
@@ -144,11 +143,11 @@ def test_port_reuse_meets_the_leaked_socket_as_the_probe_predicts(meshlab_run):
     seen = {**result, "challenge_acks": netstat_counter(shell, "TCPChallengeACK") - acks,
             "conntrack_invalid": conntrack_invalid(shell) - invalid,
             "expected": probe.predicts}
-    meshlab_run.observe("port-reuse", "client", seen, pod=L1, port=PORT)
+    meshlab_run.observe("port-reuse", "client", seen, pod=l1, port=PORT)
     meshlab_run.observe("l1-sockets-after-reuse", "sockets",
-                        [s.to_dict() for s in snapshot(shell)], pod=L1)
+                        [s.to_dict() for s in snapshot(shell)], pod=l1)
     outcome = result["error"] or f"connected in {result['connect_s']:.3f} s"
-    meshlab_run.journal.data["notes"].append(
+    meshlab_run.note(
         f"lab: reusing port {PORT} → {outcome}; {seen['challenge_acks']} challenge ACK(s) "
         f"from L1's sidecar, conntrack INVALID +{seen['conntrack_invalid']}")
     assert seen["challenge_acks"] >= 1, seen  # the SYN met the leaked socket

@@ -35,29 +35,40 @@ from typing import Any, TypeVar
 
 import pytest
 
+from meshlab import HalfClose, Run, SocketCount, wait_until
 from meshlab.apps.tcp_client import read_events, wait_event
-from meshlab.checks import SocketCount
 from meshlab.collectors.sockets import SocketInfo, select, snapshot
 from meshlab.collectors.stats_text import stat_lines, stats_path
-from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL, HalfClose
-from meshlab.polling import wait_until
+from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["tcp-echo"])
 
-L1 = "fortio-server-0"
-UPSTREAM = "tcp-echo-0"
+L1, UPSTREAM = "fortio-server", "tcp-echo"  # workloads, and the Services in front of them
 PORT = 9000
-CLUSTER = "outbound|9000||tcp-echo.mark.svc.cluster.local"
 SIDECAR_UID = 1337
 CLOSE_WAIT_S = 2      # scaled nf_conntrack_tcp_timeout_close_wait (kernel default 60 s)
 CLOSE_DELAY_S = 4.0   # the app closes this long after reading EOF (> CLOSE_WAIT_S)
 PERSIST_S = 4.0       # how long after the app's close the leak is confirmed again
 IDLE_TIMEOUT_S = 6.0  # overlays/tcp-idle-timeout (> CLOSE_DELAY_S: the app's FIN is lost first)
 WAIT_S = 10.0
-IDLE_STAT = f"tcp.{CLUSTER}.idle_timeout"
 SEND = "hello"
 
 T = TypeVar("T")
+
+
+def l1_pod(run: Run) -> str:
+    """L1's pod (the app's client and the sidecar under test)."""
+    return run.names.pod(L1)
+
+
+def tcp_echo_cluster(run: Run) -> str:
+    """L1's outbound cluster for the tcp-echo Service, as this lab names it."""
+    return run.names.outbound_cluster(UPSTREAM, PORT)
+
+
+def idle_stat(run: Run) -> str:
+    """The TCP proxy's idle-timeout counter of that cluster (``tcp.<cluster>.idle_timeout``)."""
+    return f"tcp.{tcp_echo_cluster(run)}.idle_timeout"
 
 
 def poll(fn: Callable[[], T], ok: Callable[[T], bool], timeout_s: float,
@@ -91,7 +102,7 @@ class App:
 
 
 @pytest.fixture
-def start_app(meshlab_run: Any) -> Iterator[Callable[[str], App]]:
+def start_app(meshlab_run: Run) -> Iterator[Callable[[str], App]]:
     """Start ``tcp_client`` in L1 (connects to ``tcp-echo:9000``, closes ``CLOSE_DELAY_S``
     after EOF); every process started is gone when the test ends."""
     started: list[App] = []
@@ -99,8 +110,8 @@ def start_app(meshlab_run: Any) -> Iterator[Callable[[str], App]]:
     def start(name: str) -> App:
         folder = meshlab_run.journal.dir
         app = App(None, folder / f"{name}-events.jsonl", folder / f"{name}-result.json")
-        app.proc = meshlab_run.env.pod_shell(L1).popen(
-            [sys.executable, "-m", "meshlab.apps.tcp_client", "--connect", f"tcp-echo:{PORT}",
+        app.proc = meshlab_run.shell(l1_pod(meshlab_run)).popen(
+            [sys.executable, "-m", "meshlab.apps.tcp_client", "--connect", f"{UPSTREAM}:{PORT}",
              "--send", SEND, "--close-delay-s", str(CLOSE_DELAY_S), "--hold-s", "30",
              "--result", str(app.result_path)],
             stdout=app.stdout, stderr=folder / f"{name}-stderr.log")
@@ -114,8 +125,8 @@ def start_app(meshlab_run: Any) -> Iterator[Callable[[str], App]]:
         app.proc.wait(timeout=WAIT_S)
 
 
-def l1_sockets(run: Any) -> list[SocketInfo]:
-    return snapshot(run.env.pod_shell(L1))
+def l1_sockets(run: Run) -> list[SocketInfo]:
+    return snapshot(run.shell(l1_pod(run)))
 
 
 def leaked_pair(sockets: list[SocketInfo], app_port: int, upstream_ip: str
@@ -126,32 +137,33 @@ def leaked_pair(sockets: list[SocketInfo], app_port: int, upstream_ip: str
                    peer_port=PORT))
 
 
-def observe_sockets(run: Any, name: str, sockets: list[SocketInfo], **meta: Any) -> None:
-    run.observe(name, "sockets", [s.to_dict() for s in sockets], pod=L1, **meta)
+def observe_sockets(run: Run, name: str, sockets: list[SocketInfo], **meta: Any) -> None:
+    run.observe(name, "sockets", [s.to_dict() for s in sockets], pod=l1_pod(run), **meta)
 
 
-def sidecar_stat(run: Any, name: str) -> int:
+def sidecar_stat(run: Run, name: str) -> int:
     """One counter/gauge of L1's sidecar about the tcp-echo cluster (0 when absent), e.g.
     ``tcp.<CLUSTER>.idle_timeout`` or ``cluster.<CLUSTER>;.upstream_cx_active``."""
-    body = run.env.sidecar_admin(L1, stats_path("tcp-echo"))
+    body = run.sidecar_admin(l1_pod(run), stats_path("tcp-echo"))
     return next((int(value) for key, value in stat_lines(body, first=True) if key == name), 0)
 
 
-def session_records(run: Any, app_port: int) -> list[dict[str, Any]]:
+def session_records(run: Run, app_port: int) -> list[dict[str, Any]]:
     """L1's access-log records of the app's session (by its source port)."""
-    return [r for r in run.records(L1) if r.get("upstream_cluster") == CLUSTER
+    cluster = tcp_echo_cluster(run)
+    return [r for r in run.records(l1_pod(run)) if r.get("upstream_cluster") == cluster
             and str(r.get("downstream_remote_address", "")).endswith(f":{app_port}")]
 
 
-def conntrack_entries(run: Any, app_port: int) -> list[str]:
+def conntrack_entries(run: Run, app_port: int) -> list[str]:
     """L1's conntrack entries of the app's connection (``conntrack -L``)."""
-    res = run.env.pod_shell(L1).run(["conntrack", "-L", "-p", "tcp", "--sport", str(app_port)],
+    res = run.shell(l1_pod(run)).run(["conntrack", "-L", "-p", "tcp", "--sport", str(app_port)],
                                     check=False)
     return [ln for ln in res.stdout.splitlines() if "dport=" in ln]
 
 
 @contextmanager
-def half_closed_session(run: Any, start_app: Callable[[str], App], name: str
+def half_closed_session(run: Run, start_app: Callable[[str], App], name: str
                         ) -> Iterator[tuple[HalfClose, dict[str, Any]]]:
     """Start the app, inject the fault once the session is open end to end, wait for the
     sidecar's FIN-WAIT-2 + CLOSE-WAIT pair and for the app's late close; yields ``(fault,
@@ -159,9 +171,10 @@ def half_closed_session(run: Any, start_app: Callable[[str], App], name: str
     app = start_app(name)
     app.wait_echo()
     app_port = int(app.events()["connected"]["local_port"])
-    upstream_ip = run.env.pod(UPSTREAM).ip
+    upstream_ip = run.pod(run.names.pod(UPSTREAM)).ip
     seen: dict[str, Any] = {"app_port": app_port, "upstream_ip": upstream_ip}
-    fault = HalfClose(target=L1, upstream=UPSTREAM, close_wait_timeout_s=CLOSE_WAIT_S)
+    fault = HalfClose(target=l1_pod(run), upstream=run.names.pod(UPSTREAM),
+                      close_wait_timeout_s=CLOSE_WAIT_S)
     seen["inject_epoch_s"] = time.time()  # the FIN is later than this
     with run.fault(fault, max_duration_s=60):
         pair, seen["leak_seen_epoch_s"] = poll(
@@ -176,7 +189,7 @@ def half_closed_session(run: Any, start_app: Callable[[str], App], name: str
         yield fault, seen
 
 
-def observe_timings(run: Any, fault: HalfClose, seen: dict[str, Any], **extra: Any) -> None:
+def observe_timings(run: Run, fault: HalfClose, seen: dict[str, Any], **extra: Any) -> None:
     """Journal the time scaling used and what was measured (observation ``timings``)."""
     result = seen["result"]
     run.observe("timings", "probe", {
@@ -184,10 +197,11 @@ def observe_timings(run: Any, fault: HalfClose, seen: dict[str, Any], **extra: A
         "close_wait_timeout_s": CLOSE_WAIT_S, "close_delay_s": CLOSE_DELAY_S, "app": result,
         "app_closed_after_fin_s": round(result["closed_at_epoch_s"] - seen["eof_epoch_s"], 3),
         "conntrack_after_fin": seen["conntrack_after_fin"],
-        "conntrack_read_after_inject_s": seen["conntrack_read_after_inject_s"], **extra}, pod=L1)
+        "conntrack_read_after_inject_s": seen["conntrack_read_after_inject_s"], **extra},
+        pod=l1_pod(run))
 
 
-def test_half_closed_session_leaks_sidecar_sockets(meshlab_run: Any,
+def test_half_closed_session_leaks_sidecar_sockets(meshlab_run: Run,
                                                    start_app: Callable[[str], App]) -> None:
     """Without mitigation the sidecar's FIN-WAIT-2 / CLOSE-WAIT pair outlives the app."""
     with half_closed_session(meshlab_run, start_app, "leak") as (fault, seen):
@@ -201,7 +215,8 @@ def test_half_closed_session_leaks_sidecar_sockets(meshlab_run: Any,
         observe_sockets(meshlab_run, "l1-sockets-persist", persist,
                         seconds_after_app_close=round(time.time() - result["closed_at_epoch_s"], 3))
         records = session_records(meshlab_run, app_port)
-        cx_active = sidecar_stat(meshlab_run, f"cluster.{CLUSTER};.upstream_cx_active")
+        cx_active = sidecar_stat(
+            meshlab_run, f"cluster.{tcp_echo_cluster(meshlab_run)};.upstream_cx_active")
     observe_timings(meshlab_run, fault, seen, persist_s=PERSIST_S,
                     conntrack_after_app_close=conntrack_after_close,
                     upstream_cx_active=cx_active, access_log_records_of_session=records)
@@ -225,10 +240,10 @@ def test_half_closed_session_leaks_sidecar_sockets(meshlab_run: Any,
 
 
 @pytest.mark.meshlab_lab(overlays=["tcp-echo", "tcp-idle-timeout"])
-def test_tcp_idle_timeout_bounds_the_leak(meshlab_run: Any,
+def test_tcp_idle_timeout_bounds_the_leak(meshlab_run: Run,
                                           start_app: Callable[[str], App]) -> None:
     """With ``idleTimeout: 6s`` the same leak is cleared by the TCP proxy idle timeout."""
-    idle_before = sidecar_stat(meshlab_run, IDLE_STAT)
+    idle_before = sidecar_stat(meshlab_run, idle_stat(meshlab_run))
     with half_closed_session(meshlab_run, start_app, "mitigated") as (fault, seen):
         app_port, upstream_ip = seen["app_port"], seen["upstream_ip"]
         cleared, cleared_epoch_s = poll(
@@ -238,7 +253,7 @@ def test_tcp_idle_timeout_bounds_the_leak(meshlab_run: Any,
         observe_sockets(meshlab_run, "l1-sockets-cleared", cleared)
     records = poll(lambda: session_records(meshlab_run, app_port), bool, WAIT_S,
                    "the session's access-log record")[0]
-    idle_after = sidecar_stat(meshlab_run, IDLE_STAT)
+    idle_after = sidecar_stat(meshlab_run, idle_stat(meshlab_run))
     cleared_after_fin_s = cleared_epoch_s - seen["eof_epoch_s"]
     observe_timings(meshlab_run, fault, seen, idle_timeout_s=IDLE_TIMEOUT_S,
                     cleared_after_fin_s=round(cleared_after_fin_s, 3),

@@ -43,14 +43,14 @@ from typing import Any
 
 import pytest
 
-from meshlab.checks import ErrorRateAtMost, OnlyResponseFlags, ResponseFlagsCount
+from meshlab import ErrorRateAtMost, OnlyResponseFlags, ResponseFlagsCount, Run
 from meshlab.collectors import envoy_stats
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["keepalive-race"])
 
-L1 = "fortio-server-0"
-L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
-URL = "http://fortio-server:8070/echo?size=100"
+L1, L2 = "fortio-server", "fortio-server-l2"  # workloads, and the Services in front of them
+L2_PORT = 8080
+URL = f"http://{L1}:8070/echo?size=100"
 RACE_S = 0.5  # L2's -meshlab-idle-race (overlay keepalive-race)
 RATE_PER_S = 1.0  # one user: ~1 s between requests, twice the upstream's limit
 REQUESTS = 8
@@ -59,6 +59,11 @@ UC_DETAILS = "upstream_reset_before_response_started{connection_termination}"
 COUNTERS = ("upstream_cx_total", "upstream_cx_idle_timeout",
             "upstream_cx_destroy_remote_with_active_rq", "upstream_rq_retry",
             "upstream_rq_retry_success")
+
+
+def hops(run: Run) -> tuple[str, str]:
+    """L1's pod and L1's outbound cluster for L2, as this lab names them."""
+    return run.names.pod(L1), run.names.outbound_cluster(L2, L2_PORT)
 
 
 def _start_s(record: dict[str, Any]) -> float:
@@ -87,37 +92,39 @@ def pooled_use(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def cluster_counters(run: Any, pod: str, cluster: str) -> dict[str, int]:
+def cluster_counters(run: Run, pod: str, cluster: str) -> dict[str, int]:
     """The :data:`COUNTERS` of ``cluster`` (``cluster.<name>;.<counter>``) on a sidecar."""
     prefix = f"cluster.{cluster};."
     values = envoy_stats.snapshot(run.env, pod, re.escape(prefix))
     return {c: values.get(prefix + c, 0) for c in COUNTERS}
 
 
-def sparse_load(run: Any, name: str) -> tuple[Any, list[dict[str, Any]], dict[str, int]]:
+def sparse_load(run: Run, name: str) -> tuple[Any, list[dict[str, Any]], dict[str, int]]:
     """``REQUESTS`` requests, one per second, through L1.
 
     Returns:
         The load result, L1's outbound records through :func:`pooled_use`, and the change of
         the cluster's :data:`COUNTERS`; all three are observed in the journal.
     """
-    before = cluster_counters(run, L1, L2_CLUSTER)
+    l1, l2_cluster = hops(run)
+    before = cluster_counters(run, l1, l2_cluster)
     load = run.load(name, URL, users=1, rate_per_s=RATE_PER_S, max_requests=REQUESTS,
                     duration_s=REQUESTS / RATE_PER_S + 5)
-    uses = pooled_use([r for r in run.records(L1) if r.get("upstream_cluster") == L2_CLUSTER])
-    counters = envoy_stats.delta(before, cluster_counters(run, L1, L2_CLUSTER))
-    run.observe(f"{name}:pooled-use", "accesslog", uses, pod=L1, cluster=L2_CLUSTER)
+    uses = pooled_use([r for r in run.records(l1) if r.get("upstream_cluster") == l2_cluster])
+    counters = envoy_stats.delta(before, cluster_counters(run, l1, l2_cluster))
+    run.observe(f"{name}:pooled-use", "accesslog", uses, pod=l1, cluster=l2_cluster)
     run.observe(f"{name}:summary", "envoy_stats", {
         "requests": load.requests, "client_status_counts": load.status_counts,
         "uc": sum(u["flags"] == "UC" for u in uses), "reused": sum(u["reused"] for u in uses),
-        **counters}, pod=L1, cluster=L2_CLUSTER, race_after_s=RACE_S,
+        **counters}, pod=l1, cluster=l2_cluster, race_after_s=RACE_S,
         rate_per_s=RATE_PER_S)
     return load, uses, counters
 
 
-def test_idle_reuse_gives_503_uc(meshlab_run):
+def test_idle_reuse_gives_503_uc(meshlab_run: Run) -> None:
     """No mitigation: every reuse of a pooled connection after > 500 ms idle gets a RST → 503
     ``UC`` at L1's outbound, relayed to the client; Istio's default retries do not retry it."""
+    l1, l2_cluster = hops(meshlab_run)
     load, uses, counters = sparse_load(meshlab_run, "race")
     uc = [u for u in uses if u["flags"] == "UC"]
     assert load.requests == REQUESTS
@@ -130,16 +137,17 @@ def test_idle_reuse_gives_503_uc(meshlab_run):
     assert counters["upstream_rq_retry"] == 0
     assert counters["upstream_cx_destroy_remote_with_active_rq"] == len(uc)
     meshlab_run.check(
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UC", at_least=MIN_RACES),
-        ResponseFlagsCount(L1, cluster="inbound|8070||", flag="-", at_least=REQUESTS),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="UC", at_least=MIN_RACES),
+        ResponseFlagsCount(l1, cluster="inbound|8070||", flag="-", at_least=REQUESTS),
         OnlyResponseFlags(allowed={"-", "UC"}),
     )
 
 
 @pytest.mark.meshlab_lab(overlays=["keepalive-race", "pool-idle-timeout"])
-def test_pool_idle_timeout_shorter_than_upstream_prevents_uc(meshlab_run):
+def test_pool_idle_timeout_shorter_than_upstream_prevents_uc(meshlab_run: Run) -> None:
     """DR ``http.idleTimeout: 100ms`` < the upstream's 500 ms: the sidecar closes each pooled
     connection first, every request gets a fresh one → 0 UC, 0 errors."""
+    l1, l2_cluster = hops(meshlab_run)
     load, uses, counters = sparse_load(meshlab_run, "pool-idle-timeout")
     assert load.requests == REQUESTS
     assert not any(u["reused"] for u in uses), uses
@@ -147,17 +155,18 @@ def test_pool_idle_timeout_shorter_than_upstream_prevents_uc(meshlab_run):
     assert counters["upstream_cx_destroy_remote_with_active_rq"] == 0, counters
     meshlab_run.check(
         ErrorRateAtMost(0.0, load="pool-idle-timeout"),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UC", at_most=0),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=REQUESTS),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="UC", at_most=0),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="-", at_least=REQUESTS),
         OnlyResponseFlags(allowed={"-"}),
     )
 
 
 @pytest.mark.meshlab_lab(overlays=["keepalive-race", "retry-on-reset"])
-def test_retry_on_reset_hides_the_race(meshlab_run):
+def test_retry_on_reset_hides_the_race(meshlab_run: Run) -> None:
     """VS ``retries: {attempts: 2, retryOn: reset}``: each reset attempt is retried on a new
     connection → 0 client errors; the counters show the resets and the successful retries, and
     the app sees the retried attempt's ``x-envoy-attempt-count: 2``."""
+    l1, l2_cluster = hops(meshlab_run)
     load, uses, counters = sparse_load(meshlab_run, "retry-on-reset")
     resets = counters["upstream_cx_destroy_remote_with_active_rq"]
     assert load.requests == REQUESTS
@@ -170,11 +179,11 @@ def test_retry_on_reset_hides_the_race(meshlab_run):
     assert resets + sum(u["reused"] for u in uses) == REQUESTS - 1, (counters, uses)
     meshlab_run.check(
         ErrorRateAtMost(0.0, load="retry-on-reset"),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UC", at_most=0),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="UC", at_most=0),
         OnlyResponseFlags(allowed={"-"}),
     )
     time.sleep(RACE_S + 0.2)  # let L1's pooled connection idle past the upstream's limit
-    res = meshlab_run.env.pod_shell(meshlab_run.client).run(
+    res = meshlab_run.shell(meshlab_run.client).run(
         ["curl", "-sS", "--max-time", "5", "http://fortio-server:8070/debug"])
     meshlab_run.observe("retry-on-reset:debug", "http", res.stdout[-2000:])
     assert "X-Envoy-Attempt-Count: 2" in res.stdout, res.stdout

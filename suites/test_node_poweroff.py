@@ -32,18 +32,25 @@ from typing import Any
 
 import pytest
 
-from meshlab.checks import ErrorRateAtMost, LatencyPercentileAtMost, ResponseFlagsCount, SocketCount
+from meshlab import (
+    ErrorRateAtMost,
+    LatencyPercentileAtMost,
+    LoadResult,
+    NodePowerOff,
+    ResponseFlagsCount,
+    Run,
+    SocketCount,
+    wait_until,
+)
 from meshlab.collectors.sockets import select, snapshot
-from meshlab.faults.node_poweroff import NodePowerOff
-from meshlab.load.driver import LoadResult
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["ha-l2"])
 MITIGATED = pytest.mark.meshlab_lab(overlays=["ha-l2", "ha-l2-timeouts"])
 
-L1 = "fortio-server-0"
-VICTIM = "fortio-server-l2-1"
-L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
-URL = "http://fortio-server:8070/echo"
+L1, L2 = "fortio-server", "fortio-server-l2"  # workloads, and the Services in front of them
+L2_PORT = 8080
+VICTIM_ORDINAL = 1  # fortio-server-l2-1: its node is powered off
+URL = f"http://{L1}:8070/echo"
 SIDECAR_UID = 1337
 USERS = 8
 RATE_PER_S = 40
@@ -63,19 +70,17 @@ RECOVERY_S = 2
 RECOVERED_SHARE = 0.7
 
 
-def _wait_records(run: Any, pod: str, count: int, timeout_s: float = 30.0) -> None:
+def _wait_records(run: Run, pod: str, count: int, timeout_s: float = 30.0) -> None:
     """Poll until ``pod``'s sidecar has logged ``count`` requests in this run."""
-    deadline = time.monotonic() + timeout_s
-    while len(run.records(pod)) < count:
-        assert time.monotonic() < deadline, f"{pod} logged < {count} requests in {timeout_s} s"
-        time.sleep(0.1)
+    wait_until(lambda: len(run.records(pod)) >= count, timeout_s=timeout_s,
+               what=f"{pod} logged {count} requests")
 
 
-def _half_open(run: Any, peer_ip: str) -> tuple[list[dict[str, Any]], float]:
+def _half_open(run: Run, peer_ip: str) -> tuple[list[dict[str, Any]], float]:
     """Poll L1's sockets until its sidecar has an ESTAB connection to ``peer_ip:8080`` that
     has retransmitted (no ACK, no FIN, no RST came back); returns the snapshot and its age."""
     start = time.monotonic()
-    shell = run.env.pod_shell(L1)
+    shell = run.shell(run.names.pod(L1))
     while True:
         socks = snapshot(shell)
         stuck = [s for s in select(socks, state="ESTAB", uid=SIDECAR_UID, peer_ip=peer_ip,
@@ -100,27 +105,27 @@ def _window(result: LoadResult, start_epoch_s: float, end_epoch_s: float) -> dic
             "max_ms": max((p.max_us or 0 for p in points), default=0) / 1000}
 
 
-def _power_cycle_under_load(run: Any, name: str) -> dict[str, Any]:
+def _power_cycle_under_load(run: Run, name: str) -> dict[str, Any]:
     """The scenario: load → victim's node off for FAULT_S → on → load stops once the victim
     serves again. Records the L1 socket snapshot and the TPS windows; returns the windows."""
-    env = run.env
-    victim = env.pod(VICTIM)
+    l1, victim_pod = run.names.pod(L1), run.names.pod(L2, VICTIM_ORDINAL)
+    victim = run.pod(victim_pod)
     run.observe("kernel-timeouts", "sysctls", dict(
-        line.split(" = ", 1) for line in env.pod_shell(L1).run(
+        line.split(" = ", 1) for line in run.shell(l1).run(
             ["sysctl", "net.ipv4.tcp_retries2", "net.ipv4.tcp_keepalive_time",
              "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"]
-        ).stdout.splitlines()), pod=L1, note="Linux defaults, not time-scaled")
+        ).stdout.splitlines()), pod=l1, note="Linux defaults, not time-scaled")
     with run.background_load(name, URL, users=USERS, rate_per_s=RATE_PER_S, duration_s=60,
                              timeout_s=10) as load:
-        _wait_records(run, VICTIM, BASELINE_S * RATE_PER_S // 2)
+        _wait_records(run, victim_pod, BASELINE_S * RATE_PER_S // 2)
         with run.fault(NodePowerOff(node=victim.node)):
             off = time.time()
             socks, age_s = _half_open(run, victim.ip)
-            run.observe("l1-sockets-after-poweroff", "sockets", socks, pod=L1,
+            run.observe("l1-sockets-after-poweroff", "sockets", socks, pod=l1,
                         seconds_after_poweroff=round(age_s, 3))
             time.sleep(max(0.0, off + FAULT_S - time.time()))  # the outage lasts FAULT_S
         on = time.time()  # L1 logs 2 records (inbound, outbound) per request:
-        _wait_records(run, L1, len(run.records(L1)) + 2 * AFTER_S * RATE_PER_S)
+        _wait_records(run, l1, len(run.records(l1)) + 2 * AFTER_S * RATE_PER_S)
         result = load.stop()
     windows = {"baseline": _window(result, result.start_epoch_s + 1, off),
                "outage": _window(result, off, on),
@@ -131,13 +136,13 @@ def _power_cycle_under_load(run: Any, name: str) -> dict[str, Any]:
     return windows
 
 
-def test_poweroff_leaves_half_open_connections_and_spikes_tail_latency(meshlab_run):
+def test_poweroff_leaves_half_open_connections_and_spikes_tail_latency(meshlab_run: Run) -> None:
     """Without mitigation: half-open ESTAB sockets with retransmit timers on L1's sidecar, TPS
     below half the baseline while the node is off, p99/max at L1's 3 s deadline, p50 low."""
-    env = meshlab_run.env
+    lab = meshlab_run.names
     w = _power_cycle_under_load(meshlab_run, "poweroff")
-    ip = env.pod(VICTIM).ip
-    socks = meshlab_run.journal.data["observations"]["l1-sockets-after-poweroff"]["data"]
+    ip = meshlab_run.pod(lab.pod(L2, VICTIM_ORDINAL)).ip
+    socks = meshlab_run.observation("l1-sockets-after-poweroff")
     stuck = [s for s in socks if s["state"] == "ESTAB" and s["uid"] == SIDECAR_UID
              and s["peer"] == f"{ip}:8080" and s["timer"] == "on" and s["retrans_total"] >= 1]
     assert stuck, f"no half-open ESTAB socket with retransmits toward {ip}:8080 in {socks}"
@@ -145,12 +150,13 @@ def test_poweroff_leaves_half_open_connections_and_spikes_tail_latency(meshlab_r
         SocketCount("l1-sockets-after-poweroff", state="ESTAB", uid=SIDECAR_UID, peer_ip=ip,
                     peer_port=8080, at_least=1),
         LatencyPercentileAtMost(50, at_most=0.1 * L1_APP_DEADLINE_MS, load="poweroff"),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="DC", at_least=1),
+        ResponseFlagsCount(lab.pod(L1), cluster=lab.outbound_cluster(L2, L2_PORT), flag="DC",
+                           at_least=1),
     )
     base, outage = w["baseline"], w["outage"]
     assert outage["tps"] < 0.5 * base["tps"], (base, outage)
     assert w["recovered"]["min_tps"] < RECOVERED_SHARE * base["tps"], w  # no recovery by itself
-    lat = next(x for x in meshlab_run.journal.data["loads"] if x["name"] == "poweroff")
+    lat = meshlab_run.load_record("poweroff")
     p50_ms, p99_ms = lat["latency_us"]["p50"] / 1000, lat["latency_us"]["p99"] / 1000
     mean_ms, max_ms = lat["latency_us"]["mean"] / 1000, lat["latency_us"]["max"] / 1000
     assert p99_ms >= 0.5 * L1_APP_DEADLINE_MS and max_ms >= 0.9 * L1_APP_DEADLINE_MS, lat
@@ -162,7 +168,7 @@ def test_poweroff_leaves_half_open_connections_and_spikes_tail_latency(meshlab_r
 
 
 @MITIGATED
-def test_timeouts_and_ejection_bound_the_outage(meshlab_run):
+def test_timeouts_and_ejection_bound_the_outage(meshlab_run: Run) -> None:
     """With per-try timeout + retries, connect timeout, outlier ejection and keepalive: no
     error, every request within 1.5 s, TPS back to ≥ 70 % of the baseline 2 s after the
     power-off; after power-on a short load has no errors."""

@@ -25,7 +25,7 @@ logs ``DC``); the client's timeout (10 s) is longer, so retransmission delays sh
 or as those 503s, never as client errors. Both loads are bounded by count and time.
 """
 
-from meshlab.checks import ErrorRateAtMost, StatAtLeast, TpsAtLeast
+from meshlab import ErrorRateAtMost, PacketDrop, Run, StatAtLeast, TpsAtLeast
 from meshlab.collectors.envoy_stats import (
     StatsPoller,
     cluster_tcp_stat,
@@ -33,12 +33,10 @@ from meshlab.collectors.envoy_stats import (
     listener_tcp_stat,
     snapshot,
 )
-from meshlab.faults.packet_drop import PacketDrop
 
-L1 = "fortio-server-0"
-L2 = "fortio-server-l2-0"
-L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
-URL = "http://fortio-server:8070/echo?size=4096"
+L1, L2 = "fortio-server", "fortio-server-l2"  # workloads, and the Services in front of them
+L2_PORT = 8080
+URL = f"http://{L1}:8070/echo?size=4096"
 USERS = 8
 RATE_PER_S = 40
 BASELINE_S = 5
@@ -46,9 +44,6 @@ DROP_S = 10
 CLIENT_TIMEOUT_S = 10  # > fortio's 3 s -M deadline: a slow request is latency or a 503
 TCP_RTO_MIN_MS = 200  # include/net/tcp.h: no retransmission comes sooner
 
-L1_RETRANS = cluster_tcp_stat(L2_CLUSTER, "cx_tx_retransmitted_segments")
-L1_UNACKED = cluster_tcp_stat(L2_CLUSTER, "cx_tx_unacked_segments")
-L1_UNSENT = cluster_tcp_stat(L2_CLUSTER, "cx_tx_unsent_bytes")
 L2_RETRANS = listener_tcp_stat(15006, "cx_tx_retransmitted_segments")
 L2_UNACKED = listener_tcp_stat(15006, "cx_tx_unacked_segments")
 L2_UNSENT = listener_tcp_stat(15006, "cx_tx_unsent_bytes")
@@ -59,33 +54,36 @@ def counters(values: dict[str, int], *names: str) -> dict[str, int]:
     return {name: values.get(name, 0) for name in names}
 
 
-def test_half_the_packets_of_l1_to_l2_dropped(meshlab_run):
+def test_half_the_packets_of_l1_to_l2_dropped(meshlab_run: Run) -> None:
     """Baseline, then 50 % drop on L1↔L2 under the same load: retransmissions, non-zero
     unacked/unsent gauges on L1's L2 cluster, retransmissions at L2, p99 up."""
-    env = meshlab_run.env
+    env, lab = meshlab_run.env, meshlab_run.names
+    l1, l2, l2_cluster = lab.pod(L1), lab.pod(L2), lab.outbound_cluster(L2, L2_PORT)
+    l1_retrans, l1_unacked, l1_unsent = (cluster_tcp_stat(l2_cluster, stat) for stat in (
+        "cx_tx_retransmitted_segments", "cx_tx_unacked_segments", "cx_tx_unsent_bytes"))
     meshlab_run.load("warm-up", URL, users=USERS, duration_s=2, max_requests=2 * USERS)
-    start_l1 = snapshot(env, L1)
+    start_l1 = snapshot(env, l1)
     baseline = meshlab_run.load("baseline", URL, users=USERS, rate_per_s=RATE_PER_S,
                                 duration_s=BASELINE_S, max_requests=RATE_PER_S * BASELINE_S,
                                 timeout_s=CLIENT_TIMEOUT_S)
-    before_l1, before_l2 = snapshot(env, L1), snapshot(env, L2)
+    before_l1, before_l2 = snapshot(env, l1), snapshot(env, l2)
     base_retrans = meshlab_run.observe(
         "l1-tcp-stats-baseline", "tcp_stats_delta",
-        counters(delta(start_l1, before_l1), L1_RETRANS), pod=L1)[L1_RETRANS]
+        counters(delta(start_l1, before_l1), l1_retrans), pod=l1)[l1_retrans]
 
-    fault = PacketDrop(target=L1, peer_pod=L2, probability=0.5, direction="both")
+    fault = PacketDrop(target=l1, peer_pod=l2, probability=0.5, direction="both")
     with (meshlab_run.fault(fault, max_duration_s=60),
-          StatsPoller(env, L1) as l1_poll, StatsPoller(env, L2) as l2_poll):
+          StatsPoller(env, l1) as l1_poll, StatsPoller(env, l2) as l2_poll):
         drop = meshlab_run.load("drop-50", URL, users=USERS, rate_per_s=RATE_PER_S,
                                 duration_s=DROP_S, max_requests=RATE_PER_S * DROP_S,
                                 timeout_s=CLIENT_TIMEOUT_S)
     meshlab_run.observe("l1-tcp-stats-drop", "tcp_stats_delta",
-                        counters(delta(before_l1, snapshot(env, L1)), L1_RETRANS), pod=L1)
+                        counters(delta(before_l1, snapshot(env, l1)), l1_retrans), pod=l1)
     meshlab_run.observe("l2-tcp-stats-drop", "tcp_stats_delta",
-                        counters(delta(before_l2, snapshot(env, L2)), L2_RETRANS), pod=L2)
-    for pod, poll, names in ((L1, l1_poll, (L1_UNACKED, L1_UNSENT)),
-                             (L2, l2_poll, (L2_UNACKED, L2_UNSENT))):
-        meshlab_run.observe(f"{'l1' if pod == L1 else 'l2'}-tcp-gauges-drop", "envoy_stats",
+                        counters(delta(before_l2, snapshot(env, l2)), L2_RETRANS), pod=l2)
+    for pod, poll, names in ((l1, l1_poll, (l1_unacked, l1_unsent)),
+                             (l2, l2_poll, (L2_UNACKED, L2_UNSENT))):
+        meshlab_run.observe(f"{'l1' if pod == l1 else 'l2'}-tcp-gauges-drop", "envoy_stats",
                             poll.max_values(list(names)), pod=pod, reduce="max",
                             samples=len(poll.samples), interval_s=poll.interval_s,
                             nonzero_samples={n: poll.nonzero_samples(n) for n in names},
@@ -101,10 +99,11 @@ def test_half_the_packets_of_l1_to_l2_dropped(meshlab_run):
     meshlab_run.check(
         TpsAtLeast(0.9 * RATE_PER_S, load="baseline"),
         ErrorRateAtMost(0.0, load="baseline"),
-        StatAtLeast("l1-tcp-stats-drop", L1_RETRANS, base_retrans + 10,
+        StatAtLeast("l1-tcp-stats-drop", l1_retrans, base_retrans + 10,
                     label="L1→L2 cx_tx_retransmitted_segments"),
-        StatAtLeast("l1-tcp-gauges-drop", L1_UNACKED, 1, label="L1→L2 peak cx_tx_unacked_segments"),
-        StatAtLeast("l1-tcp-gauges-drop", L1_UNSENT, 1, label="L1→L2 peak cx_tx_unsent_bytes"),
+        StatAtLeast("l1-tcp-gauges-drop", l1_unacked, 1,
+                    label="L1→L2 peak cx_tx_unacked_segments"),
+        StatAtLeast("l1-tcp-gauges-drop", l1_unsent, 1, label="L1→L2 peak cx_tx_unsent_bytes"),
         StatAtLeast("l2-tcp-stats-drop", L2_RETRANS, 20,
                     label="L2 15006 cx_tx_retransmitted_segments"),
         StatAtLeast("p99-vs-baseline", "drop_p99_ms", TCP_RTO_MIN_MS, label="p99 under drop (ms)"),

@@ -8,55 +8,58 @@
   (Istio's outbound retry policy does not retry resets), at most once per pooled connection.
 """
 
-from meshlab.checks import ResponseFlagsCount
-from meshlab.faults.reject_connections import RejectConnections
+from meshlab import RejectConnections, ResponseFlagsCount, Run
 
-L1 = "fortio-server-0"
-L2 = "fortio-server-l2-0"
-L2_CLUSTER = "outbound|8080||fortio-server-l2.mark.svc.cluster.local"
+L1, L2 = "fortio-server", "fortio-server-l2"  # workloads, and the Services in front of them
+L1_PROXY_PORT, L2_PORT = 8070, 8080  # L1's app proxies (-M) to L2's echo
 
 
-def test_app_503_passes_with_no_flag(meshlab_run):
+def test_app_503_passes_with_no_flag(meshlab_run: Run) -> None:
     """``status=503`` from L2's app: 503s at the client, flag ``-`` on every hop."""
-    load = meshlab_run.load("app-503", "http://fortio-server:8070/echo?status=503",
+    lab = meshlab_run.names
+    l1, l2, l2_cluster = lab.pod(L1), lab.pod(L2), lab.outbound_cluster(L2, L2_PORT)
+    load = meshlab_run.load("app-503", lab.url(L1, L1_PROXY_PORT, "/echo?status=503"),
                             users=2, duration_s=2, max_requests=50)
     assert load.status_counts.get("503", 0) == load.requests > 0
     meshlab_run.check(
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="-", at_least=load.requests),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF", at_most=0),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="URX", at_most=0),
-        ResponseFlagsCount(L2, cluster="inbound|8080||", flag="-", at_least=load.requests),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="-", at_least=load.requests),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="UF", at_most=0),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="URX", at_most=0),
+        ResponseFlagsCount(l2, cluster=lab.inbound_cluster(L2_PORT), flag="-",
+                           at_least=load.requests),
     )
-    codes = {r["response_code"] for r in meshlab_run.records(L2)}
+    codes = {r["response_code"] for r in meshlab_run.records(l2)}
     assert codes == {503}
 
 
-def pooled_connections(meshlab_run, pod: str, peer: str, port: int) -> int:
+def pooled_connections(meshlab_run: Run, pod: str, peer: str, port: int) -> int:
     """ESTAB connections from ``pod`` to ``peer:port`` (the sidecar's upstream pool), from ss."""
-    peer_ip = meshlab_run.env.pod(peer).ip
-    res = meshlab_run.env.pod_shell(pod).run(
+    peer_ip = meshlab_run.pod(peer).ip
+    res = meshlab_run.shell(pod).run(
         ["ss", "-Htn", "state", "established", "dst", f"{peer_ip}:{port}"])
     return len(res.stdout.splitlines())
 
 
-def test_unreachable_l2_gives_uf_urx_at_l1_outbound(meshlab_run):
+def test_unreachable_l2_gives_uf_urx_at_l1_outbound(meshlab_run: Run) -> None:
     """L2 refuses connections on 8080: L1's outbound logs ``UF,URX`` 503s (``UC`` once per
     connection pooled before the fault); L1's inbound relays the 503 with ``-``; L2 logs
     nothing."""
-    meshlab_run.load("warm-pool", "http://fortio-server:8070/echo", users=2, duration_s=2,
-                     max_requests=10)
-    pooled = pooled_connections(meshlab_run, L1, L2, 8080)
-    with meshlab_run.fault(RejectConnections(target=L2, port=8080)):
-        load = meshlab_run.load("l2-refused", "http://fortio-server:8070/echo",
-                                users=2, duration_s=3, max_requests=20)
+    lab = meshlab_run.names
+    l1, l2, l2_cluster = lab.pod(L1), lab.pod(L2), lab.outbound_cluster(L2, L2_PORT)
+    url = lab.url(L1, L1_PROXY_PORT, "/echo")
+    meshlab_run.load("warm-pool", url, users=2, duration_s=2, max_requests=10)
+    pooled = pooled_connections(meshlab_run, l1, l2, L2_PORT)
+    with meshlab_run.fault(RejectConnections(target=l2, port=L2_PORT)):
+        load = meshlab_run.load("l2-refused", url, users=2, duration_s=3, max_requests=20)
     assert load.requests == 20 and load.status_counts.get("503", 0) == load.requests
     meshlab_run.check(
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UF", at_least=20 - pooled),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="URX", at_least=20 - pooled),
-        ResponseFlagsCount(L1, cluster=L2_CLUSTER, flag="UC", at_most=pooled),
-        ResponseFlagsCount(L1, cluster="inbound|8070||", flag="-", at_least=30),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="UF", at_least=20 - pooled),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="URX", at_least=20 - pooled),
+        ResponseFlagsCount(l1, cluster=l2_cluster, flag="UC", at_most=pooled),
+        ResponseFlagsCount(l1, cluster=lab.inbound_cluster(L1_PROXY_PORT), flag="-",
+                           at_least=30),
     )
-    out = [r for r in meshlab_run.records(L1) if r.get("upstream_cluster") == L2_CLUSTER]
+    out = [r for r in meshlab_run.records(l1) if r.get("upstream_cluster") == l2_cluster]
     assert [r["response_code"] for r in out[-20:]] == [503] * 20
     assert {r["response_flags"] for r in out[-20:]} <= {"UF,URX", "UC"}
-    assert len(meshlab_run.records(L2)) == 10  # only the warm-up reached L2
+    assert len(meshlab_run.records(l2)) == 10  # only the warm-up reached L2

@@ -48,13 +48,14 @@ def running_lab(lab: str, **kwargs) -> Iterator:
     """A ``LocalEnv(lab=lab, **kwargs)`` that is up inside the block, always torn down after it
     and then checked to have left nothing behind."""
     from meshlab.envs.local.lab import LocalEnv
+    from meshlab.experiment.labs import lab_down, lab_up
 
     env = LocalEnv(lab=lab, **kwargs)
-    env.up()
+    lab_up(env)
     try:
         yield env
     finally:
-        env.down()
+        lab_down(env)  # also reverts a fault a failed test left in the ledger
         assert lab_leftovers(lab) == {}
 
 

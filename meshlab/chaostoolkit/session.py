@@ -9,14 +9,20 @@ cleanup) ends it. Every fault also has a ledger entry and a deadman
 
 The experiment's ``configuration`` picks the lab (all optional)::
 
-    meshlab_env        "local" (the only env of this version; "kube" comes with issue #6)
-    meshlab_lab        lab name, default "lab" (netns ml-<lab>-…)
-    meshlab_overlays   ["ha-l2", ...] over the base manifests (a list, or "a,b" as a string)
-    meshlab_manifests  base manifests folder, default manifests/fortio-layered
-    meshlab_reports    reports folder, default "reports"
+    meshlab_env          "local" (network-namespace lab) or "kube" (a cluster with Istio)
+    meshlab_lab          lab name, default "lab" (local netns ml-<lab>-…; kube labels)
+    meshlab_overlays     ["ha-l2", ...] over the base manifests (a list, or "a,b" as a string)
+    meshlab_manifests    base manifests folder, default manifests/fortio-layered
+    meshlab_reports      reports folder, default "reports"
+    meshlab_kube_config  kube: the settings YAML (namespace, allow-list, guardrails; KUBE.md)
+    meshlab_dry_run      kube: print every manifest and command, send nothing (default false)
+    meshlab_interval     collectors' sampling interval in seconds (default 0: off)
 
-The lab must already be up with exactly these manifests (``meshlab up --lab <lab> --overlay
-<name>``); a mismatch is a :class:`~meshlab.errors.LabError` before anything is injected.
+A local lab must already be up with exactly these manifests (``meshlab up --lab <lab> --overlay
+<name>``); a mismatch is a :class:`~meshlab.errors.LabError` before anything is injected. A kube
+lab is applied into the settings' namespace when the session starts (idempotent, through the
+same guardrails as a suite: allowed namespace, opted-in nodes, blast radius) and left there.
+The run goes through :class:`~meshlab.experiment.lifecycle.RunLifecycle`, like a suite's.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.chaostoolkit import clients
+from meshlab.envs.ledger import fault_params
 from meshlab.errors import ConfigError, LabError
-from meshlab.experiment import DEFAULT_CLIENT, Run
+from meshlab.experiment.lifecycle import RunLifecycle, RunOptions
+from meshlab.experiment.run import DEFAULT_CLIENT
 from meshlab.faults.base import start, stop
-from meshlab.faults.ledger import fault_params
 from meshlab.faults.protocol import Fault
 from meshlab.faults.registry import create
 from meshlab.journal import RunJournal
@@ -41,37 +48,58 @@ from meshlab.load.start import run_load, start_load
 
 DEFAULTS: dict[str, Any] = {"meshlab_env": "local", "meshlab_lab": "lab",
                             "meshlab_overlays": [], "meshlab_manifests": None,
-                            "meshlab_reports": "reports"}
+                            "meshlab_reports": "reports", "meshlab_kube_config": None,
+                            "meshlab_dry_run": False, "meshlab_interval": 0}
 DEFAULT_RUN_NAME = "chaostoolkit"
 
 
 def env_spec(configuration: dict[str, Any] | None) -> dict[str, Any]:
-    """The env spec (:func:`meshlab.envs.spec.env_from_spec` form) the configuration asks for.
+    """What the configuration asks for: the env, the lab and its manifests.
 
     Returns:
-        ``{"env": "local", "lab": str, "manifests": [absolute folder, ...]}``.
+        ``{"env": "local"|"kube", "lab": str, "manifests": [absolute folder, ...],
+        "kube_config": str|None, "dry_run": bool, "interval_s": float}``.
 
     Raises:
-        ConfigError: an unsupported env or an unknown overlay (names the key).
+        ConfigError: an unknown env, an unknown overlay, a kube-only key on the local env, a
+            bad interval (names the key).
     """
+    from meshlab.envs.factory import ENVS
     from meshlab.envs.manifest_sets import manifest_set
 
     cfg = {**DEFAULTS, **(configuration or {})}
-    if cfg["meshlab_env"] != "local":
-        raise ConfigError(f"configuration.meshlab_env: {cfg['meshlab_env']!r} is not supported "
-                          "by this version (only 'local'; the kube env is issue #6)")
+    which = cfg["meshlab_env"]
+    if which not in ENVS:
+        raise ConfigError(f"configuration.meshlab_env: must be one of {', '.join(ENVS)}, got "
+                          f"{which!r}")
     overlays = cfg["meshlab_overlays"] or []
     if isinstance(overlays, str):
         overlays = [o.strip() for o in overlays.split(",") if o.strip()]
     if not isinstance(overlays, list):
         raise ConfigError(f"configuration.meshlab_overlays: expected a list of overlay names, "
                           f"got {overlays!r}")
+    dry_run = cfg["meshlab_dry_run"]
+    if not isinstance(dry_run, bool):
+        dry_run = str(dry_run).lower() in ("1", "true", "yes", "on")
+    if which == "local" and (dry_run or cfg["meshlab_kube_config"]):
+        raise ConfigError("configuration.meshlab_dry_run/meshlab_kube_config: only with "
+                          "meshlab_env 'kube' (the local lab has no dry run)")
+    try:
+        interval_s = float(cfg["meshlab_interval"])
+    except (TypeError, ValueError):
+        interval_s = -1.0
+    if interval_s < 0:
+        raise ConfigError(f"configuration.meshlab_interval: must be >= 0 seconds, got "
+                          f"{cfg['meshlab_interval']!r}")
     folders = manifest_set(cfg["meshlab_manifests"], overlays)
-    return {"env": "local", "lab": str(cfg["meshlab_lab"]),
-            "manifests": [str(p) for p in folders]}
+    kube_config = cfg["meshlab_kube_config"]
+    return {"env": which, "lab": str(cfg["meshlab_lab"]),
+            "manifests": [str(p) for p in folders],
+            "kube_config": str(kube_config) if kube_config else None, "dry_run": dry_run,
+            "interval_s": interval_s}
 
 
-def _check_up(spec: dict[str, Any]) -> None:
+def _check_local_up(spec: dict[str, Any]) -> None:
     from meshlab.envs.local.state import LabState
     from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS, OVERLAYS_ROOT
 
@@ -95,7 +123,7 @@ class ActiveFault:
 
     Attributes:
         fault: the fault object (its fields hold what revert needs).
-        entry: its :class:`~meshlab.faults.ledger.LedgerEntry` (None without ledger).
+        entry: its :class:`~meshlab.envs.ledger.LedgerEntry` (None without ledger).
         started_epoch_s: when the inject began (start of the report's fault window).
     """
 
@@ -117,12 +145,20 @@ class Session:
     """
 
     def __init__(self, spec: dict[str, Any], reports: Path, name: str) -> None:
-        from meshlab.envs.spec import env_from_spec
+        from meshlab.envs.factory import build_env
+        from meshlab.experiment.labs import lab_up
 
-        _check_up(spec)
         self.spec = spec
-        self.env = env_from_spec(spec)
-        self.run = Run(self.env, RunJournal(reports, name))
+        self.env = build_env(spec["env"], spec["manifests"], spec["lab"],
+                             kube_config=spec["kube_config"], dry_run=spec["dry_run"])
+        if spec["env"] == "local":
+            _check_local_up(spec)
+        else:
+            lab_up(self.env)  # applies the lab through the guardrails (a dry run prints it)
+        self.life = RunLifecycle(self.env, RunJournal(reports, name),
+                                 RunOptions(interval_s=spec["interval_s"],
+                                            dry_run=spec["dry_run"]))
+        self.run = self.life.open()
         self.faults: dict[str, ActiveFault] = {}
         self.loads: dict[str, LoadHandle] = {}
         self.results: dict[str, LoadResult] = {}
@@ -296,8 +332,14 @@ class Session:
         return lines
 
     def close(self, status: str) -> Path:
-        """Close the meshlab journal with ``status`` and render ``report.html``."""
-        return self.run.finish(status)
+        """End the run (:meth:`RunLifecycle.close`: settle, stop the collectors, finish) with
+        ``status`` and return its ``report.html``; a dry run ends as ``skipped`` (nothing was
+        sent, so nothing was measured)."""
+        if self.spec["dry_run"]:
+            self.journal.data["notes"].append("dry run: every manifest and command printed, "
+                                              "nothing sent")
+            status = "skipped"
+        return self.life.close(status).report
 
 
 _LOCK = threading.RLock()

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from meshlab.collectors.prometheus_api import PrometheusClient
+from meshlab.envs.prometheus_api import PrometheusClient
 from meshlab.errors import LabError
 
 JOB = "envoy-stats"

@@ -7,6 +7,7 @@ transport, so the local lab exercises the same commands a cluster run sends (DES
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from meshlab.envs.node_driver import NodeDriver
 from meshlab.errors import CommandError, LabError
+
+#: Where the runner keeps what must outlive it (lab state, the fault ledger): a tmpfs, so a
+#: reboot (which also ends every lab) clears it. ``MESHLAB_STATE_ROOT`` moves it.
+STATE_ROOT = Path(os.environ.get("MESHLAB_STATE_ROOT", "/run/meshlab"))
 
 
 @dataclass(frozen=True)
@@ -179,15 +184,11 @@ class Env(Protocol):
         ...
 
     def spec(self) -> dict[str, Any]:
-        """What rebuilds this env elsewhere (:func:`meshlab.envs.spec.env_from_spec`)."""
+        """What rebuilds this env elsewhere (:func:`meshlab.envs.factory.env_from_spec`)."""
         ...
 
     def status(self) -> dict[str, Any]:
         """What runs now, as found on the machine or the cluster (JSON-ready)."""
-        ...
-
-    def revert_faults(self) -> list[str]:
-        """Revert faults a dead runner left in the ledger; one line per fault."""
         ...
 
     def pods(self) -> list[PodInfo]:
@@ -225,7 +226,7 @@ class Env(Protocol):
 
     def prometheus(self) -> Any:
         """A query client of the Prometheus that scrapes the lab
-        (:class:`meshlab.collectors.prometheus_api.PrometheusClient`)."""
+        (:class:`meshlab.envs.prometheus_api.PrometheusClient`)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -273,9 +274,10 @@ class ManagedPrometheus(Protocol):
 
 @runtime_checkable
 class LoadJobs(Protocol):
-    """Capability of an env that runs load generators as its own jobs (Kubernetes Jobs)."""
+    """Capability of an env that runs load generators as its own jobs (Kubernetes Jobs; the
+    load layer's :func:`meshlab.load.kube_jobs.run_load_jobs` runs them)."""
 
-    def load_jobs(self, client: str, spec: Any, out_path: Path) -> Any:
-        """Run ``spec`` (a :class:`~meshlab.load.spec.LoadSpec`) as jobs next to ``client``;
-        the merged :class:`~meshlab.load.driver.LoadResult`."""
+    def job_placement(self, client: str, workers: int, what: str) -> Any:
+        """Where ``workers`` worker jobs beside pod ``client`` go, after the guardrails
+        (a :class:`~meshlab.envs.kube.facade.JobPlacement`)."""
         ...

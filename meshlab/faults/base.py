@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from meshlab.envs.base import Env
-from meshlab.faults.ledger import LedgerEntry, fault_params
+from meshlab.envs.ledger import LedgerEntry, fault_params
 from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S, Fault
 
 
@@ -58,7 +58,7 @@ def start(fault: Fault, env: Env, max_duration_s: float | None = None) -> tuple[
             else :data:`~meshlab.faults.protocol.DEFAULT_MAX_DURATION_S`).
 
     Returns:
-        ``(entry, inject output)``: the :class:`~meshlab.faults.ledger.LedgerEntry` (None
+        ``(entry, inject output)``: the :class:`~meshlab.envs.ledger.LedgerEntry` (None
         without ledger) to pass to :func:`stop`.
 
     Raises:

@@ -1,6 +1,6 @@
 """The fault deadman: ``python -m meshlab.faults.deadman <ledger-entry.json>``.
 
-A detached process started by :meth:`meshlab.faults.ledger.LedgerEntry.create` before a fault
+A detached process started by :meth:`meshlab.envs.ledger.LedgerEntry.create` before a fault
 is injected. It watches the entry (every ``POLL_S``): when the entry disappears (the runner
 reverted the fault and closed it) it exits; when the entry's ``deadline_epoch_s`` passes it
 rebuilds the env and the fault from the entry and reverts it (``reverted_by: deadman``), so a
@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from meshlab.envs.spec import env_from_spec
-from meshlab.faults.ledger import LedgerEntry
+from meshlab.envs.factory import env_from_spec
+from meshlab.envs.ledger import LedgerEntry
 from meshlab.faults.registry import create
 
 POLL_S = 0.1

@@ -23,7 +23,7 @@ half-open, retransmitting into the void (``ss``: ``timer:(on,…)``, unacked seg
 application timeout gives up; new connections' SYNs go unanswered until ARP for the node fails.
 
 With ``duration_s`` the node powers itself on after that many seconds: it is the fault's
-``max_duration_s``, so the ledger's deadman (:mod:`meshlab.faults.ledger`) does it even if the
+``max_duration_s``, so the ledger's deadman (:mod:`meshlab.envs.ledger`) does it even if the
 runner hung or was killed; without it the node stays off until revert (bounded by
 :data:`~meshlab.faults.protocol.DEFAULT_MAX_DURATION_S`). Revert is idempotent: powering on a node
 that is up does nothing.

@@ -6,7 +6,7 @@ Contract (after Shopify/toxiproxy's toxics and ``/reset``): a fault is a small d
 twice, is a no-op; a fault never leaves state behind. Its fields are its parameters (plus any
 state ``inject`` saved for ``revert``, e.g. a sysctl's old value), all JSON-ready, because a
 *fresh* instance built from them must be able to revert it: the deadman and ``meshlab down``
-do exactly that (:mod:`meshlab.faults.ledger`).
+do exactly that (:mod:`meshlab.envs.ledger`).
 """
 
 from __future__ import annotations

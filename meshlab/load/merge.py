@@ -1,7 +1,7 @@
 """Merge the results of N load processes of one load into one result, exactly.
 
 A load run by N processes (:mod:`meshlab.load.group` in one pod, or one Kubernetes Job per
-worker, :mod:`meshlab.envs.kube.load_jobs`) gives N result dicts (CONTRACTS.md §2).
+worker, :mod:`meshlab.load.kube_jobs`) gives N result dicts (CONTRACTS.md §2).
 :func:`merge_results` turns them into the result one process recording every request would
 have written:
 

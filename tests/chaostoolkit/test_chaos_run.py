@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from meshlab.chaostoolkit import EXPERIMENTS_DIR, session
+from meshlab.envs.ledger import entries
 from meshlab.envs.local.fingerprint import diff
 from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
 from meshlab.errors import ConfigError, LabError
-from meshlab.faults.ledger import entries
+from meshlab.experiment.labs import lab_down, lab_up
 
 pytestmark = pytest.mark.lab
 LAB = "hctk"
@@ -37,11 +38,11 @@ SHIPPED = sorted(EXPERIMENTS_DIR.glob("*.json"))
 @pytest.fixture(scope="module")
 def lab():
     env = LocalEnv(DEFAULT_MANIFESTS, lab=LAB)
-    env.up()
+    lab_up(env)
     try:
         yield env
     finally:
-        env.down()
+        lab_down(env)
 
 
 @pytest.fixture
@@ -175,8 +176,12 @@ def test_wrong_lab_is_refused_before_anything_is_injected(lab):
                         Path("/nonexistent"), "x")
     with pytest.raises(LabError, match="is not up: run 'meshlab up --lab nolab' first"):
         session.Session(session.env_spec({"meshlab_lab": "nolab"}), Path("/nonexistent"), "x")
-    with pytest.raises(ConfigError, match="meshlab_env"):
-        session.env_spec({"meshlab_env": "kube"})
+    with pytest.raises(ConfigError, match="meshlab_env: must be one of local, kube"):
+        session.env_spec({"meshlab_env": "docker"})
+    with pytest.raises(ConfigError, match="meshlab_dry_run/meshlab_kube_config: only with"):
+        session.env_spec({"meshlab_dry_run": True})
+    with pytest.raises(ConfigError, match="meshlab_interval"):
+        session.env_spec({"meshlab_interval": "fast"})
     with pytest.raises(ConfigError, match="overlay 'nope'"):
         session.env_spec({"meshlab_overlays": "tcp-echo,nope"})
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from meshlab.collectors.sockets import select, snapshot
+from meshlab.envs.ledger import entries
 from meshlab.envs.local.fingerprint import diff
 from meshlab.envs.local.lab import LocalEnv
 from meshlab.envs.local.netns import ETC_NETNS, NETNS_DIR
@@ -22,7 +23,7 @@ from meshlab.envs.local.netns_socket import netns_connect
 from meshlab.envs.local.state import LabState
 from meshlab.envs.manifest_sets import manifest_set
 from meshlab.errors import ConfigError
-from meshlab.faults.ledger import entries
+from meshlab.faults.ledger import revert_leftovers
 from meshlab.faults.node_poweroff import NodePowerOff
 from meshlab.polling import wait_until
 
@@ -159,11 +160,12 @@ def test_deadman_powers_the_node_on_after_the_runner_is_killed(lab):
     assert not lab.node_driver().is_up(NODE)
     _poll(lambda: lab.node_driver().is_up(NODE), 30, "deadman power-on")
     (entry,) = entries("local", LAB)
-    assert entry.read()["reverted_by"] == "deadman"
+    # the deadman writes reverted_by just after the node answers again: poll the record
+    _poll(lambda: entry.read()["reverted_by"] == "deadman", 10, "ledger reverted_by")
     after = lab.fingerprint()
     assert after["faults"] == [entry.path.stem]  # reverted, left for `meshlab down` to close
     assert diff(before, {**after, "faults": []}) == []
-    assert [line.split(":")[0] for line in lab.revert_faults()] == ["node-poweroff"]
+    assert [line.split(":")[0] for line in revert_leftovers("local", LAB, env=lab)] == ["node-poweroff"]
     assert diff(before, lab.fingerprint()) == []
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
+from meshlab.experiment.labs import lab_down, lab_up
 
 pytestmark = pytest.mark.lab
 LAB = "poltest"
@@ -24,9 +25,9 @@ def lab(tmp_path_factory, lab_leftovers):
     for f in EXAMPLES.glob("*.yaml"):
         shutil.copy(f, folder / f.name)
     env = LocalEnv(folder, lab=LAB)  # loading validates the Istio documents too
-    env.up()
+    lab_up(env)
     yield env  # pytest runs the rest even when a test failed
-    env.down()
+    lab_down(env)
     assert lab_leftovers(LAB) == {}
 
 

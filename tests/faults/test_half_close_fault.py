@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from meshlab.envs.ledger import fault_params
 from meshlab.envs.local import istiod
 from meshlab.envs.local.netns import netns_pids
 from meshlab.envs.local.plan import make_plan
@@ -21,7 +22,6 @@ from meshlab.envs.manifest_sets import manifest_set
 from meshlab.errors import ConfigError, LabError
 from meshlab.faults.base import active
 from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL, HalfClose, signal_app
-from meshlab.faults.ledger import fault_params
 from meshlab.faults.registry import create
 from meshlab.manifests.loader import load_topology
 

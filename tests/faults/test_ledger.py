@@ -16,8 +16,8 @@ import textwrap
 
 import pytest
 
+from meshlab.envs.ledger import entries
 from meshlab.faults.base import active, start, stop
-from meshlab.faults.ledger import entries
 from meshlab.faults.reject_connections import RejectConnections
 from meshlab.journal import RunJournal
 from meshlab.polling import wait_until

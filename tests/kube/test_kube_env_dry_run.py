@@ -12,13 +12,13 @@ import pytest
 import yaml
 from kube_fake_server import LAB, OPT_IN, FakeKube, kube_env
 
-from meshlab.collectors.prometheus_api import PrometheusClient
 from meshlab.collectors.sockets import SS_ARGV, snapshot
+from meshlab.envs.factory import env_from_spec
 from meshlab.envs.kube.dry_run import DryRunApi
 from meshlab.envs.kube.env import KubeEnv
 from meshlab.envs.kube.settings import KubeSettings
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
-from meshlab.envs.spec import env_from_spec
+from meshlab.envs.prometheus_api import PrometheusClient
 from meshlab.envs.ssh_config import SshConfig
 from meshlab.errors import ConfigError
 from meshlab.faults.node_poweroff import NodePowerOff
@@ -135,5 +135,5 @@ def test_prometheus_needs_a_configured_url(fake, tmp_path):
     client = kube_env(fake, tmp_path, prometheus_url="http://prometheus.istio-system:9090/"
                       ).prometheus()
     assert isinstance(client, PrometheusClient)
-    assert (client.url, client.netns) == ("http://prometheus.istio-system:9090", None)
+    assert (client.url, client.runner) == ("http://prometheus.istio-system:9090", None)
     client.close()

@@ -25,17 +25,18 @@ from kube_fake_server import OPT_IN, FakeKube, kube_env
 
 from meshlab.envs.kube.dry_run import DryRunApi
 from meshlab.envs.kube.guardrails import GuardrailError, check_lab_size
-from meshlab.envs.kube.load_jobs import (
-    PRINT_WRAPPER,
-    WORKER_CONTAINER,
-    WRAPPER_NAME,
-    result_from_log,
-)
 from meshlab.errors import LabError
 from meshlab.experiment import Run
 from meshlab.journal import RunJournal
 from meshlab.load import hdr
 from meshlab.load.driver import RUNNER_MODULE, LoadSpec
+from meshlab.load.kube_jobs import (
+    PRINT_WRAPPER,
+    WORKER_CONTAINER,
+    WRAPPER_NAME,
+    result_from_log,
+    run_load_jobs,
+)
 from meshlab.load.locust_runner import parse_args
 
 NS = "meshlab-lab"
@@ -197,7 +198,7 @@ def test_a_failed_worker_fails_the_load_with_its_log_and_every_job_is_deleted(
                     name="bad", processes=2)
     with pytest.raises(LabError, match=r"load 'bad': worker 1 \(meshlab-load-bad-\w+-1-\d+\) "
                                        r"failed: runner exploded"):
-        env.load_jobs("netshoot", spec, tmp_path / "load-bad.json")
+        run_load_jobs(env, "netshoot", spec, tmp_path / "load-bad.json")
     assert len([r for r in fake.requests if r.method == "DELETE"]) == 2
     assert not [k for k in fake.objects if k[0] == JOBS]
     assert not (tmp_path / "load-bad.json").exists()
@@ -208,7 +209,7 @@ def test_workers_count_toward_max_pods_before_any_job_is_created(fake, kubelet, 
     spec = LoadSpec(url="http://fortio-server:8070/echo", users=2, duration_s=1, processes=2)
     with pytest.raises(GuardrailError, match=r"refused: 2 load workers would bring the lab's 3 "
                                              r"pods to 5, more than max_pods=4; raise max_pods"):
-        env.load_jobs("netshoot", spec, tmp_path / "r.json")
+        run_load_jobs(env, "netshoot", spec, tmp_path / "r.json")
     assert posted_jobs(fake) == []
     check_lab_size(env.settings, 3, workers=1)  # one worker would fit (3 + 1 <= 4)
 
@@ -221,7 +222,7 @@ def test_dry_run_prints_the_worker_jobs_and_their_collection(fake, tmp_path):
     spec = LoadSpec(url="http://fortio-server:8070/echo", users=3, rate_per_s=90,
                     duration_s=5, name="dist", processes=3)
     with pytest.raises(LabError, match="load 'dist': dry run: the 3 worker Jobs were printed"):
-        env.load_jobs("netshoot", spec, tmp_path / "r.json")
+        run_load_jobs(env, "netshoot", spec, tmp_path / "r.json")
     text = out.getvalue()[printed_by_up:]
     assert "&id" not in text  # plain YAML, no anchors
     assert text.count(f"kubectl apply -n {NS} -f - <<'EOF'\napiVersion: batch/v1\nkind: Job\n") == 3

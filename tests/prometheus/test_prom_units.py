@@ -13,10 +13,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshlab.collectors.prometheus import QUERIES, collect, counter_delta, result_of
-from meshlab.collectors.prometheus_api import PrometheusClient
 from meshlab.envs.local import prometheus as server
+from meshlab.envs.local.netns_socket import netns_runner
 from meshlab.envs.local.plan import make_plan
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
+from meshlab.envs.prometheus_api import PrometheusClient
 from meshlab.manifests.loader import load_topology
 from meshlab.proxy.admin.endpoints import agent_response
 from meshlab.proxy.stats.process_metrics import process_values
@@ -86,7 +87,7 @@ def test_counter_delta_is_exact_per_series_then_summed():
 
 
 def test_collect_records_an_unreachable_server_instead_of_raising():
-    client = PrometheusClient("http://172.18.0.1:9090", netns="ml-prom-missing")
+    client = PrometheusClient("http://172.18.0.1:9090", runner=netns_runner("ml-prom-missing"))
     data = collect(client, 1700000000.0, 1700000005.0, scrape_wait_s=1)
     assert data["error"] and "does not exist" in data["error"]
     assert data["window"] == {"start_epoch_s": 1700000000.0, "end_epoch_s": 1700000005.0}

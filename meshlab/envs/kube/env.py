@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from meshlab.envs.base import PodInfo, Shell
 from meshlab.envs.kube.api import KubeApi, api_client
 from meshlab.envs.kube.dry_run import DryRunApi, DryRunNodeDriver, PrintShell
-from meshlab.envs.kube.facade import ClusterApi
+from meshlab.envs.kube.facade import ClusterApi, JobPlacement
 from meshlab.envs.kube.guardrails import check_lab_size, check_namespace, check_nodes
 from meshlab.envs.kube.namespace import LabNamespace
 from meshlab.envs.kube.nodes import GuardedNodeDriver, NodeNames, describe_nodes, ledger_nodes
@@ -39,12 +39,10 @@ from meshlab.envs.kube.shells import (
 )
 from meshlab.envs.manifest_sets import MANIFESTS_ROOT
 from meshlab.errors import ConfigError, LabError, MeshlabError
-from meshlab.load.driver import LoadResult
-from meshlab.load.spec import LoadSpec
 from meshlab.manifests.loader import load_topology
 
 if TYPE_CHECKING:  # pragma: no cover
-    from meshlab.collectors.prometheus_api import PrometheusClient
+    from meshlab.envs.prometheus_api import PrometheusClient
     from meshlab.envs.ssh import SshNodeDriver
 
 ADMIN_TIMEOUT_S = 10.0
@@ -133,7 +131,7 @@ class KubeEnv:
         return self.settings.namespace
 
     def spec(self) -> dict[str, Any]:
-        """What rebuilds this env elsewhere (:func:`meshlab.envs.spec.env_from_spec`):
+        """What rebuilds this env elsewhere (:func:`meshlab.envs.factory.env_from_spec`):
         ``{"env": "kube", "lab", "manifests": [folder, ...], "cluster_manifests", "settings"}``."""
         return {"env": self.name, "lab": self.lab,
                 "manifests": [str(p) for p in self.manifest_set],
@@ -159,7 +157,6 @@ class KubeEnv:
                          f"{s.node_label} (kubectl get nodes -l {s.node_label})")
         else:
             check_nodes(s, self._node_labels(), nodes, "the lab's pods")
-        self.revert_faults()
         self._lab_namespace().prepare(self.namespace_labels)
         try:
             for obj in self.objects:
@@ -175,7 +172,7 @@ class KubeEnv:
             raise
 
     def down(self) -> list[str]:
-        """Revert leftover faults, delete the lab namespace and wait until it is gone (a kept
+        """Delete the lab namespace and wait until it is gone (a kept
         namespace: delete the lab's objects and wait until their pods are gone).
 
         Returns:
@@ -185,7 +182,6 @@ class KubeEnv:
             GuardrailError: the namespace is not allowed, or exists but is not this lab's.
         """
         check_namespace(self.settings)
-        self.revert_faults()
         if self._driver is not None:
             self._driver.close()
         self._debug = self._driver = self._ssh = None
@@ -197,12 +193,6 @@ class KubeEnv:
     def _lab_namespace(self) -> LabNamespace:
         kinds = [(str(o.get("apiVersion")), str(o.get("kind"))) for o in self.objects]
         return LabNamespace(self.api, self.settings, self.lab, kinds, self.poll_s)
-
-    def revert_faults(self) -> list[str]:
-        """Revert faults a dead runner left in the ledger (:mod:`meshlab.faults.ledger`)."""
-        from meshlab.faults.ledger import revert_leftovers
-
-        return revert_leftovers(self.name, self.lab, env=self)
 
     def status(self) -> dict[str, Any]:
         """``{"lab", "env", "namespace", "status": "up"|"down", "pods": {name: phase}}``."""
@@ -265,26 +255,26 @@ class KubeEnv:
         return KubePodShell(self.api, self.namespace, obj["metadata"]["name"],
                             app_container(obj), self._debug, self.settings.runner_python)
 
-    def load_jobs(self, client: str, spec: LoadSpec, out_path: Path) -> LoadResult:
-        """Run ``spec`` as ``spec.processes`` worker Jobs beside the client pod and return the
-        exact merge of their results (:mod:`meshlab.envs.kube.load_jobs`).
+    def job_placement(self, client: str, workers: int, what: str) -> JobPlacement:
+        """Where ``workers`` load worker Jobs beside pod ``client`` go
+        (:mod:`meshlab.load.kube_jobs` runs them).
+
+        Args:
+            client: the client pod's name.
+            workers: how many worker Jobs (pods) the load adds.
+            what: what the workers are for, for error messages (``the workers of load 'x'``).
 
         Raises:
             GuardrailError: the workers would take the lab past ``max_pods``, or the client's
-                node is not opted in; checked before any Job is created.
-            LabError: a worker failed or overran (its log or reason named); always in a dry
-                run, after printing the Jobs.
+                node is not opted in.
+            LabError: no such pod.
         """
-        from meshlab.envs.kube.load_jobs import JobLoad
-
         obj = self._find(client)
-        check_lab_size(self.settings, len(self._pod_objects()), workers=spec.processes)
+        check_lab_size(self.settings, len(self._pod_objects()), workers=workers)
         node = (obj.get("spec") or {}).get("nodeName") or ""
         if node and not self.api.dry_run:
-            check_nodes(self.settings, self._node_labels(), [node],
-                        f"the workers of load {spec.name!r}")
-        return JobLoad(self.api, self.settings, self.lab, obj, spec, out_path,
-                       self.poll_s).run()
+            check_nodes(self.settings, self._node_labels(), [node], what)
+        return JobPlacement(self.api, self.settings, self.lab, obj, self.poll_s)
 
     # nodes -----------------------------------------------------------------------------
     def _node_labels(self) -> dict[str, dict[str, str]]:
@@ -391,7 +381,7 @@ class KubeEnv:
             raise ConfigError(f"prometheus_url: not set in "
                               f"{self.settings.source or 'the kube settings'}; set it to the "
                               "cluster's Prometheus, e.g. http://prometheus.istio-system:9090")
-        from meshlab.collectors.prometheus_api import PrometheusClient
+        from meshlab.envs.prometheus_api import PrometheusClient
 
         return PrometheusClient(self.settings.prometheus_url)
 

@@ -8,6 +8,7 @@ kinds the facade applies with typed client calls, and the ``kubectl`` spelling o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshlab.envs.base import CommandResult
@@ -19,7 +20,7 @@ TYPED_KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "ServiceAccount"): ("CoreV1Api", "namespaced_service_account"),
     ("apps/v1", "StatefulSet"): ("AppsV1Api", "namespaced_stateful_set"),
     ("apps/v1", "Deployment"): ("AppsV1Api", "namespaced_deployment"),
-    ("batch/v1", "Job"): ("BatchV1Api", "namespaced_job"),  # load workers (load_jobs.py)
+    ("batch/v1", "Job"): ("BatchV1Api", "namespaced_job"),  # load workers (meshlab.load.kube_jobs)
 }
 #: Plurals of custom kinds that do not follow "lowercase + s".
 _PLURALS = {"Telemetry": "telemetries"}
@@ -62,3 +63,23 @@ class ClusterApi(Protocol):
     def exec_stream(self, namespace: str, pod: str, container: str, argv: list[str]) -> Any: ...
     def port_forward_http(self, namespace: str, pod: str, port: int, method: str, path: str, *,
                           timeout_s: float) -> tuple[int, str]: ...
+
+
+@dataclass(frozen=True)
+class JobPlacement:
+    """Where a distributed load's worker Jobs go (:meth:`KubeEnv.job_placement`), checked
+    against the guardrails before any Job is created.
+
+    Attributes:
+        api: the cluster facade the Jobs are applied through (a dry run prints them).
+        settings: the kube settings (:class:`~meshlab.envs.kube.settings.KubeSettings`).
+        lab: the lab name (the Jobs' label).
+        client: the client pod object as the API returns it (image, node, tolerations).
+        poll_s: seconds between polls of the workers' pods.
+    """
+
+    api: ClusterApi
+    settings: Any
+    lab: str
+    client: dict[str, Any]
+    poll_s: float

@@ -102,7 +102,7 @@ class GuardedNodeDriver:
 def ledger_nodes(env_name: str, lab: str) -> list[str]:
     """Nodes held by ``node-poweroff`` faults the ledger records as not reverted (this or
     another runner's, :mod:`meshlab.faults.ledger`)."""
-    from meshlab.faults.ledger import entries
+    from meshlab.envs.ledger import entries
 
     nodes = []
     for entry in entries(env_name, lab):

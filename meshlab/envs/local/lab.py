@@ -25,7 +25,7 @@ from meshlab.errors import ConfigError, LabError
 from meshlab.manifests.loader import load_topology
 
 if TYPE_CHECKING:  # pragma: no cover
-    from meshlab.collectors.prometheus_api import PrometheusClient
+    from meshlab.envs.prometheus_api import PrometheusClient
 
 __all__ = ["DEFAULT_MANIFESTS", "LocalEnv"]
 
@@ -72,7 +72,7 @@ class LocalEnv:
         return [str(p) for p in self.manifest_set]
 
     def spec(self) -> dict[str, Any]:
-        """What rebuilds this env object elsewhere (:func:`meshlab.envs.spec.env_from_spec`):
+        """What rebuilds this env object elsewhere (:func:`meshlab.envs.factory.env_from_spec`):
         ``{"env": "local", "lab": str, "manifests": [folder, ...]}``."""
         return {"env": self.name, "lab": self.lab, "manifests": self._manifest_strs()}
 
@@ -83,7 +83,6 @@ class LocalEnv:
         Raises:
             LabError: a command failed or a pod did not become ready.
         """
-        self.revert_faults()
         cleanup(self.lab)
         self.state = LabState(lab=self.lab, manifests=self._manifest_strs())
         self.state.save()
@@ -99,12 +98,12 @@ class LocalEnv:
         self.state.save()
 
     def down(self) -> list[str]:
-        """Revert leftover faults, then remove everything of this lab (idempotent).
+        """Remove everything of this lab (idempotent; a dead runner's faults are reverted first by
+        :func:`meshlab.experiment.labs.lab_down`).
 
         Returns:
             The namespaces removed.
         """
-        self.revert_faults()
         removed = cleanup(self.lab)
         self.state = LabState(lab=self.lab, status="down", manifests=self._manifest_strs())
         return removed
@@ -156,24 +155,21 @@ class LocalEnv:
     def prometheus(self) -> PrometheusClient:
         """A client for the lab's Prometheus (its calls run in the cluster netns), told the
         server's scrape interval."""
-        from meshlab.collectors.prometheus_api import PrometheusClient
         from meshlab.envs.local import prometheus as server
+        from meshlab.envs.local.netns_socket import netns_runner
+        from meshlab.envs.prometheus_api import DEFAULT_TIMEOUT_S, PrometheusClient
 
-        return PrometheusClient(server.server_url(self.plan), netns=self.plan.cluster_netns,
+        netns = self.plan.cluster_netns
+        return PrometheusClient(server.server_url(self.plan), where=f"netns {netns}",
+                                runner=netns_runner(netns, DEFAULT_TIMEOUT_S + 5),
                                 scrape_interval_s=server.configured_interval_s(self.lab)
                                 or server.SCRAPE_INTERVAL_S)
-
-    def revert_faults(self) -> list[str]:
-        """Revert faults a dead runner left in the ledger (:mod:`meshlab.faults.ledger`)."""
-        from meshlab.faults.ledger import revert_leftovers
-
-        return revert_leftovers(self.name, self.lab)
 
     def fingerprint(self) -> dict[str, Any]:
         """Rules, sysctls, processes, namespaces and active faults of the lab now
         (:mod:`meshlab.envs.local.fingerprint`; compare two with its ``diff``)."""
+        from meshlab.envs.ledger import entries
         from meshlab.envs.local.fingerprint import fingerprint
-        from meshlab.faults.ledger import entries
 
         return fingerprint(self.lab, [e.path.stem for e in entries(self.name, self.lab)])
 

@@ -105,6 +105,12 @@ def run_in_netns(netns: str, fn: Callable[[], T], *, timeout_s: float | None = N
     return value
 
 
+
+def netns_runner(netns: str, timeout_s: float | None = None) -> Callable[[Callable[[], T]], T]:
+    """``runner(fn)`` = :func:`run_in_netns` ``(netns, fn, timeout_s=timeout_s)``: hand a
+    client (:class:`~meshlab.envs.prometheus_api.PrometheusClient`) a way into ``netns``."""
+    return lambda fn: run_in_netns(netns, fn, timeout_s=timeout_s)
+
 def netns_socket(netns: str, family: int = socket.AF_INET,
                  type_: int = socket.SOCK_STREAM) -> socket.socket:
     """Create an unconnected socket inside network namespace ``netns``.

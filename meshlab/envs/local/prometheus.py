@@ -284,7 +284,7 @@ def wait_ready(plan: LabPlan, pid: int, client: Any,
     Args:
         plan: the lab plan (its meshed pods are the targets).
         pid: the server's PID.
-        client: a :class:`~meshlab.collectors.prometheus_api.PrometheusClient` for it.
+        client: a :class:`~meshlab.envs.prometheus_api.PrometheusClient` for it.
         timeout_s: give up after this many seconds.
 
     Returns:

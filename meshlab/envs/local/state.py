@@ -9,16 +9,14 @@ file leaves nothing behind. ``/run`` is a tmpfs: a reboot clears both the netns 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from meshlab.envs.base import STATE_ROOT
 from meshlab.envs.local.netns import ETC_NETNS, delete_netns, kill_pids, list_netns
 from meshlab.envs.local.plan import lab_prefix
-
-STATE_ROOT = Path(os.environ.get("MESHLAB_STATE_ROOT", "/run/meshlab"))
 
 
 @dataclass

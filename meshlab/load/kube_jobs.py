@@ -1,7 +1,7 @@
 """Distributed loads on a cluster: one Kubernetes Job per worker, the results merged exactly.
 
-``Run.load(..., processes=N, jobs=True)`` on the kube env (:meth:`KubeEnv.load_jobs
-<meshlab.envs.kube.env.KubeEnv.load_jobs>`) runs the N single-process parts of the load
+``Run.load(..., processes=N, jobs=True)`` on an env with the
+:class:`~meshlab.envs.base.LoadJobs` capability (the kube env; :func:`run_load_jobs`) runs the N single-process parts of the load
 (:func:`meshlab.load.group.split_spec`) as N Jobs instead of N processes in the client pod, so
 the load can use more CPU than one pod has. The master is this process:
 
@@ -20,8 +20,8 @@ the load can use more CPU than one pod has. The master is this process:
 3. the results are merged with :func:`meshlab.load.merge.merge_results`; every part's result is
    kept beside the merged one (``<out stem>.p<i>.json``).
 
-The workers count toward the lab's ``max_pods`` guardrail (checked by the env before any Job is
-created). Not covered: background loads (``start_load``/``LoadHandle``) and early stop as Jobs;
+The workers count toward the lab's ``max_pods`` guardrail (checked by the env's
+``job_placement`` before any Job is created). Not covered: background loads (``start_load``/``LoadHandle``) and early stop as Jobs;
 a worker that is evicted is not retried (the load fails).
 """
 
@@ -33,6 +33,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from meshlab.envs.base import LoadJobs
 from meshlab.envs.kube.facade import ClusterApi
 from meshlab.envs.kube.ready import why_not_ready
 from meshlab.envs.kube.settings import MANAGED_BY, KubeSettings
@@ -237,3 +238,23 @@ class JobLoad:
                               f"--timeout={self.deadline_s}s")
             self.api.announce(f"kubectl logs -n {ns} job/{name} -c {WORKER_CONTAINER} "
                               "| tail -n 1  # the worker's result JSON")
+
+
+def run_load_jobs(env: LoadJobs, client: str, spec: LoadSpec, out_path: Path) -> LoadResult:
+    """Run ``spec`` as ``spec.processes`` worker Jobs beside pod ``client`` and return the
+    exact merge of their results (the module docstring gives the steps).
+
+    Args:
+        env: an env with the :class:`~meshlab.envs.base.LoadJobs` capability (kube).
+        client: the client pod's name.
+        spec: the whole load.
+        out_path: where the merged result is written (each part beside it).
+
+    Raises:
+        GuardrailError: the workers would take the lab past ``max_pods``, or the client's
+            node is not opted in; checked before any Job is created.
+        LabError: a worker failed or overran (its log or reason named); always in a dry run,
+            after printing the Jobs.
+    """
+    at = env.job_placement(client, spec.processes, f"the workers of load {spec.name!r}")
+    return JobLoad(at.api, at.settings, at.lab, at.client, spec, out_path, at.poll_s).run()

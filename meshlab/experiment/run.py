@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,14 @@ from meshlab.checks.base import Check, Verdict, assert_all
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
 from meshlab.collectors.sampler import Sampler
 from meshlab.collectors.stats_text import stat_ints, stats_path
-from meshlab.envs.base import Env, LoadJobs
+from meshlab.envs.base import Env, LoadJobs, PodInfo, Shell
 from meshlab.errors import ConfigError, MeshlabError
+from meshlab.experiment.names import LabNames
 from meshlab.faults.base import active
 from meshlab.faults.protocol import Fault
 from meshlab.journal import RunJournal
 from meshlab.load.driver import LoadHandle, LoadResult
+from meshlab.load.kube_jobs import run_load_jobs
 from meshlab.load.spec import MODES, LoadSpec
 from meshlab.load.start import run_load, start_load
 
@@ -98,7 +101,7 @@ class Run:
             processes: runner processes the load is split into (rate, users and requests
                 shared), their results merged exactly (:mod:`meshlab.load.group`).
             jobs: run the processes as one Kubernetes Job each beside the client pod instead
-                (kube env only: ``env.load_jobs``, :mod:`meshlab.envs.kube.load_jobs`).
+                (kube env only: :mod:`meshlab.load.kube_jobs`).
             mode: ``"closed-loop"`` (Locust users) or ``"open-loop"`` (requests started at
                 ``rate_per_s`` on a schedule, latency corrected for coordinated omission,
                 :mod:`meshlab.load.open_loop`); default: the run's ``load_mode`` when
@@ -124,7 +127,7 @@ class Run:
         shell = None if jobs else self.env.pod_shell(from_pod or self.client)
         with self.journal.activity(f"load:{name}") as rec:
             if jobs:
-                result = self.env.load_jobs(from_pod or self.client, spec, out_path)
+                result = run_load_jobs(self.env, from_pod or self.client, spec, out_path)
             else:
                 result = run_load(shell, spec, out_path)
             rec["output"] = f"{result.requests} requests, {result.tps:.1f} TPS"
@@ -166,6 +169,51 @@ class Run:
         return ``data``."""
         self.journal.add_observation(name, kind, data, **meta)
         return data
+
+    def observation(self, name: str) -> Any:
+        """The data of observation ``name`` recorded in this run.
+
+        Raises:
+            KeyError: no observation of that name (the recorded ones are named).
+        """
+        found = self.journal.data["observations"]
+        if name not in found:
+            raise KeyError(f"no observation {name!r} in this run (recorded: {sorted(found)})")
+        return found[name]["data"]
+
+    def load_record(self, name: str) -> dict[str, Any]:
+        """The journaled result of load ``name`` (:meth:`LoadResult.to_dict` form).
+
+        Raises:
+            KeyError: no load of that name ran in this run.
+        """
+        for record in self.journal.data["loads"]:
+            if record.get("name") == name:
+                return record
+        raise KeyError(f"no load {name!r} in this run "
+                       f"(ran: {[r.get('name') for r in self.journal.data['loads']]})")
+
+    def note(self, text: str) -> None:
+        """Add a line to the run's notes (top of the report): what a reviewer should know."""
+        self.journal.add_note(text)
+
+    # the lab, as a suite sees it ---------------------------------------------------------
+    @cached_property
+    def names(self) -> LabNames:
+        """The lab's names from its topology: pods, namespace, FQDNs, Envoy cluster names."""
+        return LabNames(self.env)
+
+    def pod(self, name: str) -> PodInfo:
+        """A pod of the lab by name or workload (``env.pod``)."""
+        return self.env.pod(name)
+
+    def shell(self, pod: str) -> Shell:
+        """A shell in ``pod``'s network namespace (``env.pod_shell``)."""
+        return self.env.pod_shell(pod)
+
+    def sidecar_admin(self, pod: str, path: str) -> str:
+        """GET ``path`` from ``pod``'s sidecar admin API (:15000); the body."""
+        return self.env.sidecar_admin(pod, path)
 
     def collect_sidecars(self) -> dict[str, Any]:
         """Read every sidecar's new access-log lines into ``journal["sidecars"]``.
@@ -260,7 +308,7 @@ class Run:
         run, from its start until now, into ``journal["prometheus"]`` (CONTRACTS.md §5).
 
         Args:
-            client: a :class:`~meshlab.collectors.prometheus_api.PrometheusClient`; default
+            client: a :class:`~meshlab.envs.prometheus_api.PrometheusClient`; default
                 ``env.prometheus()`` (the local lab's server, or a cluster's configured URL).
 
         Returns:

@@ -1,10 +1,11 @@
 """``PrometheusClient``: instant queries, targets and readiness of a Prometheus server.
 
 A thin layer over ``prometheus_api_client.PrometheusConnect`` (HTTP API v1). On a cluster it
-takes the configured URL; in the local lab (:meth:`LocalEnv.prometheus`) it also takes the
-lab's cluster netns: the host cannot route into the lab, so every call runs in a short-lived
-thread that entered that netns (:func:`meshlab.envs.local.netns_socket.run_in_netns`) and the
-session's pooled sockets live there too. No retries below this layer (the callers poll with a
+takes the configured URL; in the local lab (:meth:`LocalEnv.prometheus`) it also takes a
+``runner`` that makes each call inside the lab's cluster netns: the host cannot route into the
+lab, so every call runs in a short-lived thread that entered that netns
+(:func:`meshlab.envs.local.netns_socket.netns_runner`) and the session's pooled sockets live
+there too. No retries below this layer (the callers poll with a
 deadline) and no proxy from the environment (``trust_env`` off: lab addresses are private).
 """
 
@@ -17,7 +18,6 @@ import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
-from meshlab.envs.local.netns_socket import run_in_netns
 from meshlab.errors import LabError
 
 T = TypeVar("T")
@@ -35,17 +35,21 @@ class PrometheusClient:
 
     Args:
         url: base URL, e.g. ``http://172.18.0.1:9090``.
-        netns: network namespace to make the calls from (local lab), None: the runner's own.
+        runner: runs each call, e.g. inside the local lab's netns (``runner(fn)`` returns
+            ``fn()``, raises :class:`LabError` when it cannot); None: in the calling thread.
+        where: where ``runner`` makes the calls (shown in errors and ``repr``).
         timeout_s: per-request timeout in seconds.
         scrape_interval_s: the server's scrape interval in seconds (how far back a range
             query reaches for the last sample before a window, how long to wait for the next).
     """
 
-    def __init__(self, url: str, *, netns: str | None = None,
+    def __init__(self, url: str, *, runner: Callable[[Callable[[], Any]], Any] | None = None,
+                 where: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
                  scrape_interval_s: float = DEFAULT_SCRAPE_INTERVAL_S) -> None:
         self.url = url.rstrip("/")
-        self.netns = netns
+        self.runner = runner
+        self.where = where
         self.timeout_s = timeout_s
         self.scrape_interval_s = scrape_interval_s
         self._session = requests.Session()
@@ -54,7 +58,7 @@ class PrometheusClient:
                                        retry=Retry(total=0, raise_on_status=False))
 
     def __repr__(self) -> str:
-        return (f"PrometheusClient(url={self.url!r}, netns={self.netns!r}, "
+        return (f"PrometheusClient(url={self.url!r}, where={self.where!r}, "
                 f"scrape_interval_s={self.scrape_interval_s:g})")
 
     def close(self) -> None:
@@ -63,9 +67,7 @@ class PrometheusClient:
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
-            if self.netns is None:
-                return fn()
-            return run_in_netns(self.netns, fn, timeout_s=self.timeout_s + 5)
+            return fn() if self.runner is None else self.runner(fn)
         except (requests.RequestException, PrometheusApiClientException, ValueError,
                 KeyError) as exc:
             raise PrometheusError(f"Prometheus {self.url}: {exc}") from exc
