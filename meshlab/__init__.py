@@ -30,9 +30,12 @@ _EXPORTS: dict[str, str] = {
     "StatBounds": "meshlab.checks",
     # faults, by class and by registry key
     "Fault": "meshlab.faults.protocol", "create_fault": "meshlab.faults.registry",
+    "Bandwidth": "meshlab.faults.bandwidth",
     "ConntrackDelete": "meshlab.faults.conntrack_delete",
     "ConntrackTimeouts": "meshlab.faults.conntrack_timeouts",
-    "HalfClose": "meshlab.faults.half_close", "NodePowerOff": "meshlab.faults.node_poweroff",
+    "HalfClose": "meshlab.faults.half_close",
+    "NetworkPartition": "meshlab.faults.network_partition",
+    "NodePowerOff": "meshlab.faults.node_poweroff",
     "PacketDrop": "meshlab.faults.packet_drop",
     "RejectConnections": "meshlab.faults.reject_connections",
     # polling, loads, envs, errors

@@ -1,4 +1,5 @@
-"""``meshlab`` command line: bring the lab up/down, run suites, re-render reports.
+"""``meshlab`` command line: bring the lab up/down, run suites, inject faults by hand
+(``meshlab fault``, :mod:`meshlab.fault_cli`), re-render reports.
 
 Exit codes: 0 success, 1 a suite failed, 2 bad input (manifest/option), 3 lab error.
 """
@@ -13,12 +14,14 @@ from typing import TYPE_CHECKING, cast
 import typer
 
 from meshlab.errors import ConfigError, LabError, MeshlabError
+from meshlab.fault_cli import fault_app
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.envs.local.lab import LocalEnv
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="meshlab: chaos-testing lab for service meshes (Istio/Envoy).")
+app.add_typer(fault_app, name="fault")
 
 LAB = typer.Option("lab", "--lab", help="lab name (its netns are ml-<lab>-…)")
 MANIFESTS = typer.Option(None, "--manifests", help="manifests folder "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from meshlab.envs.base import Env
 from meshlab.envs.factory import env_from_spec
-from meshlab.envs.ledger import entries, kill_deadman, ledger_dir
+from meshlab.envs.ledger import LedgerEntry, entries, kill_deadman, ledger_dir
 from meshlab.errors import MeshlabError
 from meshlab.faults.registry import create
 
@@ -30,10 +30,7 @@ def revert_leftovers(env_name: str, lab: str, env: Env | None = None) -> list[st
         if data.get("deadman_pid"):
             kill_deadman(int(data["deadman_pid"]))
         try:
-            fault = create(data["fault"], **data.get("params", {}))
-            same = env is not None and env.spec() == data["env"]
-            target = env if same else env_from_spec(data["env"])
-            done.append(f"{data['fault']}: {entry.revert_once(fault, target, 'down')}")
+            done.append(f"{data['fault']}: {revert_entry(entry, env, 'down')}")
         except (MeshlabError, OSError, KeyError) as exc:
             done.append(f"{data.get('fault', entry.path.name)}: not reverted ({exc})")
         entry.close()
@@ -43,3 +40,24 @@ def revert_leftovers(env_name: str, lab: str, env: Env | None = None) -> list[st
             p.unlink(missing_ok=True)
         folder.rmdir()
     return done
+
+
+def revert_entry(entry: LedgerEntry, env: Env | None, by: str) -> str:
+    """Revert the fault of one ledger entry unless someone already did, recording ``by``
+    (the entry stays; :meth:`LedgerEntry.close` clears it).
+
+    Args:
+        entry: the ledger entry.
+        env: the env to revert with when it has the entry's spec (else one is rebuilt from
+            the entry's own spec).
+        by: who reverts: ``down``, ``cli``…
+
+    Raises:
+        ConfigError: the entry names an unknown fault or env.
+        KeyError: the entry is incomplete.
+        MeshlabError: the revert failed.
+    """
+    data = entry.read() or {}
+    fault = create(data["fault"], **data.get("params", {}))
+    same = env is not None and env.spec() == data["env"]
+    return entry.revert_once(fault, env if same else env_from_spec(data["env"]), by)

@@ -80,17 +80,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.envs.base import Env
 from meshlab.errors import ConfigError, LabError
+from meshlab.faults.iptables_chain import FaultChain
 
 DIRECTIONS = ("ingress", "egress", "both")
 CHAIN_PREFIX = "MESHLAB-PD-"
-#: Built-in chains a packet-drop hooks into: a pod's INPUT/OUTPUT, a node's FORWARD.
-HOOKS = ("INPUT", "OUTPUT", "FORWARD")
 _DROP_ID = re.compile(r"[0-9a-f]{1,16}")  # chain names are at most 28 characters
 
 
@@ -163,6 +161,10 @@ class PacketDrop:
         return CHAIN_PREFIX + self.drop_id
 
     @property
+    def _chain(self) -> FaultChain:
+        return FaultChain(self.chain, self.comment)
+
+    @property
     def comment(self) -> str:
         """The comment on every rule of this fault, ``meshlab:packet-drop:<drop_id>``."""
         return f"meshlab:{self.name}:{self.drop_id}"
@@ -226,7 +228,7 @@ class PacketDrop:
             local: the pod's ``ip/32`` or the node's pod CIDR.
             peer: the peer address/network, or None.
         """
-        tag = ["-m", "comment", "--comment", self.comment]
+        tag = self._chain.tag
         ports = (["-p", "tcp", "-m", "multiport", "--ports", str(self.peer_port)]
                  if self.peer_port else [])
         drop = ["-m", "statistic", "--mode", "random", "--probability", f"{self.probability:g}",
@@ -243,15 +245,15 @@ class PacketDrop:
         return rules
 
     def hook_rules(self, on_node: bool) -> list[list[str]]:
-        """The jump rules into :attr:`chain` (argv after ``iptables -I``): ``[hook, …]``."""
-        jump = ["-m", "comment", "--comment", self.comment, "-j", self.chain]
+        """Where :attr:`chain` is hooked in: ``[builtin, match…]`` (the jump is added by
+        :meth:`FaultChain.create`)."""
         if on_node:
-            return [["FORWARD", *jump]]
+            return [["FORWARD"]]
         hooks = []
         if self.direction in ("ingress", "both"):
-            hooks.append(["INPUT", "!", "-i", "lo", *jump])
+            hooks.append(["INPUT", "!", "-i", "lo"])
         if self.direction in ("egress", "both"):
-            hooks.append(["OUTPUT", "!", "-o", "lo", *jump])
+            hooks.append(["OUTPUT", "!", "-o", "lo"])
         return hooks
 
     # protocol ----------------------------------------------------------------------------
@@ -266,14 +268,9 @@ class PacketDrop:
         shell = self._shell(env)
         local = f"{pod.ip}/32" if pod is not None else self._node_cidr(env)
         peer = self._peer(env, pod)
-        if shell.run(["iptables", "-S", self.chain], check=False).ok:
-            return f"already active on {shell.name} ({self.chain})"
-        shell.run(["iptables", "-N", self.chain])
-        for rule in self.chain_rules(local, peer):
-            shell.run(["iptables", "-A", self.chain, *rule])
         hooks = self.hook_rules(on_node=pod is None)
-        for rule in hooks:
-            shell.run(["iptables", "-I", rule[0], "1", *rule[1:]])
+        if not self._chain.create(shell, self.chain_rules(local, peer), hooks):
+            return f"already active on {shell.name} ({self.chain})"
         return (f"{shell.name}: drop {self.probability:g} of {self.direction} packets of "
                 f"{local}{f' with {peer}' if peer else ''}"
                 f"{f' port {self.peer_port}' if self.peer_port else ''} "
@@ -282,17 +279,4 @@ class PacketDrop:
     def revert(self, env: Env) -> str:
         """Delete every rule carrying this fault's comment, then its chain (idempotent; a
         namespace that no longer exists has nothing to revert)."""
-        shell = self._shell(env)
-        removed = 0
-        for hook in HOOKS:
-            res = shell.run(["iptables", "-S", hook], check=False)
-            for line in res.stdout.splitlines() if res.ok else []:
-                args = shlex.split(line)
-                if args[:2] == ["-A", hook] and self.comment in args:
-                    shell.run(["iptables", "-D", *args[1:]])
-                    removed += 1
-        if shell.run(["iptables", "-S", self.chain], check=False).ok:
-            shell.run(["iptables", "-F", self.chain])
-            shell.run(["iptables", "-X", self.chain])
-            return f"{shell.name}: removed {removed} hook rule(s) and chain {self.chain}"
-        return f"{shell.name}: removed {removed} hook rule(s); no chain {self.chain}"
+        return self._chain.remove(self._shell(env))

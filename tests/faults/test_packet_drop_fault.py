@@ -5,7 +5,7 @@ Loss is measured with UDP datagrams (UDP is not captured by the Istio rules, so 
 straight from netshoot to the target pod's socket): N numbered datagrams, count what arrives.
 With p = 0.5 and N = 400 the received count is Binomial(400, 0.5) (σ = 10), so the band
 [140, 260] is ±6σ wide; a fault applying its probability twice per packet (75 % loss, mean 100)
-falls outside it.
+falls outside it. ``lab`` and ``unchanged`` are in ``conftest.py``.
 """
 
 import dataclasses
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
+from meshlab.envs.local.lab import LocalEnv
 from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.errors import ConfigError
 from meshlab.faults.packet_drop import PacketDrop
@@ -27,22 +27,6 @@ L1, L2, CLIENT = "fortio-server-0", "fortio-server-l2-0", "netshoot-0"
 N_DATAGRAMS = 400
 RECEIVED_BAND = (140, 260)  # 50 % ± 6σ of Binomial(400, 0.5)
 UDP_PORT = 9999
-
-
-@pytest.fixture(scope="module")
-def lab(running_lab):
-    with running_lab(LAB, manifests=DEFAULT_MANIFESTS) as env:
-        yield env
-
-
-@pytest.fixture
-def unchanged(lab):
-    """Fails the test if the lab's rules, sysctls, processes or namespaces differ afterwards."""
-    from meshlab.envs.local.fingerprint import diff
-
-    before = lab.fingerprint()
-    yield
-    assert diff(before, lab.fingerprint()) == []
 
 
 def filter_rules(env, shell) -> list[str]:
