@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "ConntrackDelete": "meshlab.faults.conntrack_delete",
     "ConntrackTimeouts": "meshlab.faults.conntrack_timeouts",
     "HalfClose": "meshlab.faults.half_close",
+    "NetworkDelay": "meshlab.faults.network_delay",
     "NetworkPartition": "meshlab.faults.network_partition",
     "NodePowerOff": "meshlab.faults.node_poweroff",
     "PacketDrop": "meshlab.faults.packet_drop",

@@ -3,7 +3,8 @@
 ::
 
     meshlab fault list
-    meshlab fault inject network-partition --a fortio-server-0 --b fortio-server-l2-0 --duration-s 60
+    meshlab fault inject network-delay --target fortio-server-l2-0 --delay-ms 50 --jitter-ms 5
+    meshlab fault inject network-partition --side-a fortio-server-0 --side-b fortio-server-l2-0
     meshlab fault status
     meshlab fault revert 142501-network-partition-3fa2c1   (or --all)
 

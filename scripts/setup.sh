@@ -12,9 +12,10 @@ fi
 # iproute2: ip netns/veth/bridge; iptables (nft backend) + conntrack: capture, Service NAT,
 # faults; procps: sysctl; util-linux: setpriv/nsenter; curl: sidecar admin calls in pods;
 # chromium: report screenshot test; python3-venv: the venv below (Debian's python, so the
-# sidecar's uid 1337 can run it).
+# sidecar's uid 1337 can run it); gcc + libnetfilter-queue-dev: the NetfilterQueue bindings
+# (built by pip) of the network-delay fault's userspace netem, for kernels without sch_netem.
 APT_PACKAGES="iproute2 iptables conntrack procps psmisc util-linux curl ca-certificates \
-python3 python3-venv python3-dev chromium"
+python3 python3-venv python3-dev chromium gcc libc6-dev libnetfilter-queue-dev"
 
 # missing_of LIST: the packages of LIST that are not installed yet (space-separated)
 missing_of() {

@@ -1,9 +1,9 @@
 """``bandwidth``: limit a pod's (or a node's) throughput with a token bucket (Chaos Mesh
 NetworkChaos ``bandwidth``, Toxiproxy ``bandwidth``, Linux ``tc-tbf(8)``).
 
-- **egress**: a ``tbf`` root qdisc (its handle derived from ``shape_id``) on the target's ``device`` (``eth0``) in
-  its netns: what the target sends leaves at ``rate_mbit`` at most; beyond ``burst_kbytes`` it
-  queues up to ``limit_kbytes``, then drops — a TCP sender sees queueing delay, then loss, and
+- **egress**: a ``tbf`` root qdisc (its handle derived from ``shape_id``) on the target's
+  ``device`` (``eth0``) in its netns: what the target sends leaves at ``rate_mbit`` at most;
+  beyond ``burst_kbytes`` it queues up to ``limit_kbytes``, then drops — a TCP sender sees queueing delay, then loss, and
   its socket holds the rest (``tcpi_notsent_bytes``, Envoy's ``cx_tx_unsent_bytes``).
 - **ingress**: Linux shapes only egress, so what arrives on ``device`` is redirected (``ingress``
   qdisc, ``u32`` match-all filter, ``mirred`` action) to an IFB device ``mlifb<id>`` created in
@@ -40,6 +40,16 @@ DEFAULT_QDISCS = ("qdisc noqueue", "qdisc pfifo_fast", "qdisc fq_codel", "qdisc 
                   "qdisc fq ")
 _ID = re.compile(r"[0-9a-f]{1,8}")
 _DEVICE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+def ifb_redirect(device: str, ifb: str) -> list[list[str]]:
+    """The IFB recipe: create ``ifb`` and redirect everything arriving on ``device`` to its
+    egress, where a qdisc can shape or delay it (``tc-mirred(8)``, ``ifb`` in ``ip-link(8)``)."""
+    return [["ip", "link", "add", ifb, "type", "ifb"],
+            ["ip", "link", "set", ifb, "up"],
+            ["tc", "qdisc", "add", "dev", device, "handle", "ffff:", "ingress"],
+            ["tc", "filter", "add", "dev", device, "parent", "ffff:", "protocol", "all", "u32",
+             "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb]]
 
 
 def _positive(value: object, field_name: str) -> float:
@@ -117,13 +127,7 @@ class Bandwidth:
         if self.direction in ("egress", "both"):
             cmds.append(self.tbf(self.device))
         if self.direction in ("ingress", "both"):
-            cmds += [["ip", "link", "add", self.ifb, "type", "ifb"],
-                     ["ip", "link", "set", self.ifb, "up"],
-                     ["tc", "qdisc", "add", "dev", self.device, "handle", "ffff:", "ingress"],
-                     ["tc", "filter", "add", "dev", self.device, "parent", "ffff:", "protocol",
-                      "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress",
-                      "redirect", "dev", self.ifb],
-                     self.tbf(self.ifb)]
+            cmds += [*ifb_redirect(self.device, self.ifb), self.tbf(self.ifb)]
         return cmds
 
     def _root_qdisc(self, shell: Shell) -> str:

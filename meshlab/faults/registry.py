@@ -13,6 +13,7 @@ from meshlab.faults.bandwidth import Bandwidth
 from meshlab.faults.conntrack_delete import ConntrackDelete
 from meshlab.faults.conntrack_timeouts import ConntrackTimeouts
 from meshlab.faults.half_close import HalfClose
+from meshlab.faults.network_delay import NetworkDelay
 from meshlab.faults.network_partition import NetworkPartition
 from meshlab.faults.node_poweroff import NodePowerOff
 from meshlab.faults.packet_drop import PacketDrop
@@ -21,8 +22,8 @@ from meshlab.faults.reject_connections import RejectConnections
 
 #: Fault classes by registry key.
 FAULTS: dict[str, type] = {cls.name: cls for cls in (  # type: ignore[attr-defined]
-    Bandwidth, ConntrackDelete, ConntrackTimeouts, HalfClose, NetworkPartition, NodePowerOff, PacketDrop,
-    RejectConnections)}
+    Bandwidth, ConntrackDelete, ConntrackTimeouts, HalfClose, NetworkDelay, NetworkPartition,
+    NodePowerOff, PacketDrop, RejectConnections)}
 
 
 def create(name: str, **params: Any) -> Fault:

@@ -9,13 +9,11 @@ falls outside it. ``lab`` and ``unchanged`` are in ``conftest.py``.
 """
 
 import dataclasses
-import socket
-import time
 
 import pytest
+from udp_probe import udp_sequence
 
 from meshlab.envs.local.lab import LocalEnv
-from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.errors import ConfigError
 from meshlab.faults.packet_drop import PacketDrop
 from meshlab.faults.registry import create
@@ -36,35 +34,9 @@ def filter_rules(env, shell) -> list[str]:
 
 
 def udp_received(env, sender: str, receiver: str, n: int = N_DATAGRAMS) -> int:
-    """Send ``n`` numbered UDP datagrams from pod ``sender`` to pod ``receiver``; how many
-    distinct ones arrived (polled until none came for 0.3 s, at most 5 s)."""
-    rx = netns_socket(env.pod_shell(receiver).netns, socket.AF_INET, socket.SOCK_DGRAM)
-    tx = netns_socket(env.pod_shell(sender).netns, socket.AF_INET, socket.SOCK_DGRAM)
-    seen: set[int] = set()
+    """How many distinct numbered datagrams of ``n`` arrived (:func:`udp_sequence`)."""
+    return len(set(udp_sequence(env, sender, receiver, n, UDP_PORT)))
 
-    def drain() -> None:
-        while True:
-            try:
-                seen.add(int(rx.recv(64, socket.MSG_DONTWAIT)))
-            except BlockingIOError:
-                return
-
-    with rx, tx:
-        rx.bind((env.pod(receiver).ip, UDP_PORT))
-        for i in range(n):
-            tx.sendto(str(i).encode(), (env.pod(receiver).ip, UDP_PORT))
-            if i % 20 == 19:
-                drain()
-        deadline, last_change, count = time.monotonic() + 5, time.monotonic(), -1
-        while time.monotonic() < deadline and time.monotonic() - last_change < 0.3:
-            drain()
-            if len(seen) != count:
-                count, last_change = len(seen), time.monotonic()
-            time.sleep(0.02)
-    return len(seen)
-
-
-# --- rules ---------------------------------------------------------------------------------
 
 def test_pod_rules_match_peer_port_and_revert_exactly(lab, unchanged):
     """target=L2, peer L1, port 8080, both: INPUT/OUTPUT hooks skip lo, one chain with the
