@@ -52,6 +52,16 @@ def ifb_redirect(device: str, ifb: str) -> list[list[str]]:
              "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb]]
 
 
+def remove_ifb_redirect(shell: Shell, device: str, ifb: str) -> bool:
+    """Undo :func:`ifb_redirect`: the ingress qdisc only if its filter redirects to ``ifb``
+    (never another fault's), then ``ifb`` (deleted without asking first, so a dry run prints
+    it). Returns whether ``ifb`` existed."""
+    filters = shell.run(["tc", "filter", "show", "dev", device, "ingress"], check=False)
+    if filters.ok and ifb in filters.stdout:
+        shell.run(["tc", "qdisc", "del", "dev", device, "ingress"], check=False)
+    return shell.run(["ip", "link", "del", ifb], check=False).ok
+
+
 def _positive(value: object, field_name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise param_error(NAME, field_name, f"must be a positive number, got {value!r}")
@@ -121,6 +131,10 @@ class Bandwidth:
                 "rate", f"{self.rate_mbit:g}mbit", "burst", f"{round(self.burst_kbytes * 1024)}",
                 "limit", f"{round(limit * 1024)}"]
 
+    def _has_ifb(self, shell: Shell) -> bool:
+        res = shell.run(["ip", "link", "show", self.ifb], check=False)
+        return res.ok and self.ifb in res.stdout  # a dry run prints nothing: not there
+
     def commands(self) -> list[list[str]]:
         """Every command inject runs, in order."""
         cmds = []
@@ -148,8 +162,7 @@ class Bandwidth:
         """
         shell = target_shell(env, self.target, NAME)
         root = self._root_qdisc(shell)
-        if f"tbf {self.handle} " in root or shell.run(["ip", "link", "show", self.ifb],
-                                                       check=False).ok:
+        if f"tbf {self.handle} " in root or self._has_ifb(shell):
             return f"already active on {shell.name} ({root})"
         if self.direction != "ingress" and root and not root.startswith(DEFAULT_QDISCS):
             raise LabError(f"{NAME}: {shell.name} {self.device} already has root qdisc "
@@ -171,8 +184,6 @@ class Bandwidth:
         if root.ok and f"tbf {self.handle} " in root.stdout:
             shell.run(["tc", "qdisc", "del", "dev", self.device, "root"])
             done.append("root tbf")
-        if shell.run(["ip", "link", "show", self.ifb], check=False).ok:
-            shell.run(["tc", "qdisc", "del", "dev", self.device, "ingress"], check=False)
-            shell.run(["ip", "link", "del", self.ifb])
+        if remove_ifb_redirect(shell, self.device, self.ifb):
             done.append(f"ingress redirect and {self.ifb}")
         return f"{shell.name}: removed {', '.join(done) or 'nothing (not active)'}"

@@ -36,8 +36,10 @@ class FaultChain:
         return ["-m", "comment", "--comment", self.comment]
 
     def exists(self, shell: Shell) -> bool:
-        """Whether the chain exists in the shell's netns."""
-        return shell.run(["iptables", "-S", self.chain], check=False).ok
+        """Whether the chain exists in the shell's netns (``iptables -S`` prints its ``-N``
+        line; a dry run's shell prints nothing, so it reports a clean netns)."""
+        res = shell.run(["iptables", "-S", self.chain], check=False)
+        return res.ok and f"-N {self.chain}" in res.stdout
 
     def create(self, shell: Shell, rules: list[list[str]], hooks: list[list[str]]) -> bool:
         """Create the chain with ``rules`` (argv after ``iptables -A <chain>``), then insert
@@ -72,8 +74,9 @@ class FaultChain:
                 if args[:2] == ["-A", hook] and self.comment in args:
                     shell.run(["iptables", "-D", *args[1:]])
                     removed += 1
-        if self.exists(shell):
-            shell.run(["iptables", "-F", self.chain])
-            shell.run(["iptables", "-X", self.chain])
+        # flush and delete without asking first (an absent chain just fails), so a dry run
+        # prints the removal too
+        shell.run(["iptables", "-F", self.chain], check=False)
+        if shell.run(["iptables", "-X", self.chain], check=False).ok:
             return f"{shell.name}: removed {removed} hook rule(s) and chain {self.chain}"
         return f"{shell.name}: removed {removed} hook rule(s); no chain {self.chain}"

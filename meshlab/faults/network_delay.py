@@ -36,7 +36,7 @@ from typing import Any
 
 from meshlab.envs.base import STATE_ROOT, Env, LocalNamespaces, Shell
 from meshlab.errors import CommandError, ConfigError, LabError
-from meshlab.faults.bandwidth import ifb_redirect
+from meshlab.faults.bandwidth import ifb_redirect, remove_ifb_redirect
 from meshlab.faults.iptables_chain import FaultChain
 from meshlab.faults.netem_agent import SKIP_MARK
 from meshlab.faults.targets import param_error, require_target, target_shell
@@ -304,9 +304,7 @@ class NetworkDelay:
         if root.ok and ("qdisc netem" in root.stdout or "qdisc prio 1:" in root.stdout):
             shell.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
             done.append("root qdisc")
-        if shell.run(["ip", "link", "show", self.ifb], check=False).ok:
-            shell.run(["tc", "qdisc", "del", "dev", "eth0", "ingress"], check=False)
-            shell.run(["ip", "link", "del", self.ifb], check=False)
+        if remove_ifb_redirect(shell, "eth0", self.ifb):
             done.append(self.ifb)
         return done
 

@@ -109,8 +109,8 @@ class NetworkPartition:
             pod = env.pod(name)
         except ConfigError:
             pod = None
-        if pod is not None:
-            return env.pod_shell(pod.name), [f"{pod.ip}/32"], False
+        if pod is not None:  # a dry run's pods have no IP yet: print where it goes
+            return env.pod_shell(pod.name), [f"{pod.ip or f'<{pod.name} IP>'}/32"], False
         for node in env.describe().get("topology", {}).get("nodes", []):
             if node.get("name") == name:
                 addresses = [a for a in (f"{node['ip']}/32" if node.get("ip") else None,

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.lab
 LAB = "hfc"
 MESHLAB = os.path.join(os.path.dirname(sys.executable), "meshlab")
 PARTITION = ["network-partition", "--side-a", "netshoot-0", "--side-b", "fortio-server-l2-0"]
+DELAY = ["network-delay", "--target", "fortio-server-l2-0", "--delay-ms", "20ms",
+         "--direction", "ingress"]
 
 
 def fault(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -34,8 +36,11 @@ def status() -> list[dict]:
 
 
 def partitioned(lab) -> bool:
-    rules = lab.pod_shell("fortio-server-l2-0").run(["iptables", "-S", "INPUT"]).stdout
-    return "meshlab:network-partition:" in rules
+    """Whether any fault's trace is in L2's netns: a meshlab rule or a netem agent."""
+    shell = lab.pod_shell("fortio-server-l2-0")
+    rules = shell.run(["iptables", "-S", "INPUT"]).stdout
+    agents = shell.run(["pgrep", "-f", "meshlab.faults.netem_agent"], check=False).stdout
+    return "meshlab:network-" in rules or bool(agents.strip())
 
 
 def test_inject_status_revert(lab, unchanged):
@@ -53,16 +58,18 @@ def test_inject_status_revert(lab, unchanged):
     assert not partitioned(lab) and status() == []
 
 
-def test_expired_duration_is_reverted_by_the_deadman(lab, unchanged):
-    fault_id = fault("inject", *PARTITION, "--duration-s", "1").stdout.strip()
+@pytest.mark.parametrize("kind", [PARTITION, DELAY], ids=["partition", "delay"])
+def test_expired_duration_is_reverted_by_the_deadman(lab, unchanged, kind):
+    fault_id = fault("inject", *kind, "--duration-s", "1").stdout.strip()
     wait_until(status, lambda rows: rows and rows[0]["reverted_by"] == "deadman",
                timeout_s=15, what="the deadman's revert in the ledger")
     assert not partitioned(lab)
     assert fault("revert", "--all").stdout.startswith(f"{fault_id}: already reverted by deadman")
 
 
-def test_a_killed_inject_is_reverted_by_its_deadman(lab, unchanged):
-    proc = subprocess.Popen([MESHLAB, "fault", "inject", *PARTITION, "--duration-s", "2",
+@pytest.mark.parametrize("kind", [PARTITION, DELAY], ids=["partition", "delay"])
+def test_a_killed_inject_is_reverted_by_its_deadman(lab, unchanged, kind):
+    proc = subprocess.Popen([MESHLAB, "fault", "inject", *kind, "--duration-s", "2",
                              "--lab", LAB], stdout=subprocess.PIPE, text=True)
     wait_until(lambda: [e for e in entries("local", LAB) if (e.read() or {}).get("deadman_pid")],
                timeout_s=20, what="the ledger entry and its deadman")
