@@ -6,9 +6,10 @@ Two backends give the same observable result; the fault records which one ran
 (``backend_used``):
 
 - **netem** (``tc qdisc … netem``, where the kernel has ``sch_netem``: real cluster nodes,
-  stock Debian): egress as the root qdisc of ``eth0`` — or, with a peer/port filter, as band 3
-  of a ``prio`` root with ``u32`` filters sending the matching packets there; ingress through
-  an IFB device in the same netns (as ``bandwidth`` does).
+  stock Debian): egress as the root qdisc of ``eth0`` — or, with a peer/port filter, under a
+  class of an ``htb`` root with a ``u32`` filter sending the matching packets there
+  (:mod:`meshlab.faults.qdisc`); ingress through an IFB device in the same netns (as
+  ``bandwidth`` does).
 - **nfqueue** (this lab's kernel has no ``sch_netem``): iptables sends the matching packets
   (``OUTPUT ! -o lo`` for egress, ``INPUT ! -i lo`` for ingress, ``FORWARD`` for a node) to
   NFQUEUE ``queue`` with ``--queue-bypass``, and a small agent in the target's netns
@@ -26,7 +27,6 @@ deletes the qdiscs and the IFB device — only this fault's, found by ``delay_id
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import secrets
 import signal
@@ -36,9 +36,15 @@ from typing import Any
 
 from meshlab.envs.base import STATE_ROOT, Env, LocalNamespaces, Shell
 from meshlab.errors import CommandError, ConfigError, LabError
-from meshlab.faults.bandwidth import ifb_redirect, remove_ifb_redirect
 from meshlab.faults.iptables_chain import FaultChain
 from meshlab.faults.netem_agent import SKIP_MARK
+from meshlab.faults.qdisc import (
+    check_peer,
+    filtered_root,
+    ifb_redirect,
+    peer_network,
+    remove_ifb_redirect,
+)
 from meshlab.faults.targets import param_error, require_target, target_shell
 from meshlab.polling import PollTimeout, wait_until
 
@@ -118,18 +124,7 @@ class NetworkDelay:
             if getattr(self, f) not in allowed:
                 raise param_error(NAME, f, f"must be one of {', '.join(allowed)}, got "
                                            f"{getattr(self, f)!r}")
-        if self.peer_pod and self.peer_cidr:
-            raise param_error(NAME, "peer_cidr", "give at most one of peer_pod, peer_cidr")
-        if self.peer_cidr is not None:
-            try:
-                ipaddress.IPv4Network(self.peer_cidr, strict=False)
-            except ValueError as exc:
-                raise param_error(NAME, "peer_cidr", f"not an IPv4 network: "
-                                                     f"{self.peer_cidr!r}") from exc
-        port = self.peer_port
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
-                                 or not 0 < port < 65536):
-            raise param_error(NAME, "peer_port", f"must be a port in 1..65535, got {port!r}")
+        check_peer(NAME, self.peer_pod, self.peer_cidr, self.peer_port)
         if not isinstance(self.delay_id, str) or not _ID.fullmatch(self.delay_id):
             raise param_error(NAME, "delay_id", f"must be 4-8 lowercase hex digits, got "
                                                 f"{self.delay_id!r}")
@@ -183,14 +178,7 @@ class NetworkDelay:
             is_node = False
         except ConfigError:
             is_node = True
-        peer = None
-        if self.peer_pod:
-            try:
-                peer = f"{env.pod(self.peer_pod).ip}/32"
-            except ConfigError as exc:
-                raise param_error(NAME, "peer_pod", str(exc)) from exc
-        elif self.peer_cidr:
-            peer = str(ipaddress.IPv4Network(self.peer_cidr, strict=False))
+        peer = peer_network(env, NAME, self.peer_pod, self.peer_cidr)
         return shell, is_node, peer
 
     # the nfqueue backend -----------------------------------------------------------------
@@ -253,17 +241,8 @@ class NetworkDelay:
         return cmds
 
     def _qdisc_on(self, dev: str, peer: str | None, side: str) -> list[list[str]]:
-        if not peer and not self.peer_port:
-            return [["tc", "qdisc", "add", "dev", dev, "root", "netem", *self.netem_args()]]
-        match = (["match", "ip", side, peer] if peer else []) + (
-            ["match", "ip", "dport" if side == "dst" else "sport", str(self.peer_port),
-             "0xffff"] if self.peer_port else [])
-        return [["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "prio", "priomap",
-                 *(["0"] * 16)],
-                ["tc", "qdisc", "add", "dev", dev, "parent", "1:3", "netem",
-                 *self.netem_args()],
-                ["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "u32",
-                 *match, "flowid", "1:3"]]
+        return filtered_root(dev, "1:", ["netem", *self.netem_args()], peer, self.peer_port,
+                             side)
 
     def _inject_netem(self, shell: Shell, peer: str | None) -> None:
         for cmd in self.netem_commands(peer):
@@ -301,7 +280,7 @@ class NetworkDelay:
     def _revert_netem(self, shell: Shell) -> list[str]:
         done = []
         root = shell.run(["tc", "qdisc", "show", "dev", "eth0", "root"], check=False)
-        if root.ok and ("qdisc netem" in root.stdout or "qdisc prio 1:" in root.stdout):
+        if root.ok and ("qdisc netem 1:" in root.stdout or "qdisc htb 1:" in root.stdout):
             shell.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
             done.append("root qdisc")
         if remove_ifb_redirect(shell, "eth0", self.ifb):

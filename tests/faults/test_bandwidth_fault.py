@@ -23,7 +23,7 @@ from meshlab.faults.base import active
 
 pytestmark = pytest.mark.lab
 LAB = "hbw"
-CLIENT, L2 = "netshoot-0", "fortio-server-l2-0"
+CLIENT, L1, L2 = "netshoot-0", "fortio-server-0", "fortio-server-l2-0"
 PAYLOAD = 1400
 HEADERS = 42  # Ethernet 14 + IPv4 20 + UDP 8
 UDP_PORT = 9998
@@ -33,9 +33,9 @@ OFFERED = 1.5
 @pytest.fixture
 def devices_unchanged(lab, unchanged):
     """Also fails the test if a pod's qdiscs or links differ afterwards."""
-    before = {pod: _devices(lab, pod) for pod in (CLIENT, L2)}
+    before = {pod: _devices(lab, pod) for pod in (CLIENT, L1, L2)}
     yield
-    assert {pod: _devices(lab, pod) for pod in (CLIENT, L2)} == before
+    assert {pod: _devices(lab, pod) for pod in (CLIENT, L1, L2)} == before
 
 
 def _devices(lab, pod: str) -> str:
@@ -43,11 +43,13 @@ def _devices(lab, pod: str) -> str:
     return shell.run(["tc", "qdisc", "show"]).stdout + shell.run(["ip", "-o", "link"]).stdout
 
 
-def udp_mbit(lab, offered_mbit: float, duration_s: float = 3.0, skip_s: float = 1.0) -> float:
-    """Frame Mbit/s received by L2 from netshoot over ``duration_s - skip_s`` seconds."""
-    rx = netns_socket(lab.pod_shell(L2).netns, socket.AF_INET, socket.SOCK_DGRAM)
+def udp_mbit(lab, offered_mbit: float, duration_s: float = 3.0, skip_s: float = 1.0,
+             to: str = L2) -> float:
+    """Frame Mbit/s received by pod ``to`` from netshoot over ``duration_s - skip_s``
+    seconds."""
+    rx = netns_socket(lab.pod_shell(to).netns, socket.AF_INET, socket.SOCK_DGRAM)
     tx = netns_socket(lab.pod_shell(CLIENT).netns, socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind((lab.pod(L2).ip, UDP_PORT))
+    rx.bind((lab.pod(to).ip, UDP_PORT))
     rx.settimeout(0.2)
     arrivals: list[float] = []
     stop = threading.Event()
@@ -63,7 +65,7 @@ def udp_mbit(lab, offered_mbit: float, duration_s: float = 3.0, skip_s: float = 
     receiver = threading.Thread(target=receive, daemon=True)
     receiver.start()
     per_ms = offered_mbit * 1e6 / 8 / (PAYLOAD + HEADERS) / 1000
-    data, dest, sent = b"x" * PAYLOAD, (lab.pod(L2).ip, UDP_PORT), 0
+    data, dest, sent = b"x" * PAYLOAD, (lab.pod(to).ip, UDP_PORT), 0
     start = time.monotonic()
     with rx, tx:
         while (elapsed_ms := (time.monotonic() - start) * 1000) < duration_s * 1000:
@@ -97,6 +99,23 @@ def test_ingress_rate_through_the_ifb(lab, devices_unchanged):
     print(f"\ningress 10 Mbit/s: measured {measured:.2f}")
     assert abs(measured - 10) <= 1.0, measured
     assert udp_mbit(lab, 40) > 20  # reverted: no longer shaped
+
+
+def test_a_peer_filter_limits_only_the_traffic_with_that_peer(lab, devices_unchanged):
+    """``peer_pod``: netshoot → L2 is limited, netshoot → L1 is not (htb + u32 filter)."""
+    fault = Bandwidth(target=CLIENT, rate_mbit=5, peer_pod=L2)
+    with active(fault, lab):
+        assert f"htb {fault.handle}" in lab.pod_shell(CLIENT).run(
+            ["tc", "qdisc", "show", "dev", "eth0"]).stdout
+        to_peer = udp_mbit(lab, OFFERED * 5)
+        to_other = udp_mbit(lab, 40, to=L1)
+    print(f"\npeer-filtered 5 Mbit/s: to L2 {to_peer:.2f}, to L1 {to_other:.2f}")
+    assert abs(to_peer - 5) <= 0.5, to_peer
+    assert to_other > 30, to_other
+    with pytest.raises(ConfigError, match="bandwidth: peer_pod: .*nope"):
+        Bandwidth(target=CLIENT, rate_mbit=5, peer_pod="nope").inject(lab)
+    with pytest.raises(ConfigError, match="bandwidth: peer_cidr: not an IPv4 network"):
+        Bandwidth(target=CLIENT, rate_mbit=5, peer_cidr="10.0.0.300/8")
 
 
 def test_a_shaped_device_is_not_shaped_twice_and_bad_input_is_named(lab, devices_unchanged):

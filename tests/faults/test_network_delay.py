@@ -106,10 +106,12 @@ def test_netem_backend_commands_and_its_absence_here(lab, unchanged):
     fault = NetworkDelay(target=L2, delay_ms=50, jitter_ms=5, correlation_pct=25,
                          loss_pct=1, peer_pod=CLIENT, direction="both", backend="netem")
     cmds = [" ".join(c) for c in fault.netem_commands("10.244.1.2/32")]
-    assert "tc qdisc add dev eth0 root handle 1: prio priomap" in cmds[0]
-    assert cmds[1].endswith("netem delay 50ms 5ms 25% distribution normal loss 1%")
-    assert cmds[2].endswith("u32 match ip dst 10.244.1.2/32 flowid 1:3")
-    assert "ip link add mlnd" in cmds[3] and cmds[-1].endswith("flowid 1:3")
+    assert cmds[0] == "tc qdisc add dev eth0 root handle 1: htb default 0"
+    assert cmds[1].startswith("tc class add dev eth0 parent 1: classid 1:3 htb rate")
+    assert cmds[2].endswith("parent 1:3 netem delay 50ms 5ms 25% distribution normal loss 1%")
+    assert cmds[3].endswith("u32 match ip dst 10.244.1.2/32 flowid 1:3")
+    assert "ip link add mlnd" in cmds[4] and cmds[-1].endswith("match ip src 10.244.1.2/32 "
+                                                               "flowid 1:3")
     has_netem = lab.pod_shell(L2).run(["modinfo", "sch_netem"], check=False).ok
     if has_netem:  # a stock kernel: the qdisc goes on and comes off
         with active(fault, lab):

@@ -42,10 +42,10 @@ def test_network_delay_prints_netem_in_the_debug_container(env):
     fault = NetworkDelay(target=L2, delay_ms=50, jitter_ms=5, loss_pct=1, direction="both")
     out = _printed(fault, env)
     assert fault.backend_used == "netem"  # clusters have sch_netem; no agent there
-    assert (f"{EXEC}tc qdisc add dev eth0 root netem delay 50ms 5ms 0% distribution normal "
-            "loss 1%") in out
+    assert (f"{EXEC}tc qdisc add dev eth0 root handle 1: netem delay 50ms 5ms 0% "
+            "distribution normal loss 1%") in out
     assert f"{EXEC}ip link add {fault.ifb} type ifb" in out
-    assert f"{EXEC}tc qdisc add dev {fault.ifb} root netem delay 50ms" in out
+    assert f"{EXEC}tc qdisc add dev {fault.ifb} root handle 1: netem delay 50ms" in out
 
 
 def test_network_partition_prints_both_sides_chains(env):
