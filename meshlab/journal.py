@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "meshlab.run/1"
+#: A run's final ``status`` in its journal and report.
+FINAL_STATUSES = ("passed", "failed", "skipped", "error")
+#: Every value of the journal's ``status`` field: a final one, or ``running`` until the end.
+STATUSES = (*FINAL_STATUSES, "running")
 
 
 def iso(epoch_s: float) -> str:

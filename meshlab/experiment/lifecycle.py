@@ -20,10 +20,10 @@ from meshlab.envs.base import Env
 from meshlab.errors import MeshlabError, SystemUnderTestError
 from meshlab.experiment.labs import LabPool
 from meshlab.experiment.run import DEFAULT_CLIENT, Run
-from meshlab.journal import RunJournal
+from meshlab.journal import FINAL_STATUSES, RunJournal
 
-#: A run's final status in its journal and report.
-STATUSES = ("passed", "failed", "skipped", "error")
+#: A run's final status in its journal and report (the journal's own list).
+STATUSES = FINAL_STATUSES
 
 
 @dataclass(frozen=True)

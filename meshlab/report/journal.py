@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.errors import ConfigError
+from meshlab.journal import STATUSES
 
 #: Journal schema prefix this reader understands.
 SCHEMA_PREFIX = "meshlab.run/"
-#: Values of the journal's ``status`` field.
-STATUSES = ("passed", "failed", "error", "skipped", "running")
 
 Validator = Callable[[Any, str], None]
 
