@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "Bandwidth": "meshlab.faults.bandwidth",
     "ConntrackDelete": "meshlab.faults.conntrack_delete",
     "ConntrackTimeouts": "meshlab.faults.conntrack_timeouts",
+    "ContainerPause": "meshlab.faults.container_pause",
+    "CpuLimit": "meshlab.faults.cpu_limit",
     "HalfClose": "meshlab.faults.half_close",
     "NetworkDelay": "meshlab.faults.network_delay",
     "NetworkPartition": "meshlab.faults.network_partition",

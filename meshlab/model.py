@@ -32,13 +32,17 @@ class ContainerPort:
 
 @dataclass(frozen=True)
 class Container:
-    """A container: image reference, command/args as in the manifest, ports."""
+    """A container: image reference, command/args as in the manifest, ports, and its
+    ``resources.limits``: ``cpu_limit_m`` (millicores) and ``memory_limit_bytes`` (None: no
+    limit)."""
 
     name: str
     image: str
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     ports: tuple[ContainerPort, ...] = ()
+    cpu_limit_m: int | None = None
+    memory_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class Workload:
         node_names: nodes allowed by required node affinity on ``kubernetes.io/hostname``
             (empty: any node).
         source: manifest file it came from.
+        proxy_cpu_limit_m: the sidecar's CPU limit in millicores, from Istio's
+            ``sidecar.istio.io/proxyCPULimit`` annotation (None: no limit).
+        proxy_memory_limit_bytes: the sidecar's memory limit, from
+            ``sidecar.istio.io/proxyMemoryLimit`` (None: no limit).
     """
 
     kind: str
@@ -67,6 +75,8 @@ class Workload:
     containers: tuple[Container, ...]
     node_names: tuple[str, ...] = ()
     source: str = ""
+    proxy_cpu_limit_m: int | None = None
+    proxy_memory_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ FAULT_S = 6.0
 """How long the node stays off."""
 AFTER_S = 2
 """Seconds of traffic after the power-on before the load stops (polled from L1's log)."""
+HALF_OPEN_STATES = ("ESTAB", "FIN-WAIT-1")
+"""States of a connection to the dead node that is still retransmitting (half-open)."""
 HALF_OPEN_WAIT_S = 2.5
 """Deadline to see L1's half-open sockets: before L1's app gives up on them (3 s)."""
 L1_APP_DEADLINE_MS = 3000
@@ -77,14 +79,18 @@ def _wait_records(run: Run, pod: str, count: int, timeout_s: float = 30.0) -> No
 
 
 def _half_open(run: Run, peer_ip: str) -> tuple[list[dict[str, Any]], float]:
-    """Poll L1's sockets until its sidecar has an ESTAB connection to ``peer_ip:8080`` that
-    has retransmitted (no ACK, no FIN, no RST came back); returns the snapshot and its age."""
+    """Poll L1's sockets until its sidecar has a connection to ``peer_ip:8080`` that has
+    retransmitted (no ACK, no FIN, no RST came back); returns the snapshot and its age.
+
+    Such a connection is ESTAB, or FIN-WAIT-1 once L1 gave up on its request and closed it
+    (its data and FIN are then retransmitted alike): on a loaded machine a snapshot may first
+    come after that close, and both are the half-open connection the power-off leaves."""
     start = time.monotonic()
     shell = run.shell(run.names.pod(L1))
     while True:
         socks = snapshot(shell)
-        stuck = [s for s in select(socks, state="ESTAB", uid=SIDECAR_UID, peer_ip=peer_ip,
-                                   peer_port=8080) if s.timer == "on" and s.retrans_total >= 1]
+        stuck = [s for s in select(socks, uid=SIDECAR_UID, peer_ip=peer_ip, peer_port=8080)
+                 if s.state in HALF_OPEN_STATES and s.timer == "on" and s.retrans_total >= 1]
         if stuck or time.monotonic() - start > HALF_OPEN_WAIT_S:
             return [s.to_dict() for s in socks], time.monotonic() - start
         time.sleep(0.05)
@@ -137,18 +143,19 @@ def _power_cycle_under_load(run: Run, name: str) -> dict[str, Any]:
 
 
 def test_poweroff_leaves_half_open_connections_and_spikes_tail_latency(meshlab_run: Run) -> None:
-    """Without mitigation: half-open ESTAB sockets with retransmit timers on L1's sidecar, TPS
+    """Without mitigation: half-open sockets (ESTAB, or FIN-WAIT-1 once L1 gave up) with
+    retransmit timers on L1's sidecar, TPS
     below half the baseline while the node is off, p99/max at L1's 3 s deadline, p50 low."""
     lab = meshlab_run.names
     w = _power_cycle_under_load(meshlab_run, "poweroff")
     ip = meshlab_run.pod(lab.pod(L2, VICTIM_ORDINAL)).ip
     socks = meshlab_run.observation("l1-sockets-after-poweroff")
-    stuck = [s for s in socks if s["state"] == "ESTAB" and s["uid"] == SIDECAR_UID
+    stuck = [s for s in socks if s["state"] in HALF_OPEN_STATES and s["uid"] == SIDECAR_UID
              and s["peer"] == f"{ip}:8080" and s["timer"] == "on" and s["retrans_total"] >= 1]
-    assert stuck, f"no half-open ESTAB socket with retransmits toward {ip}:8080 in {socks}"
+    assert stuck, f"no half-open socket with retransmits toward {ip}:8080 in {socks}"
     meshlab_run.check(
-        SocketCount("l1-sockets-after-poweroff", state="ESTAB", uid=SIDECAR_UID, peer_ip=ip,
-                    peer_port=8080, at_least=1),
+        SocketCount("l1-sockets-after-poweroff", uid=SIDECAR_UID, peer_ip=ip, peer_port=8080,
+                    at_least=1),
         LatencyPercentileAtMost(50, at_most=0.1 * L1_APP_DEADLINE_MS, load="poweroff"),
         ResponseFlagsCount(lab.pod(L1), cluster=lab.outbound_cluster(L2, L2_PORT), flag="DC",
                            at_least=1),

@@ -18,7 +18,8 @@ def host_network_snapshot() -> str:
 
 
 def lab_leftovers(lab: str) -> dict:
-    """Everything of lab ``lab`` still on the machine: netns, /etc/netns dirs, processes."""
+    """Everything of lab ``lab`` still on the machine: netns, /etc/netns dirs, processes,
+    container cgroups."""
     prefix = f"ml-{lab}-"
     netns = [n for n in (Path("/run/netns").iterdir() if Path("/run/netns").exists() else [])
              if n.name.startswith(prefix)]
@@ -26,7 +27,19 @@ def lab_leftovers(lab: str) -> dict:
            if d.name.startswith(prefix)]
     procs = subprocess.run(["pgrep", "-f", f"/run/meshlab/{lab}/"], capture_output=True,
                            text=True, check=False).stdout.split()
-    return {k: v for k, v in {"netns": netns, "etc": etc, "procs": procs}.items() if v}
+    cgroups = [str(d) for d in _lab_cgroup_dirs(lab) if d.exists()]
+    return {k: v for k, v in {"netns": netns, "etc": etc, "procs": procs,
+                              "cgroups": cgroups}.items() if v}
+
+
+def _lab_cgroup_dirs(lab: str) -> list[Path]:
+    from meshlab.envs.local.cgroups import Cgroups
+    from meshlab.errors import LabError
+
+    try:
+        return list(Cgroups().dirs(Cgroups.rel(lab)).values())
+    except LabError:
+        return []
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@
 Targets (docs/CONTRACTS.md §5): each meshed pod's sidecar ``/stats``
 (:class:`~meshlab.collectors.envoy_stats.EnvoyStatsTarget`) and access log
 (:class:`~meshlab.collectors.accesslog.AccessLogTarget`), each pod's sockets
-(:class:`~meshlab.collectors.sockets.SocketsTarget`) and the conntrack table of every pod and
-node network namespace (:class:`~meshlab.collectors.conntrack.ConntrackTarget`). On an env whose
+(:class:`~meshlab.collectors.sockets.SocketsTarget`), the conntrack table of every pod and
+node network namespace (:class:`~meshlab.collectors.conntrack.ConntrackTarget`), and, on an env
+with container cgroups (:class:`~meshlab.envs.base.Containers`), each pod's containers' CPU,
+throttling and memory (:class:`~meshlab.collectors.containers.ContainersTarget`). On an env whose
 namespaces are on this machine (:class:`~meshlab.envs.base.LocalNamespaces`: the local lab)
 sockets and conntrack are read over netlink sockets kept open inside each namespace
 (:mod:`~meshlab.collectors.sock_diag`, :mod:`~meshlab.collectors.ctnetlink`); elsewhere (kube)
@@ -35,16 +37,17 @@ from typing import IO, Any, Protocol, Self
 
 from meshlab.collectors.accesslog import AccessLogTarget
 from meshlab.collectors.conntrack import ConntrackCommand, ConntrackReader, ConntrackTarget
+from meshlab.collectors.containers import ContainersTarget
 from meshlab.collectors.ctnetlink import CtnetlinkReader
 from meshlab.collectors.envoy_stats import EnvoyStatsTarget
 from meshlab.collectors.sock_diag import SockDiagReader
 from meshlab.collectors.sockets import SocketReader, SocketsTarget, SsReader
-from meshlab.envs.base import Env, LocalNamespaces
+from meshlab.envs.base import Containers, Env, LocalNamespaces
 from meshlab.envs.idle import make_thread_idle
 from meshlab.errors import ConfigError, MeshlabError
 
 #: Series file keys, in the journal's order.
-SERIES = ("envoy_stats", "accesslog", "sockets", "conntrack")
+SERIES = ("envoy_stats", "accesslog", "sockets", "conntrack", "containers")
 SERIES_DIR = "series"
 MAX_GAP_CHARS = 300
 
@@ -96,6 +99,8 @@ def default_targets(env: Env) -> tuple[list[Target], list[str]]:
             sockets, conntrack = kernel_readers(env, "pod", pod.name)
             targets += [SocketsTarget(sockets, pod.name),
                         ConntrackTarget(conntrack, pod.name, "pod")]
+            if isinstance(env, Containers):
+                targets.append(ContainersTarget(env, pod.name))
         except (MeshlabError, OSError) as exc:
             notes.append(f"collectors: pod {pod.name} not sampled: {exc}")
     for node in _node_names(env, pods):

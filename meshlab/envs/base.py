@@ -245,6 +245,42 @@ class LocalNamespaces(Protocol):
 
 
 @runtime_checkable
+class Containers(Protocol):
+    """Capability of an env that acts on one container of a pod (the local lab: its container
+    cgroups): pause, live CPU limit, CPU/memory use. Container names are the manifest's, plus
+    ``istio-proxy`` for the sidecar."""
+
+    def containers(self, pod: str) -> list[str]:
+        """The pod's running containers."""
+        ...
+
+    def pause_container(self, pod: str, container: str) -> str:
+        """Freeze every process of the container (sockets stay open); returns what was done."""
+        ...
+
+    def resume_container(self, pod: str, container: str) -> str:
+        """Undo :meth:`pause_container` (idempotent)."""
+        ...
+
+    def container_paused(self, pod: str, container: str) -> bool:
+        """Whether the container is paused now."""
+        ...
+
+    def container_cpu_limit(self, pod: str, container: str) -> int | None:
+        """The container's CPU limit in millicores (None: unlimited)."""
+        ...
+
+    def set_container_cpu_limit(self, pod: str, container: str, millicores: int | None) -> str:
+        """Change the container's CPU limit live (None lifts it); returns what was done."""
+        ...
+
+    def container_usage(self, pod: str) -> dict[str, dict[str, Any]]:
+        """``{container: {cpu_usage_us, nr_periods, nr_throttled, throttled_us, memory_bytes,
+        cpu_limit_m}}``: cumulative CPU use and CFS throttling, memory now."""
+        ...
+
+
+@runtime_checkable
 class PodLogFiles(Protocol):
     """Capability of an env whose pods' log files are on this machine (the local lab)."""
 

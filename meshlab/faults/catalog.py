@@ -5,7 +5,7 @@
 A field whose docstring says it is *filled by inject* or *generated* is state, not a parameter:
 it is neither listed nor accepted. Units come from the name's suffix, the project's convention
 (``_s`` seconds, ``_ms`` milliseconds, ``_us`` microseconds, ``_pct`` percent, ``_mbit``
-Mbit/s, ``_bytes`` bytes).
+Mbit/s, ``_bytes`` bytes, ``_m`` millicores of CPU, as Kubernetes writes ``100m``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from meshlab.errors import ConfigError
 from meshlab.faults.registry import FAULTS
 
 UNITS = {"_s": "s", "_ms": "ms", "_us": "µs", "_pct": "%", "_mbit": "Mbit/s", "_bytes": "bytes",
-         "_kbytes": "KiB"}
+         "_kbytes": "KiB", "_m": "m"}
 _HIDDEN = re.compile(r"^filled by inject|\(generated\b|^generated\b", re.IGNORECASE)
 _ARG = re.compile(r"^ {8}(\w+): (.*)$")
 
@@ -110,7 +110,7 @@ def params_of(kind: str) -> list[ParamInfo]:
     return out
 
 
-_UNIT_TEXT = re.compile(r"^([-+0-9.eE]+)\s*(ms|us|µs|s|%|Mbit/s|mbit|bytes|KiB)$")
+_UNIT_TEXT = re.compile(r"^([-+0-9.eE]+)\s*(ms|us|µs|s|%|Mbit/s|mbit|bytes|KiB|m)$")
 
 
 def _strip_unit(info: ParamInfo, text: str) -> str:

@@ -13,7 +13,7 @@ DestinationRule, VirtualService and EnvoyFilter are checked by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from meshlab.manifests.istio_resources import (
     parse_destination_rule,
     parse_virtual_service,
 )
+from meshlab.manifests.quantity import cpu_millicores, memory_bytes
 from meshlab.model import (
     Container,
     ContainerPort,
@@ -40,6 +41,10 @@ from meshlab.model import (
     Topology,
     Workload,
 )
+
+#: Istio's sidecar resource annotations (``sidecar.istio.io/…``, istio/api annotation.yaml).
+PROXY_CPU_LIMIT = "sidecar.istio.io/proxyCPULimit"
+PROXY_MEMORY_LIMIT = "sidecar.istio.io/proxyMemoryLimit"
 
 SUPPORTED_KINDS = ("Namespace", "StatefulSet", "Deployment", "Service", "LabCluster",
                    *ISTIO_KINDS)
@@ -139,18 +144,55 @@ def _workload(doc: Document, default_ns: str) -> Workload:
                 raise doc.fail(f"spec.template.spec.containers[{i}].ports[{j}].containerPort",
                                "missing required field")
             ports.append(ContainerPort(name=str(p.get("name", "")), port=int(p["containerPort"])))
+        cpu, memory = _limits(doc, c.get("resources"), f"spec.template.spec.containers[{i}]")
         containers.append(Container(name=str(c.get("name", f"c{i}")), image=str(c["image"]),
                                     command=tuple(map(str, c.get("command") or ())),
-                                    args=tuple(map(str, c.get("args") or ())), ports=tuple(ports)))
+                                    args=tuple(map(str, c.get("args") or ())), ports=tuple(ports),
+                                    cpu_limit_m=cpu, memory_limit_bytes=memory))
+    annotations = {k: str(v) for k, v in (doc.get("spec.template.metadata.annotations",
+                                                  {}) or {}).items()}
+    proxy_cpu = _annotation_quantity(doc, annotations, PROXY_CPU_LIMIT, cpu_millicores)
+    proxy_memory = _annotation_quantity(doc, annotations, PROXY_MEMORY_LIMIT, memory_bytes)
     replicas = doc.get("spec.replicas", 1, kind=int)
     if replicas < 0 or replicas > 16:
         raise doc.fail("spec.replicas", f"must be 0..16 in the lab, got {replicas}")
     return Workload(kind=doc.kind, name=doc.name, namespace=doc.get("metadata.namespace", default_ns),
                     replicas=replicas, labels=dict(doc.get("spec.template.metadata.labels", {}) or {}),
-                    annotations={k: str(v) for k, v in (doc.get("spec.template.metadata.annotations",
-                                                                 {}) or {}).items()},
-                    containers=tuple(containers), node_names=_node_affinity(doc),
-                    source=str(doc.path))
+                    annotations=annotations, containers=tuple(containers),
+                    node_names=_node_affinity(doc), source=str(doc.path),
+                    proxy_cpu_limit_m=proxy_cpu, proxy_memory_limit_bytes=proxy_memory)
+
+
+def _limits(doc: Document, resources: Any, where: str) -> tuple[int | None, int | None]:
+    """``(cpu millicores, memory bytes)`` of a container's ``resources.limits`` (None: unset).
+
+    Raises:
+        ManifestError: a field that is not a mapping or not a quantity (named).
+    """
+    if resources is None:
+        return None, None
+    if not isinstance(resources, dict):
+        raise doc.fail(f"{where}.resources", "expected a mapping")
+    limits = resources.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise doc.fail(f"{where}.resources.limits", "expected a mapping")
+    parsed: list[int | None] = []
+    for key, parse in (("cpu", cpu_millicores), ("memory", memory_bytes)):
+        try:
+            parsed.append(None if limits.get(key) is None else parse(limits[key]))
+        except ValueError as exc:
+            raise doc.fail(f"{where}.resources.limits.{key}", str(exc)) from None
+    return parsed[0], parsed[1]
+
+
+def _annotation_quantity(doc: Document, annotations: dict[str, str], key: str,
+                         parse: Callable[[object], int]) -> int | None:
+    if key not in annotations:
+        return None
+    try:
+        return parse(annotations[key])
+    except ValueError as exc:
+        raise doc.fail(f"spec.template.metadata.annotations.{key}", str(exc)) from None
 
 
 def _node_affinity(doc: Document) -> tuple[str, ...]:

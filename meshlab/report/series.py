@@ -12,6 +12,9 @@ line there):
   histograms are ``{"p50", "p90", "p99", "p999", "max"}`` points (Envoy's interval quantiles).
 - ``accesslog``: ``[second, cluster, flags, code, n]`` counts; a gap makes its second unknown.
 - ``sockets`` / ``conntrack``: counts by state (a state absent from a line is 0) and scalars.
+- ``containers``: per container, CPU cores used and CFS-throttled periods per second (rates of
+  the cumulative cgroup counters between consecutive data lines; a counter that went down — a
+  restarted container — counts its new value), memory in MiB and the CPU limit in cores.
 
 A truncated last line (a run killed mid-write) is skipped, as are unknown keys; any other line
 that is not a JSON object with ``t`` and ``target`` is skipped and counted in ``bad_lines``.
@@ -19,128 +22,35 @@ that is not a JSON object with ``t`` and ``target`` is skipped and counted in ``
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-#: ``(epoch seconds, value)``; value None is a gap (or no value, e.g. rtt without sockets).
-Point = tuple[float, float | None]
+from meshlab.report.series_containers import ContainerTarget, containers_series
+from meshlab.report.series_lines import (
+    JsonlFile,
+    Point,
+    TargetSeries,
+    by_key,
+    counts,
+    group,
+    number,
+    parse_jsonl,
+    read_jsonl,
+)
+
+__all__ = ["FILES", "AccessTarget", "ConntrackTarget", "ContainerTarget", "EnvoyTarget",
+           "JsonlFile", "Point", "RunSeries", "SocketTarget", "TargetSeries", "accesslog_series",
+           "conntrack_series", "containers_series", "envoy_series", "error_label",
+           "load_series", "parse_jsonl", "read_jsonl", "sockets_series"]
+
 #: The §5 files, by the key the journal's ``collectors.files`` uses.
-FILES = ("envoy_stats", "accesslog", "sockets", "conntrack")
+FILES = ("envoy_stats", "accesslog", "sockets", "conntrack", "containers")
 #: Histogram quantile keys of an ``envoy_stats`` line.
 QUANTILES = ("p50", "p90", "p99", "p999", "max")
 #: Scalar keys of a ``sockets`` line.
 SOCKET_SCALARS = ("retrans_total", "unacked", "send_q_bytes", "rtt_ms_max", "rtt_ms_avg")
-
-
-@dataclass
-class JsonlFile:
-    """The decoded lines of one series file.
-
-    Attributes:
-        lines: the JSON objects with ``t`` and ``target``, in file order.
-        truncated: the last line was cut short (not JSON) and was skipped.
-        bad_lines: other lines skipped (not a JSON object with a numeric ``t`` and ``target``).
-    """
-
-    lines: list[dict[str, Any]]
-    truncated: bool = False
-    bad_lines: int = 0
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def parse_jsonl(text: str) -> JsonlFile:
-    """Decode series lines, skipping a truncated last line and malformed ones."""
-    raw = text.split("\n")
-    if raw and raw[-1] == "":
-        raw.pop()
-    out = JsonlFile([])
-    for index, line in enumerate(raw):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            if index == len(raw) - 1:
-                out.truncated = True
-            else:
-                out.bad_lines += 1
-            continue
-        if (isinstance(obj, dict) and _number(obj.get("t")) is not None
-                and isinstance(obj.get("target"), str)):
-            out.lines.append(obj)
-        else:
-            out.bad_lines += 1
-    return out
-
-
-def read_jsonl(path: Path) -> JsonlFile:
-    """Read and decode one series file (see :func:`parse_jsonl`); invalid UTF-8 is replaced."""
-    return parse_jsonl(Path(path).read_text(encoding="utf-8", errors="replace"))
-
-
-@dataclass
-class TargetSeries:
-    """Series of one target (pod or netns) common to every file.
-
-    Attributes:
-        target: the line's ``target``.
-        kind: the line's ``kind`` (conntrack: ``node`` | ``pod``), else None.
-        times: epoch seconds of the data lines.
-        gaps: ``(epoch_s, error)`` of the gap lines.
-    """
-
-    target: str
-    kind: str | None = None
-    times: list[float] = field(default_factory=list)
-    gaps: list[tuple[float, str]] = field(default_factory=list)
-
-
-def _by_key(samples: list[tuple[float, dict[str, float | None] | None]], fill: float | None
-            ) -> dict[str, list[Point]]:
-    """Per-key points from ``(t, {key: value} | None)`` samples (None: a gap → None for every
-    key); a key missing from a sample gets ``fill``."""
-    keys = sorted({key for _, values in samples for key in values or {}})
-    return {key: [(t, None if values is None else values.get(key, fill))
-                  for t, values in samples] for key in keys}
-
-
-def _counts(value: Any) -> dict[str, float | None]:
-    """``{key: number}`` from a line's dict (non-numbers dropped)."""
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): n for k, v in value.items() if (n := _number(v)) is not None}
-
-
-_T = TypeVar("_T", bound=TargetSeries)
-#: ``(t, line)`` per line of a target; ``line`` None for a gap line.
-_Samples = list[tuple[float, dict[str, Any] | None]]
-
-
-def _group(lines: Iterable[dict[str, Any]], make: Callable[[str], _T]
-           ) -> dict[str, tuple[_T, _Samples]]:
-    """Lines per target, with ``times``, ``gaps`` and ``kind`` filled in."""
-    out: dict[str, tuple[_T, _Samples]] = {}
-    for line in lines:
-        t, name = float(line["t"]), line["target"]
-        target, samples = out.setdefault(name, (make(name), []))
-        if isinstance(line.get("kind"), str):
-            target.kind = line["kind"]
-        if "gap" in line:
-            target.gaps.append((t, str(line["gap"])))
-            samples.append((t, None))
-        else:
-            target.times.append(t)
-            samples.append((t, line))
-    return out
 
 
 @dataclass
@@ -177,7 +87,7 @@ def envoy_series(lines: Iterable[dict[str, Any]],
     keep = select or (lambda _name: True)
     chosen: dict[str, bool] = {}
     out = {}
-    for name, (target, rows) in _group(lines, EnvoyTarget).items():
+    for name, (target, rows) in group(lines, EnvoyTarget).items():
         seen: list[float] = []  # data-line times so far: a stat first seen late is back-filled
         last_t: float | None = None
         for t, line in rows:
@@ -189,7 +99,7 @@ def envoy_series(lines: Iterable[dict[str, Any]],
                 continue
             if last_t is None:  # first line of the target, or first after a gap: holds all
                 target.final, target.hist_state = {}, {}
-            changed = _counts(line.get("counters"))
+            changed = counts(line.get("counters"))
             for stat in changed:
                 if chosen.setdefault(stat, keep(stat)) and stat not in target.rates:
                     target.rates[stat] = [(x, None) for x in seen]
@@ -201,7 +111,7 @@ def envoy_series(lines: Iterable[dict[str, Any]],
                         and before is not None:
                     rate = (value - before if value >= before else value) / (t - last_t)
                 points.append((t, rate))
-            gauges = _counts(line.get("gauges"))
+            gauges = counts(line.get("gauges"))
             target.final.update({**changed, **gauges})
             for stat in gauges:
                 if chosen.setdefault(stat, keep(stat)) and stat not in target.gauges:
@@ -210,7 +120,7 @@ def envoy_series(lines: Iterable[dict[str, Any]],
                 points.append((t, target.final.get(stat)))
             for stat, qs in (line.get("histograms") or {}).items():
                 if isinstance(qs, dict):
-                    target.hist_state[str(stat)] = {q: _number(qs.get(q)) for q in QUANTILES}
+                    target.hist_state[str(stat)] = {q: number(qs.get(q)) for q in QUANTILES}
                     if chosen.setdefault(stat, keep(stat)) and stat not in target.histograms:
                         target.histograms[stat] = {q: [(x, None) for x in seen]
                                                    for q in QUANTILES}
@@ -254,13 +164,13 @@ def error_label(flags: str, code: int) -> str | None:
 def accesslog_series(lines: Iterable[dict[str, Any]]) -> dict[str, AccessTarget]:
     """Collect ``accesslog`` count rows per target (malformed rows are skipped)."""
     out = {}
-    for name, (target, samples) in _group(lines, AccessTarget).items():
+    for name, (target, samples) in group(lines, AccessTarget).items():
         for _, line in samples:
             for row in (line or {}).get("counts") or []:
                 if not (isinstance(row, list) and len(row) == 5):
                     continue
                 second, cluster, flags, code, n = row
-                if None in (_number(second), _number(n), _number(code)):
+                if None in (number(second), number(n), number(code)):
                     continue
                 target.counts.append((int(second), str(cluster), str(flags), int(code), int(n)))
         out[name] = target
@@ -285,12 +195,12 @@ class SocketTarget(TargetSeries):
 def sockets_series(lines: Iterable[dict[str, Any]]) -> dict[str, SocketTarget]:
     """Turn ``sockets`` lines into per-pod series (a state absent from a line counts 0)."""
     out = {}
-    for name, (target, rows) in _group(lines, SocketTarget).items():
-        target.states = _by_key([(t, None if d is None else _counts(d.get("states")))
+    for name, (target, rows) in group(lines, SocketTarget).items():
+        target.states = by_key([(t, None if d is None else counts(d.get("states")))
                                  for t, d in rows], 0.0)
-        target.timers = _by_key([(t, None if d is None else _counts(d.get("timers")))
+        target.timers = by_key([(t, None if d is None else counts(d.get("timers")))
                                  for t, d in rows], 0.0)
-        target.scalars = {key: [(t, None if d is None else _number(d.get(key)))
+        target.scalars = {key: [(t, None if d is None else number(d.get(key)))
                                 for t, d in rows] for key in SOCKET_SCALARS}
         out[name] = target
     return out
@@ -314,14 +224,14 @@ class ConntrackTarget(TargetSeries):
 def conntrack_series(lines: Iterable[dict[str, Any]]) -> dict[str, ConntrackTarget]:
     """Turn ``conntrack`` lines into per-netns series (a state absent from a line counts 0)."""
     out = {}
-    for name, (target, rows) in _group(lines, ConntrackTarget).items():
-        target.entries = [(t, None if d is None else _number(d.get("entries"))) for t, d in rows]
-        target.states = _by_key([(t, None if d is None else _counts(d.get("states")))
+    for name, (target, rows) in group(lines, ConntrackTarget).items():
+        target.entries = [(t, None if d is None else number(d.get("entries"))) for t, d in rows]
+        target.states = by_key([(t, None if d is None else counts(d.get("states")))
                                  for t, d in rows], 0.0)
         last = next((d for _, d in reversed(rows) if d is not None), None) or {}
         timeouts = last.get("timeout_s")
         if isinstance(timeouts, dict):
-            target.timeouts = {str(k): {"min": _number(v.get("min")), "max": _number(v.get("max"))}
+            target.timeouts = {str(k): {"min": number(v.get("min")), "max": number(v.get("max"))}
                                for k, v in timeouts.items() if isinstance(v, dict)}
         out[name] = target
     return out
@@ -336,6 +246,7 @@ class RunSeries:
         accesslog: ``{pod: AccessTarget}``, or None.
         sockets: ``{pod: SocketTarget}``, or None.
         conntrack: ``{netns: ConntrackTarget}``, or None.
+        containers: ``{pod: ContainerTarget}``, or None.
         files: file key → its path relative to the run directory (as the journal lists it).
         notes: what the reader skipped or could not read, for the report.
     """
@@ -344,12 +255,14 @@ class RunSeries:
     accesslog: dict[str, AccessTarget] | None = None
     sockets: dict[str, SocketTarget] | None = None
     conntrack: dict[str, ConntrackTarget] | None = None
+    containers: dict[str, ContainerTarget] | None = None
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def last_t(self) -> float | None:
         """The latest sample time over every file, or None without samples."""
-        times = [t for group in (self.envoy_stats, self.accesslog, self.sockets, self.conntrack)
+        times = [t for group in (self.envoy_stats, self.accesslog, self.sockets, self.conntrack,
+                                 self.containers)
                  for target in (group or {}).values()
                  for t in (*target.times, *(g[0] for g in target.gaps))]
         return max(times, default=None)
@@ -382,7 +295,8 @@ def load_series(run_dir: Path, collectors: dict[str, Any] | None,
         return out
     readers: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
         "envoy_stats": lambda lines: envoy_series(lines, envoy_select),
-        "accesslog": accesslog_series, "sockets": sockets_series, "conntrack": conntrack_series}
+        "accesslog": accesslog_series, "sockets": sockets_series, "conntrack": conntrack_series,
+        "containers": containers_series}
     for key, relative in (collectors.get("files") or {}).items():
         if key not in readers or not isinstance(relative, str):
             continue

@@ -11,6 +11,7 @@ shaded. A gap line breaks a chart's line at its time. What each chart shows:
   ``cx_tx_retransmitted_segments`` as a rate, the ``cx_tx_unacked_segments`` gauge and the p99
   of the ``cx_rtt_us`` histogram, a line per sidecar and cluster/listener;
 - socket states per pod (``ss``; LISTEN left out), conntrack entries per netns and by state.
+- CPU per container (with its limit) and CFS throttling per pod (container cgroups).
 """
 
 from __future__ import annotations
@@ -220,6 +221,30 @@ def socket_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
     return charts
 
 
+def container_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
+                     order: list[str]) -> list[dict[str, Any]] | None:
+    """Per pod: CPU cores used by each container (with its CPU limit, when it has one) and, when
+    any container was throttled, CFS-throttled periods per second."""
+    if series.containers is None:
+        return None
+    charts = []
+    for pod in _ordered(series.containers, order):
+        target = series.containers[pod]
+        gaps = gap_spans([target], axis)
+        lines = [(c, axis.points(points)) for c, points in target.cpu_cores.items()]
+        lines += [(f"{c} limit", axis.points(points))
+                  for c, points in target.cpu_limit_cores.items()
+                  if any(v is not None for _, v in points)]
+        charts.append(_chart(f"CPU by container (cores) — {pod}", "cores", lines, axis,
+                             windows, gaps))
+        throttled = [(c, axis.points(points)) for c, points in target.throttled_per_s.items()
+                     if any(v for _, v in points)]
+        if throttled:
+            charts.append(_chart(f"CFS throttling (throttled periods/s) — {pod}", "periods/s",
+                                 throttled, axis, windows, gaps))
+    return charts
+
+
 def conntrack_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
                      interval_s: float) -> dict[str, Any] | None:
     """Conntrack entries per netns, entries by state over every netns, last timeouts."""
@@ -253,7 +278,7 @@ def conntrack_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
 def gap_rows(series: RunSeries, axis: TimeAxis) -> list[dict[str, Any]]:
     """One row per file and target that had gap lines."""
     rows = []
-    for key in ("envoy_stats", "accesslog", "sockets", "conntrack"):
+    for key in ("envoy_stats", "accesslog", "sockets", "conntrack", "containers"):
         for name, target in sorted((getattr(series, key) or {}).items()):
             if target.gaps:
                 first, last = target.gaps[0][0], target.gaps[-1][0]

@@ -18,6 +18,7 @@ from meshlab.report.series import RunSeries, load_series
 from meshlab.report.series_charts import (
     TimeAxis,
     conntrack_charts,
+    container_charts,
     flag_charts,
     gap_rows,
     run_axis,
@@ -303,6 +304,7 @@ def _series_view(journal: dict[str, Any], series: RunSeries, axis: Any, order: l
             "flags": flag_charts(series, axis, windows, order),
             "tcp": tcp_charts(series, axis, windows, order),
             "sockets": socket_charts(series, axis, windows, order),
+            "containers": container_charts(series, axis, windows, order),
             "conntrack": conntrack_charts(series, axis, windows,
                                           collectors.get("interval_s") or 1.0),
             "gaps": gap_rows(series, axis), "notes": series.notes}

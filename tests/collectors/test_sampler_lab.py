@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from meshlab.envs.local.netns_socket import netns_connect
 from meshlab.experiment import Run
 from meshlab.faults.node_poweroff import NodePowerOff
 from meshlab.journal import RunJournal
@@ -57,12 +58,31 @@ def open_run(env: Any, tmp_path: Path, name: str) -> Run:
     return run
 
 
+def hold_connections_until_sampled(env: Any, run: Run) -> None:
+    """Open 2 idle connections from the client to L1 (no request: no counter moves) and keep
+    them until the sockets series shows them: the samplers run at SCHED_IDLE, so on a busy
+    machine a short load can pass between two socket reads."""
+    def client_estab() -> int:
+        return max((ln["states"].get("ESTAB", 0) for ln in series(run, "sockets")
+                    if ln["target"] == CLIENT and "gap" not in ln), default=0)
+
+    conns = [netns_connect(env.pod_shell(CLIENT).netns, env.pod(L1).ip, 8070, 5.0)
+             for _ in range(2)]
+    try:
+        wait_until(client_estab, lambda n: n >= 2, timeout_s=20,
+                   what="the client's connections in the sockets series")
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def test_series_account_for_every_request_of_a_load(env, tmp_path: Path):
     run = open_run(env, tmp_path, "collectors-baseline")
     load = run.load("collect", URL, users=2, rate_per_s=40, duration_s=3, max_requests=100)
     assert load.requests > 0 and load.errors == 0
     wait_until(lambda: counter_span(run, L1, L1_IN_RQ), lambda s: s[1] - s[0] >= load.requests,
                timeout_s=15, what="L1's inbound requests in the stats series")
+    hold_connections_until_sampled(env, run)
     run.stop_collectors()
 
     for stat in (L1_IN_RQ, L1_HCM_RQ):
@@ -78,8 +98,8 @@ def test_series_account_for_every_request_of_a_load(env, tmp_path: Path):
     socks = series(run, "sockets")
     estab = {pod: [ln["states"].get("ESTAB", 0) for ln in socks if ln["target"] == pod]
              for pod in (CLIENT, L1)}
-    assert max(estab[CLIENT]) >= 1  # the load's keep-alive connections
-    assert max(estab[L1]) > estab[L1][0]  # the sidecar's inbound and upstream connections
+    assert max(estab[CLIENT]) >= 1  # the client's connections, held open until sampled
+    assert max(estab[L1]) > estab[L1][0]  # the sidecar's inbound connections
     node = [ln for ln in series(run, "conntrack") if ln["target"] == "worknode5"]
     assert node and all(ln["kind"] == "node" for ln in node)
     assert max(ln["entries"] for ln in node) > 0

@@ -132,7 +132,8 @@ def make_journal() -> dict[str, Any]:
                                       "saved": {"net.ipv4.tcp_retries2": "15"}}}],
         "collectors": {"interval_s": 1.0, "started_epoch_s": T0 + 1, "ended_epoch_s": T0 + 97,
                        "files": {key: f"series/{key}.jsonl" for key in
-                                 ("envoy_stats", "accesslog", "sockets", "conntrack")},
+                                 ("envoy_stats", "accesslog", "sockets", "conntrack",
+                                  "containers")},
                        "samples": {"envoy_stats": 192}, "gaps": {"envoy_stats": 20}},
         "prometheus": {
             "url": "http://172.18.0.1:9090", "job": "envoy-stats",
@@ -194,7 +195,8 @@ def series_lines() -> dict[str, list[dict[str, Any]]]:
     """§5 lines for make_journal()'s run: one sample a second from T0+1 to T0+96. worknode6
     (L2) is powered off during FAULT: its targets write gap lines; L1 retransmits and logs UF."""
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in ("envoy_stats", "accesslog",
-                                                            "sockets", "conntrack")}
+                                                            "sockets", "conntrack",
+                                                            "containers")}
     previous: dict[str, dict[str, Any] | None] = {}
     retrans = 0
     for i in range(1, 97):
@@ -252,4 +254,10 @@ def series_lines() -> dict[str, list[dict[str, Any]]]:
             out["conntrack"].append({"t": t, "target": netns, "kind": kind,
                                      "entries": sum(states.values()), "states": states,
                                      "timeout_s": {"ESTABLISHED": {"min": 431990, "max": 432000}}})
+        out["containers"].append({"t": t, "target": "fortio-server-0", "containers": {
+            "istio-proxy": {"cpu_usage_us": 100_000 * i, "nr_periods": 10 * i,
+                            "nr_throttled": 3 * i, "throttled_us": 20_000 * i,
+                            "memory_bytes": 30 << 20, "cpu_limit_m": 100},
+            "main-app": {"cpu_usage_us": 50_000 * i, "nr_periods": 0, "nr_throttled": 0,
+                         "throttled_us": 0, "memory_bytes": 12 << 20, "cpu_limit_m": None}}})
     return out

@@ -12,7 +12,8 @@ from meshlab.report import render_report
 from meshlab.report.charts import FAULT_FILL
 
 SECTIONS = ("header", "status", "summary", "windows", "verdicts", "charts", "faults", "series",
-            "series-flags", "series-tcp", "series-sockets", "series-conntrack", "series-gaps",
+            "series-flags", "series-tcp", "series-sockets", "series-containers", "series-conntrack",
+            "series-gaps",
             "errors", "hops", "response-flags", "access-logs", "activities", "topology",
             "environment", "prometheus", "raw")
 
@@ -60,10 +61,13 @@ def test_charts_are_inline_svg_with_the_fault_window_shaded(tmp_path, journal, w
     html = render_report(write_run(tmp_path, journal)).read_text()
 
     # 2 loads × (TPS + latency), errors by flag at L1 only, 3 tcp_stats, 3 pods' socket
-    # states, 2 conntrack charts
-    assert html.count('<svg class="chart"') == 4 + 1 + 3 + 3 + 2
+    # states, L1's container CPU + CFS throttling, 2 conntrack charts
+    assert html.count('<svg class="chart"') == 4 + 1 + 3 + 3 + 2 + 2
     # one run axis: every chart shows the window
-    assert html.count('class="fault-window"') == 13
+    assert html.count('class="fault-window"') == 15
+    containers = html[html.index('id="series-containers"'):html.index('id="series-conntrack"')]
+    assert "CPU by container (cores) — fortio-server-0" in containers
+    assert "istio-proxy limit" in containers and "CFS throttling" in containers
     assert f'fill="{FAULT_FILL}"' in html
     assert "requests/s" in html and "latency (ms)" in html
     assert "time since collectors started (s)" in html and "time since load start" not in html

@@ -128,3 +128,24 @@ def test_load_series_reads_listed_files_only(tmp_path):
     assert any("no such file" in n for n in partial.notes)
     assert any("outside the run directory" in n for n in partial.notes)
     assert load_series(run_dir, None).sockets is None
+
+
+def test_container_counters_become_cores_and_throttled_periods_per_second():
+    from meshlab.report.series import containers_series
+
+    def line(t, usage_us, throttled, limit_m=100):
+        return {"t": t, "target": "p", "containers": {"istio-proxy": {
+            "cpu_usage_us": usage_us, "nr_periods": 0, "nr_throttled": throttled,
+            "throttled_us": 0, "memory_bytes": 3 << 20, "cpu_limit_m": limit_m}}}
+
+    series = containers_series([
+        line(10.0, 1_000_000, 0), line(11.0, 1_100_000, 8),
+        {"t": 12.0, "target": "p", "gap": "cgroup gone"},
+        line(13.0, 1_150_000, 9), line(14.0, 50_000, 1, None)])["p"]
+
+    assert series.cpu_cores["istio-proxy"] == [(11.0, pytest.approx(0.1)), (12.0, None),
+                                               (14.0, pytest.approx(0.05))]  # reset: new value
+    assert series.throttled_per_s["istio-proxy"] == [(11.0, 8.0), (12.0, None), (14.0, 1.0)]
+    assert series.memory_mib["istio-proxy"][0] == (10.0, 3.0)
+    assert [v for _, v in series.cpu_limit_cores["istio-proxy"]] == [0.1, 0.1, None, 0.1, None]
+    assert series.gaps == [(12.0, "cgroup gone")]

@@ -3,7 +3,8 @@
 :func:`fingerprint` records, for every namespace of the lab: its iptables rules
 (``iptables-save`` without counters), its ``net.*`` sysctls, and its processes (command lines,
 not PIDs, so a node that was powered off and on again compares equal), plus the lab's
-namespace list and its fault-ledger entries. The pytest plugin takes one when a lab comes up
+namespace list, its fault-ledger entries and each container cgroup's freezer state and CPU
+limit. The pytest plugin takes one when a lab comes up
 and compares after every run (:func:`diff`): a leftover rule, sysctl, namespace, process or
 active fault fails that test.
 """
@@ -15,8 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from meshlab.envs.local.cgroups import Cgroups
 from meshlab.envs.local.netns import NetnsShell, netns_pids
-from meshlab.envs.local.state import leftovers
+from meshlab.envs.local.state import LabState, leftovers
+from meshlab.errors import LabError
 
 # sysctls that change by themselves (counters, per-boot secrets) are not state a fault sets
 _VOLATILE_SYSCTLS = re.compile(r"nf_conntrack_count$|stable_secret$|\.base_reachable_time|"
@@ -54,16 +57,36 @@ def _processes(netns: str) -> dict[str, int]:
     return dict(cmds)
 
 
+def _cgroups(lab: str) -> dict[str, dict[str, Any]]:
+    """``{"<pod>/<container>": {"frozen": bool, "cpu_limit_m": int | None}}`` of the lab's
+    container cgroups that exist."""
+    state = LabState.load(lab)
+    try:
+        groups = Cgroups()
+    except LabError:
+        return {}
+    out = {}
+    for key in sorted(state.pids if state else {}):
+        rel = Cgroups.rel(lab, *key.split("/", 1))
+        try:
+            out[key] = {"frozen": groups.frozen(rel), "cpu_limit_m": groups.cpu_limit(rel)}
+        except (OSError, ValueError):
+            continue  # no cgroup (made before cgroups, or gone with its node)
+    return out
+
+
 def fingerprint(lab: str, ledger: list[str]) -> dict[str, Any]:
     """Snapshot of lab ``lab``: ``{"netns": [...], "faults": [...], "per_netns": {ns: {
-    "iptables": [lines], "sysctls": {key: value}, "processes": {cmdline: count}}}}``."""
+    "iptables": [lines], "sysctls": {key: value}, "processes": {cmdline: count}}},
+    "cgroups": {"<pod>/<container>": {"frozen", "cpu_limit_m"}}}``."""
     per: dict[str, Any] = {}
     names = leftovers(lab)
     for ns in names:
         shell = NetnsShell(ns)
         per[ns] = {"iptables": _iptables(shell), "sysctls": _sysctls(shell),
                    "processes": _processes(ns)}
-    return {"netns": names, "faults": sorted(ledger), "per_netns": per}
+    return {"netns": names, "faults": sorted(ledger), "per_netns": per,
+            "cgroups": _cgroups(lab)}
 
 
 def diff(before: dict[str, Any], after: dict[str, Any], limit: int = 20) -> list[str]:
@@ -73,6 +96,10 @@ def diff(before: dict[str, Any], after: dict[str, Any], limit: int = 20) -> list
         out.append(f"namespaces: {before['netns']} -> {after['netns']}")
     if after["faults"]:
         out.append(f"faults still in the ledger: {after['faults']}")
+    for key, b_cg in before.get("cgroups", {}).items():
+        a_cg = after.get("cgroups", {}).get(key)
+        if a_cg is not None and a_cg != b_cg:
+            out.append(f"cgroup {key}: {b_cg} -> {a_cg}")
     for ns, b in before["per_netns"].items():
         a = after["per_netns"].get(ns)
         if a is None:

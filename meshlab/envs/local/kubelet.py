@@ -4,6 +4,13 @@ The app process runs with the manifest's args (see :mod:`meshlab.envs.local.imag
 pod also gets ``python -m meshlab.proxy --config sidecar.json`` which binds its listeners and
 then drops to uid/gid 1337 (Istio's proxy user), so the capture rules exempt exactly its traffic.
 Logs go to ``<state>/pods/<pod>/<container>.log``.
+
+Each container runs in its own cgroup under one parent per pod (:mod:`meshlab.envs.local.cgroups`,
+``meshlab/<lab>/<pod>/<container>``), with ``resources.limits`` as its CFS quota and memory
+limit; the sidecar's come from ``sidecar.istio.io/proxyCPULimit``/``proxyMemoryLimit``. The
+directories made are recorded in the lab state before the process starts, and cleanup removes
+them. On a machine without usable cgroups the containers run without them, unless a limit asks
+for one (then ``up`` fails and says why).
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from meshlab.envs.local import istiod
+from meshlab.envs.local.cgroups import Cgroups
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.istio_iptables import PROXY_GID, PROXY_UID
 from meshlab.envs.local.netns import NetnsShell, process_alive
@@ -30,9 +39,41 @@ def pod_dir(state: LabState, pod: str) -> Path:
     return state.dir / "pods" / pod
 
 
+def cgroups() -> Cgroups | None:
+    """The machine's cgroups, or None where there are none the lab can use."""
+    try:
+        return Cgroups()
+    except LabError:
+        return None
+
+
+def container_cgroup(state: LabState, pod: str, container: str, cpu_limit_m: int | None,
+                     memory_limit_bytes: int | None) -> Callable[[list[str]], list[str]] | None:
+    """Make ``container``'s cgroup with its limits (recorded in ``state`` first) and return
+    the wrapper that starts a command line inside it (:meth:`NetnsShell.popen` ``wrap``); None
+    on a machine without cgroups.
+
+    Raises:
+        LabError: a limit is asked for but there are no cgroups, or the kernel refused it.
+    """
+    groups = cgroups()
+    if groups is None:
+        if cpu_limit_m is not None or memory_limit_bytes is not None:
+            raise LabError(f"pod {pod}: container {container} has resource limits but this "
+                           f"machine has no cgroup cpu/memory controllers to enforce them")
+        return None
+    rel = Cgroups.rel(state.lab, pod, container)
+    state.cgroups = sorted({*state.cgroups, *(str(d) for d in groups.dirs(rel).values())})
+    state.save()
+    groups.create(rel)
+    groups.set_cpu_limit(rel, cpu_limit_m)
+    groups.set_memory_limit(rel, memory_limit_bytes)
+    return lambda argv: groups.enter_argv(rel, argv)
+
+
 def start_pod(plan: LabPlan, state: LabState, pp: PodPlan, python: str = sys.executable) -> None:
     """Start the pod's app containers and, for a meshed pod, its sidecar (sidecar first, as
-    Istio's ``holdApplicationUntilProxyStarts`` would)."""
+    Istio's ``holdApplicationUntilProxyStarts`` would), each in its container cgroup."""
     pdir = pod_dir(state, pp.name)
     pdir.mkdir(parents=True, exist_ok=True)
     shell = NetnsShell(pp.netns, pp.name)
@@ -45,9 +86,12 @@ def start_pod(plan: LabPlan, state: LabState, pp: PodPlan, python: str = sys.exe
         cfg_path = pdir / "sidecar.json"
         cfg_path.write_text(istiod.dump(istiod.sidecar_config(plan, pp, str(access_log))))
         log = pdir / f"{SIDECAR_CONTAINER}.log"
+        wl = pp.pod.workload
+        wrap = container_cgroup(state, pp.name, SIDECAR_CONTAINER, wl.proxy_cpu_limit_m,
+                                wl.proxy_memory_limit_bytes)
         proc = shell.popen([python, "-m", "meshlab.proxy", "--config", str(cfg_path),
                             "--uid", str(PROXY_UID), "--gid", str(PROXY_GID)],
-                           stdout=log, stderr=log, env=env)
+                           stdout=log, stderr=log, env=env, wrap=wrap)
         state.pids[f"{pp.name}/{SIDECAR_CONTAINER}"] = proc.pid
         state.save()
     wl = pp.pod.workload
@@ -56,7 +100,9 @@ def start_pod(plan: LabPlan, state: LabState, pp: PodPlan, python: str = sys.exe
         if argv is None:
             continue
         log = pdir / f"{container.name}.log"
-        proc = shell.popen(argv, stdout=log, stderr=log, env=env)
+        wrap = container_cgroup(state, pp.name, container.name, container.cpu_limit_m,
+                                container.memory_limit_bytes)
+        proc = shell.popen(argv, stdout=log, stderr=log, env=env, wrap=wrap)
         state.pids[f"{pp.name}/{container.name}"] = proc.pid
         state.save()
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshlab.envs.base import PodInfo
 from meshlab.envs.local import kubelet
+from meshlab.envs.local.containers import LocalContainers, container_names
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.netns import NetnsShell
 from meshlab.envs.local.network import build_network
@@ -249,6 +250,38 @@ class LocalEnv:
         if res.returncode != 0:
             raise LabError(f"sidecar admin {path} on {info.name} failed: {res.stderr.strip()}")
         return res.stdout
+
+    # containers (the Containers capability, envs/local/containers.py) -----------------------
+    def _containers(self) -> LocalContainers:
+        return LocalContainers(self.state, kubelet.cgroups())
+
+    def containers(self, pod: str) -> list[str]:
+        """The pod's running containers (``istio-proxy`` included)."""
+        return container_names(self.state, self.pod(pod).name)
+
+    def pause_container(self, pod: str, container: str) -> str:
+        """Freeze the container (:meth:`LocalContainers.pause`)."""
+        return self._containers().pause(self.pod(pod).name, container)
+
+    def resume_container(self, pod: str, container: str) -> str:
+        """Thaw the container (idempotent)."""
+        return self._containers().resume(self.pod(pod).name, container)
+
+    def container_paused(self, pod: str, container: str) -> bool:
+        """Whether the container is frozen now."""
+        return self._containers().paused(self.pod(pod).name, container)
+
+    def container_cpu_limit(self, pod: str, container: str) -> int | None:
+        """The container's CPU limit in millicores (None: unlimited)."""
+        return self._containers().cpu_limit(self.pod(pod).name, container)
+
+    def set_container_cpu_limit(self, pod: str, container: str, millicores: int | None) -> str:
+        """Change the container's CFS quota live."""
+        return self._containers().set_cpu_limit(self.pod(pod).name, container, millicores)
+
+    def container_usage(self, pod: str) -> dict[str, dict[str, Any]]:
+        """CPU/throttling counters and memory of each container of the pod."""
+        return self._containers().usage(self.pod(pod).name)
 
     def pod_log_dir(self, pod: str) -> Path:
         """Folder holding the pod's container logs and access log."""

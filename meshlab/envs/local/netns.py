@@ -55,7 +55,8 @@ class NetnsShell:
                         input_text=input_text)
 
     def popen(self, argv: list[str], *, stdout: Path | None = None, stderr: Path | None = None,
-              user: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+              user: str | None = None, env: dict[str, str] | None = None,
+              wrap: Callable[[list[str]], list[str]] | None = None) -> subprocess.Popen[bytes]:
         """Start ``argv`` in the namespace, detached in its own session (survives the caller).
 
         Args:
@@ -64,6 +65,9 @@ class NetnsShell:
             stderr: file appended with standard error (None: discarded).
             user: ``uid[:gid]`` to run as.
             env: extra environment variables.
+            wrap: turns the whole command line, namespace entry included, into the one to run
+                — for steps that must come before ``ip netns exec`` (which mounts a fresh
+                ``/sys`` without the cgroup hierarchies), e.g. entering a container cgroup.
 
         Raises:
             LabError: the command could not be started.
@@ -72,7 +76,8 @@ class NetnsShell:
             out = files.enter_context(open(stdout, "ab")) if stdout else subprocess.DEVNULL
             err = files.enter_context(open(stderr, "ab")) if stderr else subprocess.DEVNULL
             try:
-                return subprocess.Popen(self.prefix(user) + list(argv), stdout=out, stderr=err,
+                full = self.prefix(user) + list(argv)
+                return subprocess.Popen(wrap(full) if wrap else full, stdout=out, stderr=err,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
                                         env={**os.environ, **(env or {})})
             except OSError as exc:

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from meshlab.envs.base import STATE_ROOT
+from meshlab.envs.local.cgroups import TREE, Cgroups, remove_cgroup_dirs
 from meshlab.envs.local.netns import ETC_NETNS, delete_netns, kill_pids, list_netns
 from meshlab.envs.local.plan import lab_prefix
+from meshlab.errors import LabError
 
 
 @dataclass
@@ -31,6 +33,8 @@ class LabState:
         pids: process name (``<pod>/<container>``) → PID.
         sysctls: ``<netns> <key>`` → value set by the lab (for the report).
         powered_off: nodes that are powered off now (:mod:`meshlab.envs.local.node_power`).
+        cgroups: container cgroup directories made (absolute, every hierarchy), recorded
+            before they are made (:mod:`meshlab.envs.local.cgroups`).
         updated_at: epoch seconds of the last write.
     """
 
@@ -41,6 +45,7 @@ class LabState:
     pids: dict[str, int] = field(default_factory=dict)
     sysctls: dict[str, str] = field(default_factory=dict)
     powered_off: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
     updated_at: float = 0.0
 
     @staticmethod
@@ -79,8 +84,29 @@ def leftovers(lab: str) -> list[str]:
     return sorted(n for n in names if n.startswith(prefix))
 
 
+def remove_cgroups(lab: str, recorded: list[str]) -> None:
+    """Remove ``lab``'s container cgroups: the ``recorded`` directories (made by another
+    runner, maybe under another parent) and ``meshlab/<lab>`` under this runner's bases —
+    thawing and killing whatever is still inside."""
+    try:
+        groups = Cgroups()
+    except LabError:
+        groups = None
+    if groups is not None:
+        groups.remove(Cgroups.rel(lab))
+    tops = set()
+    for path in recorded:  # .../meshlab/<lab>/<pod>/<container>: remove from .../meshlab/<lab>
+        parts = Path(path).parts
+        for i in range(len(parts) - 1):
+            if parts[i:i + 2] == (TREE, lab):
+                tops.add(Path(*parts[:i + 2]))
+                break
+    remove_cgroup_dirs(sorted(tops))
+
+
 def cleanup(lab: str) -> list[str]:
-    """Remove everything lab ``lab`` left: processes, namespaces, /etc/netns files, state.
+    """Remove everything lab ``lab`` left: processes, cgroups, namespaces, /etc/netns files,
+    state.
 
     Pods go first, then nodes, then the cluster netns (so no veth peer is left dangling).
 
@@ -96,6 +122,7 @@ def cleanup(lab: str) -> list[str]:
     prefix = lab_prefix(lab)
     order = sorted(names, key=lambda n: (0 if n.startswith(prefix + "p-") else
                                          1 if n.startswith(prefix + "n") else 2, n))
+    remove_cgroups(lab, state.cgroups if state else [])
     for name in order:
         delete_netns(name)
     if ETC_NETNS.is_dir():
