@@ -31,7 +31,7 @@ L2_PORT = 8080
 URL = f"http://{L1}:8070/echo"
 RATE_PER_S = 20
 STEADY_S = 2.0  # load before the pause (an observation window, not synchronisation)
-PAUSE_S = 5.0  # longer than L1's 3 s app timeout, so stuck requests end as DC
+PAUSE_S = 4.0  # longer than L1's 3 s app timeout, so stuck requests end as DC
 PER_TRY_TIMEOUT_MS = 500  # overlay ha-l2-timeouts
 APP_TIMEOUT_MS = 3000  # L1's fortio -M gives up after -timeout 3 s
 

@@ -279,6 +279,28 @@ class Containers(Protocol):
         cpu_limit_m}}``: cumulative CPU use and CFS throttling, memory now."""
         ...
 
+    def run_in_container(self, pod: str, container: str, argv: list[str], log_name: str) -> int:
+        """Start ``argv`` detached inside the container (its cgroup and the pod's network
+        namespace), output appended to the pod's ``<log_name>.log``; returns its PID."""
+        ...
+
+
+@runtime_checkable
+class RouteFaults(Protocol):
+    """Capability of an env that pushes VirtualService HTTP faults to the running sidecars
+    live, as istiod does (no restart; open connections get it at their next request)."""
+
+    def set_route_fault(self, host: str, port: int | None, *, abort_status: int | None,
+                        abort_pct: float, delay_s: float | None, delay_pct: float) -> str:
+        """Put a ``fault`` on the routes to Service ``host`` (name or FQDN; ``port`` None:
+        every port) and return once every sidecar has it; returns what was done."""
+        ...
+
+    def clear_route_fault(self, host: str, port: int | None) -> str:
+        """Take that fault off again (idempotent) and return once every sidecar has the
+        route without it."""
+        ...
+
 
 @runtime_checkable
 class PodLogFiles(Protocol):

@@ -20,6 +20,7 @@ from meshlab.errors import ConfigError
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.admin.server import start_admin
 from meshlab.proxy.config.sidecar import SidecarConfig, load_config
+from meshlab.proxy.config.watch import watch
 from meshlab.proxy.listeners import Sidecar
 from meshlab.proxy.process import GC_THRESHOLDS, drop_privileges, loop_factory, quiet_gc
 from meshlab.proxy.stats.metrics import ProxyStats
@@ -30,13 +31,15 @@ __all__ = ["GC_THRESHOLDS", "drop_privileges", "loop_factory", "main", "quiet_gc
 
 
 async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
-              drop_to: tuple[int, int] | None = None) -> None:
+              drop_to: tuple[int, int] | None = None, config_path: str | None = None) -> None:
     """Run the sidecar until ``stop`` is set (or SIGTERM/SIGINT, or ``/quitquitquit``).
 
     Args:
         config: the sidecar config.
         stop: set it to stop the sidecar.
         drop_to: ``(uid, gid)`` to switch to once every listener is bound.
+        config_path: the file ``config`` came from; watched for pushes
+            (:mod:`meshlab.proxy.config.watch`). None: no pushes.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,11 +64,18 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
             await asyncio.sleep(config.stats_flush_interval_s)
             admin.flush()
 
+    async def pushed(new: SidecarConfig) -> None:
+        sidecar.reload(new)
+        admin.ctx.config = new
+
     flush_task = asyncio.ensure_future(flusher())
+    watch_task = asyncio.ensure_future(watch(config_path, pushed)) if config_path else None
     try:
         await stop.wait()
     finally:
         flush_task.cancel()
+        if watch_task is not None:
+            watch_task.cancel()
         admin.close()
         await sidecar.close()
         access_log.close()
@@ -95,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = args.concurrency if args.concurrency is not None else config.concurrency
     try:
         if concurrency >= 2:
-            return serve(config, concurrency, drop_to)
+            return serve(config, concurrency, drop_to, config_path=args.config)
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(run(config, drop_to=drop_to))
+            runner.run(run(config, drop_to=drop_to, config_path=args.config))
     except OSError as exc:
         print(f"meshlab.proxy: cannot start: {exc}", file=sys.stderr)
         return 1

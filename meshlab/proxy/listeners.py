@@ -113,6 +113,15 @@ class Sidecar:
             self.listening[port] = server
         self.tcp_stats.start()
 
+    def reload(self, config: SidecarConfig) -> None:
+        """Take a pushed config (routes, policies, endpoints; listeners and ports stay as
+        bound): open connections keep going and route their next request by it
+        (:meth:`~meshlab.proxy.upstream.router.Router.update`)."""
+        self.config = config
+        self.http.config = config
+        self.tcp.config = config
+        self.router.update(config)
+
     def is_ejected(self, cluster: str, host: tuple[str, int]) -> bool:
         """Whether outlier detection has ejected ``host`` of ``cluster`` (``/clusters``)."""
         return self.router.outliers.is_ejected(cluster, host)

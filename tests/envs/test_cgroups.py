@@ -99,3 +99,33 @@ def test_a_memory_limit_is_set_and_lifted(groups):
     lifted = path.read_text().strip()
     assert lifted == "max" if groups.version == 2 else int(lifted) >= 2 ** 62  # v1: PAGE_COUNTER_MAX
     assert groups.memory_bytes(rel) >= 0
+
+
+def test_the_v2_layout_and_file_formats_on_a_cgroup2_shaped_tree(tmp_path):
+    """This machine takes the v1 branch; stock Debian 12 takes v2. The v2 branch's paths and
+    file formats (``cgroup.subtree_control`` down the path, ``cpu.max``, ``memory.max``,
+    ``cpu.stat``, ``memory.current``) checked on a directory shaped like a cgroup2 mount; the
+    kernel side of v2 (writes taking effect) is not exercised here."""
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma\n")
+    groups = Cgroups(tmp_path)
+    assert groups.version == 2 and groups.has_freezer and groups.freezer_file == "cgroup.freeze"
+    rel = Cgroups.rel(LAB, "pod-0", "app")
+    (leaf,) = groups.create(rel)
+    assert leaf == tmp_path / rel
+    for node in (tmp_path, tmp_path / "meshlab", tmp_path / "meshlab" / LAB,
+                 tmp_path / "meshlab" / LAB / "pod-0"):
+        assert (node / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert not (leaf / "cgroup.subtree_control").exists()  # processes live in the leaf only
+    (leaf / "cpu.max").write_text("max 100000\n")
+    assert groups.cpu_limit(rel) is None
+    groups.set_cpu_limit(rel, 250)
+    assert (leaf / "cpu.max").read_text() == "25000 100000" and groups.cpu_limit(rel) == 250
+    groups.set_memory_limit(rel, 1 << 20)
+    assert (leaf / "memory.max").read_text() == str(1 << 20)
+    (leaf / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n"
+                                   "nr_periods 7\nnr_throttled 3\nthrottled_usec 900\n")
+    (leaf / "memory.current").write_text("4096\n")
+    assert groups.cpu_stat(rel).__dict__ == {"usage_us": 1500, "nr_periods": 7,
+                                             "nr_throttled": 3, "throttled_us": 900}
+    assert groups.memory_bytes(rel) == 4096
+    assert groups.enter_argv(rel, ["true"])[2].startswith(f"echo $$ > {leaf}/cgroup.procs && ")

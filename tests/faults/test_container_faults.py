@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from http_probe import read_response
 
 from meshlab.envs.local.cgroups import Cgroups
 from meshlab.envs.local.netns_socket import netns_connect
@@ -24,6 +26,7 @@ from meshlab.errors import ConfigError
 from meshlab.faults.base import active
 from meshlab.faults.container_pause import ContainerPause
 from meshlab.faults.cpu_limit import CpuLimit
+from meshlab.faults.cpu_stress import CpuStress
 from meshlab.polling import wait_until
 
 pytestmark = pytest.mark.lab
@@ -34,25 +37,6 @@ REQUEST = b"GET /echo?size=10 HTTP/1.1\r\nHost: l2\r\n\r\n"
 
 def _connect(lab) -> socket.socket:
     return netns_connect(lab.pod_shell(CLIENT).netns, lab.pod(L2).ip, 8080, 2.0)
-
-
-def _response(sock: socket.socket) -> bytes:
-    """One whole response (head + Content-Length body); b"" if nothing came in time."""
-    data = b""
-    try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return data
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
-        while len(body) < length:
-            body += sock.recv(4096)
-    except TimeoutError:
-        return data
-    return data
 
 
 def test_every_container_runs_in_its_own_cgroup(lab):
@@ -72,16 +56,16 @@ def test_container_pause_hangs_a_request_and_the_thaw_answers_it(lab, unchanged)
     fault = ContainerPause(target=L2)
     with _connect(lab) as sock:
         sock.sendall(REQUEST)
-        assert _response(sock).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
         with active(fault, lab):
             assert fault.container == "main-app"
             assert lab.container_paused(L2, "main-app")
             sock.settimeout(1.0)
             sock.sendall(REQUEST)
-            assert _response(sock) == b""  # no answer, no reset: the connection is open
+            assert read_response(sock) == b""  # no answer, no reset: the connection is open
             sock.settimeout(5.0)
         assert not lab.container_paused(L2, "main-app")
-        assert _response(sock).startswith(b"HTTP/1.1 200")  # the waiting request is served
+        assert read_response(sock).startswith(b"HTTP/1.1 200")  # the waiting request is served
 
 
 def test_cpu_limit_throttles_the_sidecar_and_revert_restores_none(lab, unchanged):
@@ -92,11 +76,26 @@ def test_cpu_limit_throttles_the_sidecar_and_revert_restores_none(lab, unchanged
         sock.settimeout(5.0)
         for _ in range(300):  # bounded: 300 requests on one keep-alive connection
             sock.sendall(REQUEST)
-            assert _response(sock).startswith(b"HTTP/1.1 200")
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
         during = lab.container_usage(L2)["istio-proxy"]
     assert fault.saved and fault.previous_m is None
     assert during["nr_throttled"] - before["nr_throttled"] >= 3, (before, during)
     assert lab.container_cpu_limit(L2, "istio-proxy") is None
+
+
+def test_cpu_stress_burns_inside_the_container_under_its_limit(lab, unchanged):
+    """Two burners at 100 % in L2's app container, limited to 200m: the container uses its
+    quota (not two CPUs) and is throttled; revert leaves no burner."""
+    stress = CpuStress(target=L2, workers=2, load_pct=100)
+    with active(CpuLimit(target=L2, cpu_m=200), lab), active(stress, lab):
+        start, t0 = lab.container_usage(L2)["main-app"], time.monotonic()
+        wait_until(lambda: time.monotonic() - t0 >= 1.5, timeout_s=5, every_s=0.1,
+                   what="an observation window of 15 CFS periods")
+        end, wall_s = lab.container_usage(L2)["main-app"], time.monotonic() - t0
+    share = (end["cpu_usage_us"] - start["cpu_usage_us"]) / 1e6 / wall_s
+    assert 0.15 <= share <= 0.25, share  # the 200m quota, not the burners' 2 CPUs
+    assert end["nr_throttled"] - start["nr_throttled"] >= 10
+    assert not stress._pids(lab, L2)  # the unchanged fixture also checks the netns processes
 
 
 @pytest.mark.parametrize(("fault", "message"), [
@@ -104,6 +103,7 @@ def test_cpu_limit_throttles_the_sidecar_and_revert_restores_none(lab, unchanged
      "container-pause: container: pod fortio-server-l2-0 has no container 'nope'"),
     (lambda: CpuLimit(target=L2, cpu_m=50, container="nope"), "cpu-limit: container:"),
     (lambda: ContainerPause(target="nope"), "container-pause: target: no pod"),
+    (lambda: CpuStress(target=L2, container="nope"), "cpu-stress: container:"),
 ])
 def test_an_unknown_pod_or_container_is_named_and_nothing_changes(lab, unchanged, fault,
                                                                   message):
@@ -111,10 +111,14 @@ def test_an_unknown_pod_or_container_is_named_and_nothing_changes(lab, unchanged
         pass
 
 
-def test_a_limit_below_1m_is_refused():
+def test_a_limit_below_1m_and_bad_stress_parameters_are_refused():
     with pytest.raises(ConfigError, match="cpu-limit: cpu_m: must be a whole number of "
                                           "millicores >= 1"):
         CpuLimit(target=L2, cpu_m=0)
+    with pytest.raises(ConfigError, match="cpu-stress: workers: must be a whole number in"):
+        CpuStress(target=L2, workers=0)
+    with pytest.raises(ConfigError, match="cpu-stress: load_pct: must be a number in 1..100"):
+        CpuStress(target=L2, load_pct=150)
 
 
 def test_manifest_limits_become_the_containers_cgroup_limits(tmp_path, running_lab):

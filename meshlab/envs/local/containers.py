@@ -40,20 +40,30 @@ class LocalContainers:
         self.state = state
         self.groups = groups
 
-    def _rel(self, pod: str, container: str) -> str:
+    def rel(self, pod: str, container: str) -> str:
+        """The container's cgroup (``meshlab/<lab>/<pod>/<container>``).
+
+        Raises:
+            ConfigError: the pod runs no such container.
+        """
         known = container_names(self.state, pod)
         if container not in known:
             raise ConfigError(f"pod {pod}: no container {container!r} (containers: "
                               f"{', '.join(known) or 'none running'})")
         return Cgroups.rel(self.state.lab, pod, container)
 
-    def _need_groups(self, what: str) -> Cgroups:
+    def need_groups(self, what: str) -> Cgroups:
+        """The machine's cgroups.
+
+        Raises:
+            LabError: there are none (``what`` names the operation).
+        """
         if self.groups is None:
             raise LabError(f"{what}: this machine has no cgroup cpu/memory controllers")
         return self.groups
 
     def _pids(self, pod: str, container: str) -> list[int]:
-        rel = self._rel(pod, container)
+        rel = self.rel(pod, container)
         pids = self.groups.procs(rel) if self.groups else []
         return pids or [p for p in [self.state.pids[f"{pod}/{container}"]] if process_alive(p)]
 
@@ -63,7 +73,7 @@ class LocalContainers:
         Raises:
             ConfigError: no such container. LabError: it could not be paused.
         """
-        rel = self._rel(pod, container)
+        rel = self.rel(pod, container)
         if self.groups is not None and self.groups.has_freezer:
             self.groups.freeze(rel)
             return f"{pod}/{container}: frozen ({self.groups.freezer_file})"
@@ -74,7 +84,7 @@ class LocalContainers:
 
     def resume(self, pod: str, container: str) -> str:
         """Undo :meth:`pause` (idempotent)."""
-        rel = self._rel(pod, container)
+        rel = self.rel(pod, container)
         if self.groups is not None and self.groups.has_freezer:
             was = self.groups.frozen(rel)
             self.groups.thaw(rel)
@@ -89,7 +99,7 @@ class LocalContainers:
 
     def paused(self, pod: str, container: str) -> bool:
         """Whether the container is frozen (or, without a freezer, its process stopped)."""
-        rel = self._rel(pod, container)
+        rel = self.rel(pod, container)
         if self.groups is not None and self.groups.has_freezer:
             return self.groups.frozen(rel)
         try:
@@ -105,8 +115,8 @@ class LocalContainers:
         Raises:
             ConfigError: no such container. LabError: no cgroups here.
         """
-        rel = self._rel(pod, container)
-        return self._need_groups("cpu limit").cpu_limit(rel)
+        rel = self.rel(pod, container)
+        return self.need_groups("cpu limit").cpu_limit(rel)
 
     def set_cpu_limit(self, pod: str, container: str, millicores: int | None) -> str:
         """Change the container's CFS quota live (None lifts it); returns what was done.
@@ -114,8 +124,8 @@ class LocalContainers:
         Raises:
             ConfigError: no such container. LabError: no cgroups, or the kernel refused it.
         """
-        rel = self._rel(pod, container)
-        self._need_groups("cpu limit").set_cpu_limit(rel, millicores)
+        rel = self.rel(pod, container)
+        self.need_groups("cpu limit").set_cpu_limit(rel, millicores)
         return f"{pod}/{container}: cpu limit {'none' if millicores is None else f'{millicores}m'}"
 
     def usage(self, pod: str) -> dict[str, dict[str, Any]]:
@@ -125,7 +135,7 @@ class LocalContainers:
         Raises:
             LabError: no cgroups here.
         """
-        groups = self._need_groups("container usage")
+        groups = self.need_groups("container usage")
         out = {}
         for container in container_names(self.state, pod):
             rel = Cgroups.rel(self.state.lab, pod, container)

@@ -25,6 +25,7 @@ from meshlab.envs.local import istiod
 from meshlab.envs.local.cgroups import Cgroups
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.istio_iptables import PROXY_GID, PROXY_UID
+from meshlab.envs.local.istio_push import pushed_plan
 from meshlab.envs.local.netns import NetnsShell, process_alive
 from meshlab.envs.local.plan import LabPlan, PodPlan
 from meshlab.envs.local.state import LabState
@@ -84,7 +85,8 @@ def start_pod(plan: LabPlan, state: LabState, pp: PodPlan, python: str = sys.exe
         access_log.touch()
         os.chown(access_log, PROXY_UID, PROXY_GID)
         cfg_path = pdir / "sidecar.json"
-        cfg_path.write_text(istiod.dump(istiod.sidecar_config(plan, pp, str(access_log))))
+        cfg_path.write_text(istiod.dump(istiod.sidecar_config(pushed_plan(plan, state), pp,
+                                                              str(access_log))))
         log = pdir / f"{SIDECAR_CONTAINER}.log"
         wl = pp.pod.workload
         wrap = container_cgroup(state, pp.name, SIDECAR_CONTAINER, wl.proxy_cpu_limit_m,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshlab.envs.base import PodInfo
-from meshlab.envs.local import kubelet
+from meshlab.envs.local import istio_push, kubelet
 from meshlab.envs.local.containers import LocalContainers, container_names
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.netns import NetnsShell
@@ -282,6 +282,59 @@ class LocalEnv:
     def container_usage(self, pod: str) -> dict[str, dict[str, Any]]:
         """CPU/throttling counters and memory of each container of the pod."""
         return self._containers().usage(self.pod(pod).name)
+
+    def run_in_container(self, pod: str, container: str, argv: list[str], log_name: str) -> int:
+        """Start ``argv`` detached in the container's cgroup and the pod's netns (as ``kubectl
+        exec`` would, without waiting); output goes to ``<pod dir>/<log_name>.log``.
+
+        Raises:
+            ConfigError: no such pod or container. LabError: no cgroups, or it did not start.
+        """
+        name = self.pod(pod).name
+        groups = self._containers().need_groups("run in container")
+        rel = self._containers().rel(name, container)
+        log = kubelet.pod_dir(self.state, name) / f"{log_name}.log"
+        return self.pod_shell(name).popen(argv, stdout=log, stderr=log,
+                                          wrap=lambda a: groups.enter_argv(rel, a)).pid
+
+    # route faults (the RouteFaults capability, envs/local/istio_push.py) --------------------
+    def _fqdn(self, host: str) -> str:
+        topo = self.plan.topology
+        for svc in topo.services:
+            fqdn = svc.fqdn(topo.cluster.cluster_domain)
+            if host in (svc.name, fqdn):
+                return fqdn
+        raise ConfigError(f"host: no Service named {host!r} (services: "
+                          f"{', '.join(s.name for s in topo.services)})")
+
+    def set_route_fault(self, host: str, port: int | None, *, abort_status: int | None,
+                        abort_pct: float, delay_s: float | None, delay_pct: float) -> str:
+        """Push a VirtualService fault on ``host``'s routes to every sidecar and wait until
+        each has it.
+
+        Raises:
+            ConfigError: no such Service. LabError: a sidecar did not apply it in time.
+        """
+        fqdn = self._fqdn(host)
+        self.state = LabState.load(self.lab) or self.state  # another process may have pushed
+        self.state.route_faults[istio_push.fault_key(fqdn, port)] = {
+            "abort_status": abort_status, "abort_pct": abort_pct, "delay_s": delay_s,
+            "delay_pct": delay_pct}
+        self.state.save()
+        pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
+        istio_push.wait_applied(self.sidecar_admin, pods, fqdn, port, present=True)
+        return f"pushed a fault on {fqdn}{f':{port}' if port else ''} to {', '.join(pods)}"
+
+    def clear_route_fault(self, host: str, port: int | None) -> str:
+        """Push ``host``'s routes without the fault again (idempotent)."""
+        fqdn = self._fqdn(host)
+        self.state = LabState.load(self.lab) or self.state  # the deadman may revert it
+        if self.state.route_faults.pop(istio_push.fault_key(fqdn, port), None) is None:
+            return f"no fault pushed on {fqdn}"
+        self.state.save()
+        pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
+        istio_push.wait_applied(self.sidecar_admin, pods, fqdn, port, present=False)
+        return f"pushed {fqdn}'s routes without the fault to {', '.join(pods)}"
 
     def pod_log_dir(self, pod: str) -> Path:
         """Folder holding the pod's container logs and access log."""

@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshlab.envs.base import STATE_ROOT
 from meshlab.envs.local.cgroups import TREE, Cgroups, remove_cgroup_dirs
@@ -35,6 +36,9 @@ class LabState:
         powered_off: nodes that are powered off now (:mod:`meshlab.envs.local.node_power`).
         cgroups: container cgroup directories made (absolute, every hierarchy), recorded
             before they are made (:mod:`meshlab.envs.local.cgroups`).
+        route_faults: VirtualService faults pushed live, ``"<fqdn>|<port or *>"`` →
+            ``{abort_status, abort_pct, delay_s, delay_pct}``
+            (:mod:`meshlab.envs.local.istio_push`).
         updated_at: epoch seconds of the last write.
     """
 
@@ -46,6 +50,7 @@ class LabState:
     sysctls: dict[str, str] = field(default_factory=dict)
     powered_off: list[str] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)
+    route_faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     updated_at: float = 0.0
 
     @staticmethod

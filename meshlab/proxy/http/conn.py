@@ -98,13 +98,23 @@ class HttpConnection(DownstreamConnection):
     def __init__(self, proxy: HttpProxy, cluster: Cluster, dst: Address, remote: Address) -> None:
         super().__init__()
         self.proxy = proxy
-        cfg = proxy.config
-        rd = route_defaults(cfg, cluster)
+        self.generation = proxy.router.generation
+        rd = route_defaults(proxy.config, cluster)
         self.ctx = StreamContext(cluster=cluster, router=proxy.router, stats=proxy.stats,
                                  own_peer=proxy.own_peer, connect_timeout_s=rd.connect_timeout_s,
                                  route_timeout_s=rd.route_timeout_s, retry=rd.retry,
                                  downstream_local=dst, downstream_remote=remote)
         self._forwarding: UpstreamConnection | None = None  # its body is being forwarded
+
+    def _refresh(self) -> None:
+        """After a config push (the router's generation moved): this connection's next
+        request routes with the cluster and route policy the new config has."""
+        router, ctx = self.proxy.router, self.ctx
+        ctx.cluster = router.current(ctx.cluster)
+        rd = route_defaults(router.config, ctx.cluster)
+        ctx.connect_timeout_s, ctx.route_timeout_s, ctx.retry = (
+            rd.connect_timeout_s, rd.route_timeout_s, rd.retry)
+        self.generation = router.generation
 
     async def serve(self) -> None:
         """Serve requests until the connection closes (the caller closes the transport)."""
@@ -168,6 +178,8 @@ class HttpConnection(DownstreamConnection):
     async def _handle_request(self, codec: ServerCodec, request: Http1Request) -> str:
         """Serve one request; returns KEEP, CLOSE or LINGER (close after the delay)."""
         proxy = self.proxy
+        if self.generation != proxy.router.generation:
+            self._refresh()
         stream = HttpStream(self.ctx, request)
         stream.limits = proxy.circuits.get(self.ctx.cluster, proxy.stats)
         try:

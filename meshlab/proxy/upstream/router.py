@@ -97,12 +97,22 @@ class Router:
     """Chooses clusters and endpoints from the sidecar config; holds round-robin state."""
 
     def __init__(self, config: SidecarConfig) -> None:
+        self._rr: dict[str, int] = {}
+        self.outliers = OutlierRegistry()  # ejected hosts are skipped by pick (ENVOY.md §8)
+        self.generation = 0
+        self.update(config)
+
+    def update(self, config: SidecarConfig) -> None:
+        """Take a new config (istiod's push: routes, policies, endpoints) without dropping
+        anything in flight: round-robin positions and outlier state stay, ``generation`` grows,
+        and each downstream connection picks up its cluster's new version at its next request
+        (:meth:`current`), as Envoy applies an RDS update to the next request on a
+        connection."""
         self.config = config
         self._by_vip: dict[Address, Cluster] = {}
         self._by_endpoint: dict[Address, Cluster] = {}
         self._http_ports: set[int] = set()
-        self._rr: dict[str, int] = {}
-        self.outliers = OutlierRegistry()  # ejected hosts are skipped by pick (ENVOY.md §8)
+        self.generation += 1
         for svc in config.services:
             for sp in svc.ports:
                 cluster = Cluster(
@@ -117,11 +127,22 @@ class Router:
                     self._by_endpoint.setdefault((e.ip, sp.target_port), cluster)
                 if sp.protocol == "http":
                     self._http_ports.add(sp.port)
+        self._by_name = {c.name: c for c in self._by_vip.values()}
         self._own_service: dict[int, tuple[Service, ServicePort]] = {}
         for svc in config.services:
             if any(e.ip == config.pod.ip for e in svc.endpoints):
                 for sp in svc.ports:
                     self._own_service.setdefault(sp.target_port, (svc, sp))
+
+    def current(self, cluster: Cluster) -> Cluster:
+        """``cluster`` as the current config has it: the same service cluster rebuilt, or, for
+        inbound and passthrough clusters, the same one with the current policies."""
+        fresh = self._by_name.get(cluster.name)
+        if fresh is not None:
+            return fresh
+        pol = self.config.policies
+        return replace(cluster, policy=pol.cluster(cluster.name),
+                       route_policy=pol.route(cluster.name))
 
     def _with_policy(self, cluster: Cluster) -> Cluster:
         pol = self.config.policies

@@ -34,6 +34,7 @@ from meshlab.proxy.cells import (
     outlier_block_size,
 )
 from meshlab.proxy.config.sidecar import SidecarConfig
+from meshlab.proxy.config.watch import watch
 from meshlab.proxy.listeners import Listener, bind_listeners
 from meshlab.proxy.process import drop_privileges, loop_factory
 from meshlab.proxy.stats.metrics import ProxyStats
@@ -137,6 +138,10 @@ class WorkerGroup:
         async with self._lock:
             return [await link.call(op, arg) for link in self.links]
 
+    async def reload(self, path: str | None) -> None:
+        """Every worker loads the pushed config at ``path`` (returns when all have)."""
+        await self._broadcast("reload", path)
+
     async def settle(self) -> None:
         """Admin hook: wait for the queued broadcasts (drain, reset) to reach every worker."""
         if self._queued:
@@ -193,8 +198,11 @@ def _fork_worker(index: int, config: SidecarConfig, cells: Cells, shares: list[l
     return pid, main_end
 
 
-def serve(config: SidecarConfig, concurrency: int, drop_to: tuple[int, int] | None) -> int:
+def serve(config: SidecarConfig, concurrency: int, drop_to: tuple[int, int] | None,
+          config_path: str | None = None) -> int:
     """Run the sidecar as a main process and ``concurrency`` workers until stopped.
+    ``config_path`` (the file ``config`` came from) is watched for pushes: the main tells
+    every worker to load the new version before it serves it on the admin side itself.
 
     Returns:
         The exit status: 0 after SIGTERM/SIGINT/``/quitquitquit``,
@@ -213,7 +221,7 @@ def serve(config: SidecarConfig, concurrency: int, drop_to: tuple[int, int] | No
                 sock.close()
         raise
     cells = Cells(sidecar_layout(config, concurrency), shared=True, workers=concurrency)
-    supervisor = _Main(config, [], [], cells)
+    supervisor = _Main(config, [], [], cells, config_path)
     try:
         for i in range(concurrency):
             pid, main_end = _fork_worker(i, config, cells, shares, supervisor.links, drop_to)
@@ -230,8 +238,9 @@ class _Main:
     """The main process's event-loop side."""
 
     def __init__(self, config: SidecarConfig, links: list[WorkerLink], pids: list[int],
-                 cells: Cells) -> None:
+                 cells: Cells, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.links = links
         self.pids = pids
         self.cells = cells
@@ -285,12 +294,21 @@ class _Main:
                     await group.flush()
                 admin.flush(histograms=False)
 
+        async def pushed(new: SidecarConfig) -> None:
+            with contextlib.suppress(ChannelError):
+                await group.reload(self.config_path)
+            admin.ctx.config = new
+
         flush_task = asyncio.ensure_future(flusher())
+        watch_task = (asyncio.ensure_future(watch(self.config_path, pushed))
+                      if self.config_path else None)
         try:
             await stop.wait()
         finally:
             self.stopping = True
             flush_task.cancel()
+            if watch_task is not None:
+                watch_task.cancel()
             admin.close()
             for fd in fds:
                 loop.remove_reader(fd)

@@ -20,7 +20,7 @@ from typing import Any
 from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.admin.server import TCP_REPORTING_DURATION_S
 from meshlab.proxy.cells import Cells
-from meshlab.proxy.config.sidecar import SidecarConfig
+from meshlab.proxy.config.sidecar import SidecarConfig, load_config
 from meshlab.proxy.listeners import Listener, Sidecar
 from meshlab.proxy.process import drop_privileges, loop_factory, quiet_gc
 from meshlab.proxy.stats.metrics import ProxyStats
@@ -31,7 +31,7 @@ from meshlab.proxy.workers.snapshot import WorkerReport
 #: Control requests a worker answers: ``stats`` → (stat deltas, host deltas); ``flush`` →
 #: closed histogram intervals; ``reset_counters`` → None; ``drain`` (inbound_only) → listeners
 #: stopped.
-OPS = ("stats", "flush", "reset_counters", "drain")
+OPS = ("stats", "flush", "reset_counters", "drain", "reload")
 
 
 class Worker:
@@ -70,6 +70,9 @@ class Worker:
             return None
         if op == "drain":
             return self.sidecar.stop_listeners(bool(arg))
+        if op == "reload":  # istiod's push, read by each worker (ConfigError → an error reply)
+            self.sidecar.reload(load_config(arg))
+            return None
         raise ValueError(f"unknown control op {op!r}")
 
     async def run(self, listeners: list[Listener], control: socket.socket) -> None:

@@ -1,0 +1,117 @@
+"""The local "istiod" pushing route changes to running sidecars, as istiod's xDS push does: a
+VirtualService fault (``fault.abort`` / ``fault.delay``) set or cleared on a host, with no
+sidecar restart and no connection dropped.
+
+Route faults live in the lab state (``route_faults``, keyed ``<host FQDN>|<port or *>``), on top
+of the manifests' VirtualServices: a host that has a VirtualService gets the fault on its routes
+(the rest of the route — timeout, retries — is kept); a host that has none gets one route with
+only the fault. Every running meshed pod's ``sidecar.json`` is rewritten atomically (write,
+rename); each sidecar watches its file (:mod:`meshlab.proxy.config.watch`) and applies it to
+the next request on every connection. :func:`push` returns once every sidecar's
+``/config_dump`` shows the change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+from meshlab.envs.local import istiod
+from meshlab.envs.local.plan import LabPlan, PodPlan
+from meshlab.envs.local.state import LabState
+from meshlab.errors import LabError
+from meshlab.model import HttpRouteSpec, VirtualService
+from meshlab.polling import PollTimeout, wait_until
+
+PUSH_TIMEOUT_S = 15.0
+
+
+def fault_key(fqdn: str, port: int | None) -> str:
+    """The state key of a route fault: ``<fqdn>|<port or *>``."""
+    return f"{fqdn}|{port if port is not None else '*'}"
+
+
+def virtual_services(plan: LabPlan, faults: dict[str, dict[str, Any]]) -> list[VirtualService]:
+    """The manifests' VirtualServices with ``faults`` (state ``route_faults``) applied."""
+    out = list(plan.topology.virtual_services)
+    for key, f in sorted(faults.items()):
+        fqdn, _, port_text = key.partition("|")
+        port = None if port_text == "*" else int(port_text)
+        fields = {"abort_status": f.get("abort_status"), "abort_percent": f.get("abort_pct", 100.0),
+                  "delay_s": f.get("delay_s"), "delay_percent": f.get("delay_pct", 100.0)}
+        hit = False
+        for i, vs in enumerate(out):
+            routes = tuple(replace(r, **fields) if r.host == fqdn and port in (None, r.port)
+                           else r for r in vs.http)
+            if routes != vs.http:
+                out[i], hit = replace(vs, http=routes), True
+        if not hit:
+            out.append(VirtualService(name=f"meshlab-http-fault-{fqdn.split('.')[0]}",
+                                      namespace=fqdn.split(".")[1], hosts=(fqdn,),
+                                      http=(HttpRouteSpec(host=fqdn, port=port, **fields),)))
+    return out
+
+
+def _meshed(plan: LabPlan, state: LabState) -> list[PodPlan]:
+    running = {key.split("/", 1)[0] for key in state.pids}
+    return [pp for pp in plan.pods.values() if pp.pod.meshed and pp.name in running]
+
+
+def pushed_plan(plan: LabPlan, state: LabState) -> LabPlan:
+    """``plan`` with the state's route faults in its VirtualServices (what a sidecar started
+    now — at ``up`` or a node's power-on — must get too)."""
+    if not state.route_faults:
+        return plan
+    return replace(plan, topology=replace(
+        plan.topology, virtual_services=virtual_services(plan, state.route_faults)))
+
+
+def write_configs(plan: LabPlan, state: LabState, pod_dir: Any) -> list[str]:
+    """Rewrite every running meshed pod's ``sidecar.json`` for the state's route faults;
+    returns the pods written."""
+    pushed = pushed_plan(plan, state)
+    written = []
+    for pp in _meshed(plan, state):
+        folder = pod_dir(state, pp.name)
+        path, tmp = folder / "sidecar.json", folder / "sidecar.json.push"
+        tmp.write_text(istiod.dump(istiod.sidecar_config(pushed, pp,
+                                                         str(folder / "access.log"))))
+        os.chmod(tmp, 0o644)
+        tmp.replace(path)
+        written.append(pp.name)
+    return written
+
+
+def route_fault_in_dump(dump: str, fqdn: str, port: int | None) -> dict[str, Any] | None:
+    """The fault filter config of ``fqdn``'s route(s) in a ``/config_dump`` body (None: none)."""
+    for config in json.loads(dump).get("configs", []):
+        for dyn in config.get("dynamic_route_configs", []):
+            for vhost in dyn.get("route_config", {}).get("virtual_hosts", []):
+                host, _, vport = vhost.get("name", "").rpartition(":")
+                if host == fqdn and (port is None or vport == str(port)):
+                    for route in vhost.get("routes", []):
+                        fault = route.get("typed_per_filter_config", {}).get(
+                            "envoy.filters.http.fault")
+                        if fault:
+                            return fault
+    return None
+
+
+def wait_applied(sidecar_admin: Any, pods: list[str], fqdn: str, port: int | None,
+                 present: bool) -> None:
+    """Poll each pod's ``/config_dump`` until ``fqdn``'s route has a fault (``present``) or
+    none.
+
+    Raises:
+        LabError: a sidecar did not apply the push within :data:`PUSH_TIMEOUT_S`.
+    """
+    for pod in pods:
+        try:
+            wait_until(lambda pod=pod: route_fault_in_dump(sidecar_admin(pod, "/config_dump"),
+                                                           fqdn, port) is not None,
+                       lambda has: has == present, timeout_s=PUSH_TIMEOUT_S,
+                       what=f"{pod} applied the push")
+        except PollTimeout as exc:
+            raise LabError(f"istio push: {exc}") from exc
