@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "NetworkPartition": "meshlab.faults.network_partition",
     "NodePowerOff": "meshlab.faults.node_poweroff",
     "PacketDrop": "meshlab.faults.packet_drop",
+    "PodKill": "meshlab.faults.pod_kill",
     "RejectConnections": "meshlab.faults.reject_connections",
     # polling, loads, envs, errors
     "wait_until": "meshlab.polling", "PollTimeout": "meshlab.polling",

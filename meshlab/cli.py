@@ -94,13 +94,11 @@ def down(lab: str = LAB) -> None:
 
 @app.command()
 def status(lab: str = LAB) -> None:
-    """Show the lab's state, namespaces and processes as JSON."""
+    """Show the lab's state, namespaces, processes and container restart counts as JSON."""
+    from meshlab.envs.local.pod_status import lab_status
     from meshlab.envs.local.state import LabState, leftovers
 
-    state = LabState.load(lab)
-    typer.echo(json.dumps({"lab": lab, "status": state.status if state else "down",
-                           "netns": leftovers(lab), "pids": state.pids if state else {}},
-                          indent=1))
+    typer.echo(json.dumps(lab_status(LabState.load(lab), lab, leftovers(lab)), indent=1))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

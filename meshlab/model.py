@@ -127,6 +127,9 @@ class LabCluster:
     pod_cidr: str = "10.244.0.0/16"
     service_cidr: str = "10.96.0.0/16"
     cluster_domain: str = "cluster.local"
+    #: ``spec.kubelet.crashLoopBackOffScale``: multiplies the local kubelet's CrashLoopBackOff
+    #: durations (10 s … 300 s, reset after 10 min) so suites can watch several restarts.
+    backoff_scale: float = 1.0
     source: str = ""
 
 

@@ -14,8 +14,11 @@ fi
 # chromium: report screenshot test; python3-venv: the venv below (Debian's python, so the
 # sidecar's uid 1337 can run it); gcc + libnetfilter-queue-dev: the NetfilterQueue bindings
 # (built by pip) of the network-delay fault's userspace netem, for kernels without sch_netem.
+# dnsmasq-base: the lab's cluster DNS (meshlab/envs/local/kube_dns.py; the binary only, no
+# host service); dnsutils: dig, for looking at the lab's DNS by hand.
 APT_PACKAGES="iproute2 iptables conntrack procps psmisc util-linux curl ca-certificates \
-python3 python3-venv python3-dev chromium gcc libc6-dev libnetfilter-queue-dev"
+python3 python3-venv python3-dev chromium gcc libc6-dev libnetfilter-queue-dev \
+dnsmasq-base dnsutils"
 
 # missing_of LIST: the packages of LIST that are not installed yet (space-separated)
 missing_of() {

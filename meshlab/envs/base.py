@@ -286,6 +286,47 @@ class Containers(Protocol):
 
 
 @runtime_checkable
+class ClusterDns(Protocol):
+    """Capability of an env with a cluster DNS it can count and fault (the local lab's
+    dnsmasq at the kube-dns ClusterIP, :mod:`meshlab.envs.local.kube_dns`)."""
+
+    def dns_query_counts(self) -> dict[str, int]:
+        """``{pod: DNS queries it sent to kube-dns since up}``."""
+        ...
+
+    def set_dns_fault(self, fault_id: str, patterns: list[str], action: str,
+                      percent: float) -> str:
+        """kube-dns answers ``action`` (``nxdomain``/``servfail``/``timeout``) for ``percent``
+        % of the queries matching a glob of ``patterns``; returns what was done."""
+        ...
+
+    def clear_dns_fault(self, fault_id: str) -> str:
+        """Undo :meth:`set_dns_fault` (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class PodLifecycle(Protocol):
+    """Capability of an env whose kubelet restarts containers and recreates deleted pods (the
+    local lab's kubelet loop; a cluster's kubelet and StatefulSet controller)."""
+
+    def kill_pod(self, pod: str, container: str | None, grace_s: float) -> str:
+        """Kill one container (its kubelet restarts it) or, with ``container`` None, delete
+        the whole pod (recreated with the same name): SIGTERM and ``grace_s`` seconds before
+        SIGKILL (0: SIGKILL at once). Returns what was done."""
+        ...
+
+    def container_statuses(self, pod: str) -> dict[str, dict[str, Any]]:
+        """``{container: {"restarts", "state", "reason"?, "last_exit"?}}`` now."""
+        ...
+
+    def wait_pod_ready(self, pod: str, timeout_s: float) -> float:
+        """Poll until every container of the pod runs and it is back in its Services'
+        endpoints; returns the seconds waited. Raises LabError after ``timeout_s``."""
+        ...
+
+
+@runtime_checkable
 class RouteFaults(Protocol):
     """Capability of an env that pushes VirtualService HTTP faults to the running sidecars
     live, as istiod does (no restart; open connections get it at their next request)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from meshlab.envs.base import Containers, Env
 from meshlab.errors import ConfigError
-from meshlab.faults.targets import param_error
+from meshlab.faults.targets import capable, param_error
 
 SIDECAR = "istio-proxy"
 
@@ -29,10 +29,8 @@ def container_env(env: Env, fault: str) -> Containers:
     Raises:
         ConfigError: the env cannot act on single containers (names the fault and the env).
     """
-    if not isinstance(env, Containers):
-        raise ConfigError(f"{fault}: the {env.name} env cannot act on single containers "
-                          f"(needs container cgroups: the local lab)")
-    return env
+    return capable(env, Containers, fault, "cannot act on single containers (needs container "
+                                           "cgroups: the local lab)")
 
 
 def resolve(env: Env, fault: str, target: str, container: str | None) -> tuple[str, str]:

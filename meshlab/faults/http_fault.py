@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from meshlab.envs.base import Env, RouteFaults
 from meshlab.errors import ConfigError
-from meshlab.faults.targets import param_error
+from meshlab.faults.targets import capable, param_error
 
 NAME = "http-fault"
 
@@ -74,10 +74,9 @@ class HttpFault:
 
     @staticmethod
     def _env(env: Env) -> RouteFaults:
-        if not isinstance(env, RouteFaults):
-            raise ConfigError(f"{NAME}: the {env.name} env cannot push route faults yet "
-                              f"(planned on clusters: patch the VirtualService through the API)")
-        return env
+        return capable(env, RouteFaults, NAME, "cannot push route faults yet (planned on "
+                                               "clusters: patch the VirtualService through "
+                                               "the API)")
 
     def inject(self, env: Env) -> str:
         """Push the fault and return once every sidecar has it.

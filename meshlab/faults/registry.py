@@ -15,19 +15,21 @@ from meshlab.faults.conntrack_timeouts import ConntrackTimeouts
 from meshlab.faults.container_pause import ContainerPause
 from meshlab.faults.cpu_limit import CpuLimit
 from meshlab.faults.cpu_stress import CpuStress
+from meshlab.faults.dns_error import DnsError
 from meshlab.faults.half_close import HalfClose
 from meshlab.faults.http_fault import HttpFault
 from meshlab.faults.network_delay import NetworkDelay
 from meshlab.faults.network_partition import NetworkPartition
 from meshlab.faults.node_poweroff import NodePowerOff
 from meshlab.faults.packet_drop import PacketDrop
+from meshlab.faults.pod_kill import PodKill
 from meshlab.faults.protocol import Fault
 from meshlab.faults.reject_connections import RejectConnections
 
 #: Fault classes by registry key.
 FAULTS: dict[str, type] = {cls.name: cls for cls in (  # type: ignore[attr-defined]
-    Bandwidth, ConntrackDelete, ConntrackTimeouts, ContainerPause, CpuLimit, CpuStress,
-    HalfClose, HttpFault, NetworkDelay, NetworkPartition, NodePowerOff, PacketDrop,
+    Bandwidth, ConntrackDelete, ConntrackTimeouts, ContainerPause, CpuLimit, CpuStress, DnsError,
+    HalfClose, HttpFault, NetworkDelay, NetworkPartition, NodePowerOff, PacketDrop, PodKill,
     RejectConnections)}
 
 

@@ -7,10 +7,12 @@ it in the pod's netns through a debug container with NET_ADMIN (e.g. ``kubectl d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from meshlab.envs.base import Env
 from meshlab.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def target_shell(env: Env, target: str, fault: str) -> Any:
@@ -48,3 +50,21 @@ def require_target(fault: str, target: str) -> None:
     """
     if not target:
         raise param_error(fault, "target", "must name a pod or a node")
+
+
+def capable(env: Env, capability: type[T], fault: str, needs: str) -> T:
+    """``env`` as an env with ``capability`` (a runtime-checkable Protocol of
+    :mod:`meshlab.envs.base`).
+
+    Args:
+        env: the env.
+        capability: e.g. :class:`~meshlab.envs.base.PodLifecycle`.
+        fault: the fault's registry key (for the message).
+        needs: what the fault needs and the env lacks, e.g. ``"cannot kill pods (…)"``.
+
+    Raises:
+        ConfigError: ``<fault>: the <env> env <needs>``.
+    """
+    if not isinstance(env, capability):
+        raise ConfigError(f"{fault}: the {env.name} env {needs}")
+    return env

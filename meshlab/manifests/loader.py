@@ -70,7 +70,8 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
                                             "sessionAffinity": None, "clusterIP": None}},
     "LabCluster": {"metadata": _META, "spec": {"underlayCIDR": None, "podCIDR": None,
                                                "serviceCIDR": None, "clusterDomain": None,
-                                               "nodes": [{"name": None}]}},
+                                               "nodes": [{"name": None}],
+                                               "kubelet": {"crashLoopBackOffScale": None}}},
     **ISTIO_SCHEMAS,
 }
 
@@ -235,7 +236,17 @@ def _cluster(doc: Document) -> LabCluster:
                       pod_cidr=doc.get("spec.podCIDR", "10.244.0.0/16"),
                       service_cidr=doc.get("spec.serviceCIDR", "10.96.0.0/16"),
                       cluster_domain=doc.get("spec.clusterDomain", "cluster.local"),
-                      source=str(doc.path))
+                      backoff_scale=_backoff_scale(doc), source=str(doc.path))
+
+
+def _backoff_scale(doc: Document) -> float:
+    """``spec.kubelet.crashLoopBackOffScale``: a number in (0, 1] (default 1: the kubelet's
+    own 10 s … 300 s)."""
+    scale = doc.get("spec.kubelet.crashLoopBackOffScale", 1.0, kind=(int, float))
+    if isinstance(scale, bool) or not 0 < scale <= 1:
+        raise doc.fail("spec.kubelet.crashLoopBackOffScale",
+                       f"must be a number in (0, 1], got {scale!r}")
+    return float(scale)
 
 
 def overlay_documents(folders: Sequence[Path | str],

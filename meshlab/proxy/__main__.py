@@ -21,6 +21,7 @@ from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.admin.server import start_admin
 from meshlab.proxy.config.sidecar import SidecarConfig, load_config
 from meshlab.proxy.config.watch import watch
+from meshlab.proxy.dns import start_if_enabled
 from meshlab.proxy.listeners import Sidecar
 from meshlab.proxy.process import GC_THRESHOLDS, drop_privileges, loop_factory, quiet_gc
 from meshlab.proxy.stats.metrics import ProxyStats
@@ -55,6 +56,7 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     sidecar = Sidecar(config, stats, access_log)
     admin = await start_admin(config, stats, sidecar, stop.set)
     await sidecar.start()
+    dns_proxy = await start_if_enabled(config)  # ISTIO_META_DNS_CAPTURE (docs/SIDECAR.md)
     if drop_to is not None:
         drop_privileges(*drop_to)
     quiet_gc()
@@ -67,6 +69,8 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     async def pushed(new: SidecarConfig) -> None:
         sidecar.reload(new)
         admin.ctx.config = new
+        if dns_proxy is not None:
+            dns_proxy.reload(new)
 
     flush_task = asyncio.ensure_future(flusher())
     watch_task = asyncio.ensure_future(watch(config_path, pushed)) if config_path else None
@@ -77,6 +81,8 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
         if watch_task is not None:
             watch_task.cancel()
         admin.close()
+        if dns_proxy is not None:
+            dns_proxy.close()
         await sidecar.close()
         access_log.close()
 

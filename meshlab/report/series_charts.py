@@ -223,8 +223,9 @@ def socket_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
 
 def container_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
                      order: list[str]) -> list[dict[str, Any]] | None:
-    """Per pod: CPU cores used by each container (with its CPU limit, when it has one) and, when
-    any container was throttled, CFS-throttled periods per second."""
+    """Per pod: CPU cores used by each container (with its CPU limit, when it has one), when
+    any container was throttled CFS-throttled periods per second, and when any was restarted
+    the kubelet's restart counts."""
     if series.containers is None:
         return None
     charts = []
@@ -242,6 +243,11 @@ def container_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
         if throttled:
             charts.append(_chart(f"CFS throttling (throttled periods/s) — {pod}", "periods/s",
                                  throttled, axis, windows, gaps))
+        restarted = [(c, axis.points(points)) for c, points in target.restarts.items()
+                     if any(v for _, v in points)]
+        if restarted:
+            charts.append(_chart(f"Container restarts (kubelet restart count) — {pod}",
+                                 "restarts", restarted, axis, windows, gaps))
     return charts
 
 

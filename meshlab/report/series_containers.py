@@ -22,12 +22,14 @@ class ContainerTarget(TargetSeries):
         throttled_per_s: container → CFS periods per second in which it was throttled.
         memory_mib: container → memory in MiB.
         cpu_limit_cores: container → its CPU limit in cores (None: unlimited).
+        restarts: container → the kubelet's restart count.
     """
 
     cpu_cores: dict[str, list[Point]] = field(default_factory=dict)
     throttled_per_s: dict[str, list[Point]] = field(default_factory=dict)
     memory_mib: dict[str, list[Point]] = field(default_factory=dict)
     cpu_limit_cores: dict[str, list[Point]] = field(default_factory=dict)
+    restarts: dict[str, list[Point]] = field(default_factory=dict)
 
 
 def _rate(samples: list[tuple[float, float | None]], scale: float) -> list[Point]:
@@ -66,5 +68,6 @@ def containers_series(lines: Iterable[dict[str, Any]]) -> dict[str, ContainerTar
                                     for t, v in _field(per, c, "memory_bytes")]
             target.cpu_limit_cores[c] = [(t, None if v is None else v / 1000)
                                          for t, v in _field(per, c, "cpu_limit_m")]
+            target.restarts[c] = _field(per, c, "restarts")
         out[name] = target
     return out

@@ -60,7 +60,8 @@ def test_service_nat_and_admin(lab):
 
 def test_status_lists_lab(lab):
     st = lab.status()
-    assert st["status"] == "up" and len(st["netns"]) == 6
+    # cluster, 2 nodes, 3 pods and the cluster DNS host (meshlab.envs.local.kube_dns)
+    assert st["status"] == "up" and len(st["netns"]) == 7
     assert all(name.startswith(f"ml-{LAB}-") for name in st["netns"])
 
 

@@ -5,7 +5,8 @@ delete; a deleted namespace answers ``Terminating`` for ``delete_polls`` reads, 
 namespaced objects of any collection (``/api/v1/...`` or ``/apis/<group>/<version>/...``:
 POST → 201 or 409, GET, PUT); pods with status, which a created StatefulSet/Deployment gets
 from a tiny "controller" (node from the nodeSelector / affinity, ``istio-proxy`` injected as
-Istio would, Ready unless the workload is listed in ``not_ready``); events (fieldSelector
+Istio would, Ready unless the workload is listed in ``not_ready``; a deleted pod is
+terminating for ``delete_polls`` reads, then created again with a new uid); events (fieldSelector
 ``involvedObject.name``); logs; Jobs, whose pod a tiny "job controller" creates with its
 phase and log from :attr:`FakeKube.job_handler` (the test's kubelet); the ``ephemeralcontainers``
 subresource; and exec and
@@ -104,6 +105,9 @@ class FakeKube:
             lambda ns, job: lambda: ("Succeeded", "")
         self._job_pods: dict[tuple[str, str], Callable[[], tuple[str, str]]] = {}
         self._gone_after: dict[str, int] = {}
+        #: deleted pods → reads left before their controller creates them again
+        self._pod_gone_after: dict[tuple[str, str], int] = {}
+        self._uids = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -181,8 +185,10 @@ class FakeKube:
                                     "involvedObject": {"kind": "Pod", "name": pod},
                                     "reason": reason, "message": message, "type": "Warning",
                                     "lastTimestamp": "2026-01-01T00:00:00Z"})
+            self._uids += 1
             self.pods[(ns, pod)] = {
                 "metadata": {"name": pod, "namespace": ns, "labels": dict(meta.get("labels") or {}),
+                             "uid": f"uid-{self._uids}",
                              "ownerReferences": [{"kind": wl["kind"], "name": name}]},
                 "spec": {"nodeName": nodes[i % len(nodes)] if name not in self.unscheduled else
                          None, "containers": containers},
@@ -264,15 +270,40 @@ class FakeKube:
             self._gone_after[ns] -= 1
         return 200, self.namespaces[ns]
 
+    def _recreate_deleted_pods(self) -> None:
+        """The StatefulSet controller: a deleted pod answers terminating for ``delete_polls``
+        reads, then is there again with a new uid, Ready, restart counts 0."""
+        for key, left in list(self._pod_gone_after.items()):
+            if left > 0:
+                self._pod_gone_after[key] = left - 1
+                continue
+            del self._pod_gone_after[key]
+            old = self.pods[key]
+            self._uids += 1
+            meta = {k: v for k, v in old["metadata"].items() if k != "deletionTimestamp"}
+            self.pods[key] = {**old, "metadata": {**meta, "uid": f"uid-{self._uids}"},
+                              "status": {**old["status"],
+                                         "conditions": [{"type": "Ready", "status": "True"}],
+                                         "containerStatuses": [
+                                             {"name": c["name"], "ready": True, "restartCount": 0,
+                                              "state": {"running": {}}}
+                                             for c in old["spec"]["containers"]]}}
+
     def _pods(self, method: str, ns: str, name: str | None, sub: str | None,
               query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         self._refresh_job_pods()
+        self._recreate_deleted_pods()
         if name is None:
             return 200, {"kind": "PodList", "items": [p for (n, _), p in self.pods.items()
                                                       if n == ns]}
         pod = self.pods.get((ns, name))
         if pod is None:
             return _status(404, "NotFound", f'pods "{name}" not found')
+        if method == "DELETE" and sub is None:
+            pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+            self._pod_gone_after[(ns, name)] = self.delete_polls
+            return 200, pod
         if sub == "log":
             return 200, self.logs.get((ns, name, query["container"][0]), "")
         if sub == "ephemeralcontainers" and method == "PATCH":

@@ -211,15 +211,17 @@ def test_duration_parser_follows_go_syntax():
 @pytest.mark.parametrize("body", [b for _, b in DOCS if b["kind"] in ("StatefulSet", "Deployment")],
                          ids=[i for i, b in DOCS if b["kind"] in ("StatefulSet", "Deployment")])
 def test_proxy_config_annotation_is_a_stats_matcher(body):
-    """``proxy.istio.io/config`` is ProxyConfig YAML; meshlab sets only proxyStatsMatcher, whose
-    regexps must compile and include tcp_stats (ENVOY.md §3; the book's matcher)."""
+    """``proxy.istio.io/config`` is ProxyConfig YAML; meshlab sets proxyStatsMatcher, whose
+    regexps must compile and include tcp_stats (ENVOY.md §3; the book's matcher), and may set
+    ``proxyMetadata`` (a map of strings, e.g. ``ISTIO_META_DNS_CAPTURE: "true"``)."""
     raw = body["spec"]["template"]["metadata"].get("annotations", {}).get("proxy.istio.io/config")
     if raw is None:
         assert body["spec"]["template"]["metadata"]["annotations"][
             "sidecar.istio.io/inject"] == "false"
         return
     cfg = yaml.safe_load(raw)
-    assert set(cfg) == {"proxyStatsMatcher"}
+    assert set(cfg) - {"proxyMetadata"} == {"proxyStatsMatcher"}
+    assert all(isinstance(v, str) for v in (cfg.get("proxyMetadata") or {}).values())
     matcher = cfg["proxyStatsMatcher"]
     assert set(matcher) <= {"inclusionPrefixes", "inclusionSuffixes", "inclusionRegexps"}
     regexps = [re.compile(r) for r in matcher.get("inclusionRegexps", [])]

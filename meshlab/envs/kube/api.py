@@ -247,6 +247,12 @@ class KubeApi:
         return self._json(f"read pod {namespace}/{name}", lambda: self.core.read_namespaced_pod(
             name, namespace, _preload_content=False))
 
+    def delete_pod(self, namespace: str, name: str, grace_s: float) -> None:
+        """Delete one pod with a grace period in whole seconds (``kubectl delete pod
+        --grace-period``; 0 with no wait, as ``--force``); its controller recreates it."""
+        self._call(f"delete pod {namespace}/{name}", lambda: self.core.delete_namespaced_pod(
+            name, namespace, grace_period_seconds=round(grace_s), _preload_content=False))
+
     def list_services(self, namespace: str) -> list[dict[str, Any]]:
         """Every Service of ``namespace``."""
         return self._json(f"list services in {namespace}",

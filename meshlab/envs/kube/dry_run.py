@@ -190,6 +190,12 @@ class DryRunApi:
         return ""
 
     # streams ---------------------------------------------------------------------------
+    def delete_pod(self, namespace: str, name: str, grace_s: float) -> None:
+        """Print ``kubectl delete pod``; the pod stays in this dry run (its StatefulSet would
+        recreate it)."""
+        self.say(shlex.join(["kubectl", "delete", "pod", "-n", namespace, name,
+                             f"--grace-period={round(grace_s)}", "--wait=false"]))
+
     def add_ephemeral_container(self, namespace: str, pod: str,
                                 container: dict[str, Any]) -> None:
         """Print the ``kubectl debug`` equivalent; the container is running from now on."""

@@ -28,6 +28,7 @@ from meshlab.envs.kube.guardrails import check_lab_size, check_namespace, check_
 from meshlab.envs.kube.namespace import LabNamespace
 from meshlab.envs.kube.nodes import GuardedNodeDriver, NodeNames, describe_nodes, ledger_nodes
 from meshlab.envs.kube.objects import lab_objects
+from meshlab.envs.kube.pod_lifecycle import KubePodLifecycle
 from meshlab.envs.kube.ready import lab_pods, wait_ready, workload_of
 from meshlab.envs.kube.settings import KubeSettings
 from meshlab.envs.kube.shells import (
@@ -63,7 +64,7 @@ def is_access_json(line: str) -> bool:
     return isinstance(rec, dict) and ("start_time" in rec or "response_code" in rec)
 
 
-class KubeEnv:
+class KubeEnv(KubePodLifecycle):
     """The kube env (implements :class:`meshlab.envs.base.Env`).
 
     Args:

@@ -277,6 +277,16 @@ class Cgroups:
         name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
         return int(self._file(rel, "memory", name).read_text())
 
+    def oom_kills(self, rel: str) -> int:
+        """How many processes the OOM killer has killed in ``rel`` (v1 ``memory.oom_control``,
+        v2 ``memory.events``, line ``oom_kill N``); 0 when the cgroup or the line is missing."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            lines = self._file(rel, "memory", name).read_text().splitlines()
+        except OSError:
+            return 0
+        return next((int(v) for k, v in (ln.split() for ln in lines) if k == "oom_kill"), 0)
+
 
 def tree_procs(top: Path) -> list[int]:
     """PIDs in cgroup directory ``top`` and below (empty if it does not exist)."""

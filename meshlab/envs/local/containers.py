@@ -23,8 +23,10 @@ from meshlab.errors import ConfigError, LabError
 
 
 def container_names(state: LabState, pod: str) -> list[str]:
-    """The containers of ``pod`` that run processes (``istio-proxy`` included)."""
-    return sorted(key.split("/", 1)[1] for key in state.pids if key.split("/", 1)[0] == pod)
+    """The containers of ``pod`` that run processes (``istio-proxy`` included), also one the
+    kubelet is about to restart."""
+    return sorted({key.split("/", 1)[1] for key in (*state.pids, *state.containers)
+                   if key.split("/", 1)[0] == pod})
 
 
 class LocalContainers:
@@ -130,7 +132,8 @@ class LocalContainers:
 
     def usage(self, pod: str) -> dict[str, dict[str, Any]]:
         """``{container: {cpu_usage_us, nr_periods, nr_throttled, throttled_us, memory_bytes,
-        cpu_limit_m}}`` of every container of ``pod`` whose cgroup exists.
+        cpu_limit_m, restarts}}`` of every container of ``pod`` whose cgroup exists
+        (``restarts``: the kubelet's restart count).
 
         Raises:
             LabError: no cgroups here.
@@ -145,7 +148,9 @@ class LocalContainers:
                                   "nr_throttled": cpu.nr_throttled,
                                   "throttled_us": cpu.throttled_us,
                                   "memory_bytes": groups.memory_bytes(rel),
-                                  "cpu_limit_m": groups.cpu_limit(rel)}
+                                  "cpu_limit_m": groups.cpu_limit(rel),
+                                  "restarts": self.state.containers.get(
+                                      f"{pod}/{container}", {}).get("restart_count", 0)}
             except OSError:
                 continue  # not made (no cgroups at up) or gone with its node
         return out

@@ -5,6 +5,14 @@ Mirrors what ``istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x ''
 inbound TCP is redirected to 15006 except the excluded ports, outbound TCP to 15001 except
 traffic of uid/gid 1337 (the proxy), loopback to 127.0.0.1, and the inbound passthrough source
 127.0.0.6. The same text is applied by ``iptables-restore --noflush`` in the pod's netns.
+
+With DNS capture (``ISTIO_META_DNS_CAPTURE: "true"``, istio-iptables ``--redirect-dns`` with
+the pod's resolv.conf nameservers, :attr:`CaptureConfig.dns_servers`), queries to those
+nameservers go to the agent's DNS proxy on 15053, as Istio's rules do: UDP by three rules in
+``OUTPUT`` (the proxy's own uid/gid RETURN first, then ``-d <ns> --dport 53 REDIRECT``), TCP by
+a rule in ``ISTIO_OUTPUT`` placed after the uid/gid 1337 RETURNs and before the catch-all
+redirect to 15001. Istio also splits the proxy's and the app's DNS conntrack entries into zones
+in the raw table; the lab does not (its forwards use random source ports).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ INBOUND_PORT = 15006
 INBOUND_PASSTHROUGH_SRC = "127.0.0.6"
 DEFAULT_EXCLUDED_INBOUND = (15090, 15021, 15020)
 HBONE_PORT = 15008
+DNS_PORT = 53
+DNS_PROXY_PORT = 15053
 ISTIO_CHAINS = ("ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT")
 
 
@@ -31,6 +41,8 @@ class CaptureConfig:
         outbound_port: ``-p`` (Envoy ``virtualOutbound``).
         inbound_port: ``-z`` (Envoy ``virtualInbound``).
         excluded_inbound_ports: ``-d``; the status port is appended by Istio's injector.
+        dns_servers: nameservers whose port-53 traffic goes to the DNS proxy (15053); empty:
+            no DNS capture.
     """
 
     proxy_uid: int = PROXY_UID
@@ -38,6 +50,7 @@ class CaptureConfig:
     outbound_port: int = OUTBOUND_PORT
     inbound_port: int = INBOUND_PORT
     excluded_inbound_ports: tuple[int, ...] = DEFAULT_EXCLUDED_INBOUND
+    dns_servers: tuple[str, ...] = ()
 
 
 def capture_rules(cfg: CaptureConfig = CaptureConfig()) -> str:
@@ -69,6 +82,13 @@ def capture_rules(cfg: CaptureConfig = CaptureConfig()) -> str:
             f"-A ISTIO_OUTPUT -o lo -m owner ! {match} -j RETURN",
             f"-A ISTIO_OUTPUT -m owner {match} -j RETURN",
         ]
-    lines += ["-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN", "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
-              "COMMIT", ""]
+    lines += [f"-A ISTIO_OUTPUT -d {ns}/32 -p tcp -m tcp --dport {DNS_PORT} "
+              f"-j REDIRECT --to-ports {DNS_PROXY_PORT}" for ns in cfg.dns_servers]
+    lines += ["-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN", "-A ISTIO_OUTPUT -j ISTIO_REDIRECT"]
+    if cfg.dns_servers:
+        lines += [f"-A OUTPUT -p udp -m udp --dport {DNS_PORT} -m owner {m} -j RETURN"
+                  for m in (f"--uid-owner {uid}", f"--gid-owner {gid}")]
+        lines += [f"-A OUTPUT -d {ns}/32 -p udp -m udp --dport {DNS_PORT} "
+                  f"-j REDIRECT --to-ports {DNS_PROXY_PORT}" for ns in cfg.dns_servers]
+    lines += ["COMMIT", ""]
     return "\n".join(lines)

@@ -60,8 +60,10 @@ def _meshed(plan: LabPlan, state: LabState) -> list[PodPlan]:
 
 
 def pushed_plan(plan: LabPlan, state: LabState) -> LabPlan:
-    """``plan`` with the state's route faults in its VirtualServices (what a sidecar started
-    now — at ``up`` or a node's power-on — must get too)."""
+    """``plan`` with the state's route faults in its VirtualServices and its not-ready pods
+    out of the endpoints (what a sidecar started now — at ``up``, a restart or a node's
+    power-on — must get too)."""
+    plan = replace(plan, unready=frozenset(state.unready))
     if not state.route_faults:
         return plan
     return replace(plan, topology=replace(

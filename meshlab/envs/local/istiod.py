@@ -4,8 +4,8 @@
 own inbound ports and every Service with its ClusterIP and endpoints (what Envoy gets from
 CDS/EDS), plus the ``policies`` (:mod:`meshlab.proxy.config.policy`) that the manifests'
 DestinationRules, VirtualServices and EnvoyFilters give this pod's sidecar (:func:`policies`).
-``hosts_file`` gives each pod the Service names kube-dns would resolve
-(``name``, ``name.ns``, ``name.ns.svc``, ``name.ns.svc.<domain>``) plus its own hostname.
+``hosts_file`` and ``resolv_conf`` are the kubelet's: the pod's own names, and the cluster DNS
+(:mod:`meshlab.envs.local.kube_dns`) with Kubernetes' search path and ``ndots:5``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from meshlab.envs.local import kube_dns
 from meshlab.envs.local.plan import LabPlan, PodPlan
 from meshlab.errors import ManifestError
 from meshlab.manifests.istio_envoy_filter import CAPTURE_LISTENERS
@@ -53,6 +54,22 @@ def proxy_config(pp: PodPlan) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ManifestError(wl.source, field, "expected a ProxyConfig mapping")
     return cfg
+
+
+def dns_capture(pp: PodPlan) -> bool:
+    """Whether the pod's agent proxies DNS: ``proxyMetadata.ISTIO_META_DNS_CAPTURE`` of the
+    ``proxy.istio.io/config`` annotation is ``"true"`` (Istio reads it as a boolean string).
+
+    Raises:
+        ManifestError: ``proxyMetadata`` is not a mapping.
+    """
+    meta = proxy_config(pp).get("proxyMetadata") or {}
+    if not isinstance(meta, dict):
+        wl = pp.pod.workload
+        raise ManifestError(wl.source, f"{wl.kind}/{wl.name}.spec.template.metadata.annotations"
+                                       ".proxy.istio.io/config.proxyMetadata",
+                            "expected a mapping of strings")
+    return str(meta.get("ISTIO_META_DNS_CAPTURE", "")).strip().lower() == "true"
 
 
 def proxy_concurrency(pp: PodPlan) -> int:
@@ -112,7 +129,7 @@ def sidecar_config(plan: LabPlan, pp: PodPlan, access_log_path: str) -> dict[str
             "ports": [{"port": p.port, "name": p.name, "protocol": p.protocol,
                        "target_port": p.target_port} for p in svc.ports],
             "endpoints": [{"ip": ep.ip, "pod": ep.name, "node": ep.node.name}
-                          for ep in plan.endpoints(svc)],
+                          for ep in plan.endpoints(svc, keep=pp.name)],
         })
     return {
         "pod": {"name": pp.name, "namespace": pp.pod.namespace, "ip": pp.ip, "workload": wl.name,
@@ -131,6 +148,7 @@ def sidecar_config(plan: LabPlan, pp: PodPlan, access_log_path: str) -> dict[str
         "tcp_stats_update_period_s": TCP_STATS_UPDATE_PERIOD_S,
         "policies": policies(plan, pp),
         "concurrency": proxy_concurrency(pp),
+        "dns_capture": dns_capture(pp),
     }
 
 
@@ -276,25 +294,24 @@ def policies(plan: LabPlan, pp: PodPlan) -> dict[str, Any]:
 
 
 def hosts_file(plan: LabPlan, pp: PodPlan) -> str:
-    """``/etc/hosts`` for a pod: localhost, its own name, and every Service name."""
+    """``/etc/hosts`` for a pod, as the kubelet writes it (``managedHostsFileContent``):
+    localhost and the pod's own names only. Service names resolve through the cluster DNS
+    (:func:`resolv_conf`, :mod:`meshlab.envs.local.kube_dns`)."""
     domain = plan.topology.cluster.cluster_domain
-    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
-             f"{pp.ip}\t{pp.name}.{pp.pod.workload.name}.{pp.pod.namespace}.svc.{domain} {pp.name}"]
-    for svc in plan.topology.services:
-        names = [svc.fqdn(domain), f"{svc.name}.{svc.namespace}.svc", f"{svc.name}.{svc.namespace}"]
-        if svc.namespace == pp.pod.namespace:
-            names.append(svc.name)
-        lines.append(f"{plan.cluster_ip(svc)}\t{' '.join(names)}")
-    return "\n".join(lines) + "\n"
+    return "\n".join([
+        "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+        f"{pp.ip}\t{pp.name}.{pp.pod.workload.name}.{pp.pod.namespace}.svc.{domain} {pp.name}",
+    ]) + "\n"
 
 
 def resolv_conf(plan: LabPlan, pp: PodPlan) -> str:
-    """``resolv.conf`` with the pod's search path; the nameserver is the pod's own loopback,
-    where nothing listens, so an unknown name fails at once and no query leaves the lab."""
+    """``resolv.conf`` as the kubelet writes it for ``dnsPolicy: ClusterFirst``: the pod's
+    search path (``<ns>.svc.<domain> svc.<domain> <domain>``), the kube-dns ClusterIP
+    (10.96.0.10) and ``options ndots:5``."""
     domain = plan.topology.cluster.cluster_domain
     ns = pp.pod.namespace
     return (f"search {ns}.svc.{domain} svc.{domain} {domain}\n"
-            "nameserver 127.0.0.1\noptions ndots:5 timeout:1 attempts:1\n")
+            f"nameserver {kube_dns.cluster_dns_ip(plan)}\noptions ndots:5\n")
 
 
 def dump(cfg: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from meshlab.envs.local.istio_iptables import PROXY_GID, PROXY_UID
 from meshlab.envs.local.istio_push import pushed_plan
 from meshlab.envs.local.netns import NetnsShell, process_alive
 from meshlab.envs.local.plan import LabPlan, PodPlan
+from meshlab.envs.local.pod_status import ContainerStatus
 from meshlab.envs.local.state import LabState
 from meshlab.errors import LabError
 
@@ -72,41 +73,71 @@ def container_cgroup(state: LabState, pod: str, container: str, cpu_limit_m: int
     return lambda argv: groups.enter_argv(rel, argv)
 
 
-def start_pod(plan: LabPlan, state: LabState, pp: PodPlan, python: str = sys.executable) -> None:
-    """Start the pod's app containers and, for a meshed pod, its sidecar (sidecar first, as
-    Istio's ``holdApplicationUntilProxyStarts`` would), each in its container cgroup."""
+def pod_containers(pp: PodPlan) -> list[str]:
+    """The containers of ``pp`` that run a process, in start order: ``istio-proxy`` first for
+    a meshed pod (Istio's ``holdApplicationUntilProxyStarts``), then the app containers."""
+    wl = pp.pod.workload
+    apps = [c.name for i, c in enumerate(wl.containers) if local_command(wl, i, c) is not None]
+    return ([SIDECAR_CONTAINER] if pp.pod.meshed else []) + apps
+
+
+def _container_argv(plan: LabPlan, state: LabState, pp: PodPlan, name: str,
+                    python: str) -> tuple[list[str], int | None, int | None]:
+    """``(argv, cpu limit m, memory limit bytes)`` of container ``name``; the sidecar's
+    ``sidecar.json`` (with what istiod has pushed) and access log are written first."""
     pdir = pod_dir(state, pp.name)
-    pdir.mkdir(parents=True, exist_ok=True)
-    shell = NetnsShell(pp.netns, pp.name)
-    env = {"PYTHONUNBUFFERED": "1", "HOSTNAME": pp.name, "POD_NAME": pp.name,
-           "POD_NAMESPACE": pp.pod.namespace, "INSTANCE_IP": pp.ip}
-    if pp.pod.meshed:
+    wl = pp.pod.workload
+    if name == SIDECAR_CONTAINER:
         access_log = pdir / "access.log"
         access_log.touch()
         os.chown(access_log, PROXY_UID, PROXY_GID)
         cfg_path = pdir / "sidecar.json"
         cfg_path.write_text(istiod.dump(istiod.sidecar_config(pushed_plan(plan, state), pp,
                                                               str(access_log))))
-        log = pdir / f"{SIDECAR_CONTAINER}.log"
-        wl = pp.pod.workload
-        wrap = container_cgroup(state, pp.name, SIDECAR_CONTAINER, wl.proxy_cpu_limit_m,
-                                wl.proxy_memory_limit_bytes)
-        proc = shell.popen([python, "-m", "meshlab.proxy", "--config", str(cfg_path),
-                            "--uid", str(PROXY_UID), "--gid", str(PROXY_GID)],
-                           stdout=log, stderr=log, env=env, wrap=wrap)
-        state.pids[f"{pp.name}/{SIDECAR_CONTAINER}"] = proc.pid
-        state.save()
-    wl = pp.pod.workload
+        return ([python, "-m", "meshlab.proxy", "--config", str(cfg_path), "--uid",
+                 str(PROXY_UID), "--gid", str(PROXY_GID)],
+                wl.proxy_cpu_limit_m, wl.proxy_memory_limit_bytes)
     for i, container in enumerate(wl.containers):
-        argv = local_command(wl, i, container, python)
-        if argv is None:
-            continue
-        log = pdir / f"{container.name}.log"
-        wrap = container_cgroup(state, pp.name, container.name, container.cpu_limit_m,
-                                container.memory_limit_bytes)
-        proc = shell.popen(argv, stdout=log, stderr=log, env=env, wrap=wrap)
-        state.pids[f"{pp.name}/{container.name}"] = proc.pid
-        state.save()
+        argv = local_command(wl, i, container, python) if container.name == name else None
+        if argv is not None:
+            return argv, container.cpu_limit_m, container.memory_limit_bytes
+    raise LabError(f"pod {pp.name}: no container {name!r} to start")
+
+
+def start_container(plan: LabPlan, state: LabState, pp: PodPlan, name: str,
+                    python: str = sys.executable) -> int:
+    """Start one container of ``pp`` in its cgroup and the pod's netns; its pid and a fresh
+    status line (start time, the cgroup's OOM-kill count) go into ``state`` (saved).
+
+    Returns:
+        The pid.
+
+    Raises:
+        LabError: it could not be started, or its limits could not be set.
+    """
+    pdir = pod_dir(state, pp.name)
+    pdir.mkdir(parents=True, exist_ok=True)
+    env = {"PYTHONUNBUFFERED": "1", "HOSTNAME": pp.name, "POD_NAME": pp.name,
+           "POD_NAMESPACE": pp.pod.namespace, "INSTANCE_IP": pp.ip}
+    argv, cpu_m, memory_bytes = _container_argv(plan, state, pp, name, python)
+    log = pdir / f"{name}.log"
+    wrap = container_cgroup(state, pp.name, name, cpu_m, memory_bytes)
+    proc = NetnsShell(pp.netns, pp.name).popen(argv, stdout=log, stderr=log, env=env, wrap=wrap)
+    key = f"{pp.name}/{name}"
+    state.pids[key] = proc.pid
+    status = ContainerStatus.from_dict(state.containers.get(key))
+    groups = cgroups()
+    status.started_at = time.time()
+    status.oom_kills = groups.oom_kills(Cgroups.rel(state.lab, pp.name, name)) if groups else 0
+    state.containers[key] = status.to_dict()
+    state.save()
+    return proc.pid
+
+
+def start_pod(plan: LabPlan, state: LabState, pp: PodPlan, python: str = sys.executable) -> None:
+    """Start the pod's containers (:func:`pod_containers` order), each in its cgroup."""
+    for name in pod_containers(pp):
+        start_container(plan, state, pp, name, python)
 
 
 def expected_ports(pp: PodPlan) -> list[int]:

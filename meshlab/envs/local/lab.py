@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshlab.envs.base import PodInfo
-from meshlab.envs.local import istio_push, kubelet
+from meshlab.envs.local import istio_push, kubelet, kubelet_daemon, pod_lifecycle
 from meshlab.envs.local.containers import LocalContainers, container_names
+from meshlab.envs.local.dns_env import ClusterDnsMixin
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.netns import NetnsShell
 from meshlab.envs.local.network import build_network
 from meshlab.envs.local.node_power import LocalNodeDriver
 from meshlab.envs.local.plan import LabPlan, make_plan
-from meshlab.envs.local.state import LabState, cleanup, leftovers
+from meshlab.envs.local.pod_status import lab_status
+from meshlab.envs.local.state import LabState, cleanup, leftovers, locked_state
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
 from meshlab.errors import ConfigError, LabError
 from meshlab.manifests.loader import load_topology
@@ -31,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DEFAULT_MANIFESTS", "LocalEnv"]
 
 
-class LocalEnv:
+class LocalEnv(ClusterDnsMixin):
     """The local env (implements :class:`meshlab.envs.base.Env`).
 
     Args:
@@ -91,12 +93,13 @@ class LocalEnv:
             build_network(self.plan, self.state)
             kubelet.start_pods(self.plan, self.state, list(self.plan.pods.values()),
                                self.ready_timeout_s)
+            self.state.status = "up"
+            self.state.save()
+            kubelet_daemon.start(self.state)  # restarts from now on (it runs while "up")
         except BaseException:
             cleanup(self.lab)
             self.state.status = "down"
             raise
-        self.state.status = "up"
-        self.state.save()
 
     def down(self) -> list[str]:
         """Remove everything of this lab (idempotent; a dead runner's faults are reverted first by
@@ -175,10 +178,10 @@ class LocalEnv:
         return fingerprint(self.lab, [e.path.stem for e in entries(self.name, self.lab)])
 
     def status(self) -> dict[str, Any]:
-        """``{"lab", "status", "netns": [...], "pids": {...}}`` as found on the machine now."""
-        state = LabState.load(self.lab)
-        return {"lab": self.lab, "status": state.status if state else "down",
-                "netns": leftovers(self.lab), "pids": dict(state.pids) if state else {}}
+        """The lab as found on the machine now: ``{"lab", "status", "netns": [...], "pids":
+        {...}, "containers": {"<pod>/<container>": {"restarts", "state", ...}}, "not_ready":
+        [...]}`` (:func:`~meshlab.envs.local.pod_status.lab_status`)."""
+        return lab_status(LabState.load(self.lab), self.lab, leftovers(self.lab))
 
     # lookups ---------------------------------------------------------------------------
     def pods(self) -> list[PodInfo]:
@@ -252,8 +255,8 @@ class LocalEnv:
         return res.stdout
 
     # containers (the Containers capability, envs/local/containers.py) -----------------------
-    def _containers(self) -> LocalContainers:
-        return LocalContainers(self.state, kubelet.cgroups())
+    def _containers(self) -> LocalContainers:  # fresh state: the kubelet restarts containers
+        return LocalContainers(LabState.load(self.lab) or self.state, kubelet.cgroups())
 
     def containers(self, pod: str) -> list[str]:
         """The pod's running containers (``istio-proxy`` included)."""
@@ -297,6 +300,19 @@ class LocalEnv:
         return self.pod_shell(name).popen(argv, stdout=log, stderr=log,
                                           wrap=lambda a: groups.enter_argv(rel, a)).pid
 
+    # pod lifecycle (the PodLifecycle capability, envs/local/pod_lifecycle.py) --------------
+    def kill_pod(self, pod: str, container: str | None, grace_s: float) -> str:
+        """Kill a container (restarted by the kubelet) or delete the pod (recreated)."""
+        return pod_lifecycle.kill_pod(self.lab, self.pod(pod).name, container, grace_s)
+
+    def container_statuses(self, pod: str) -> dict[str, dict[str, Any]]:
+        """``{container: {"restarts", "state", ...}}`` as the kubelet has them now."""
+        return pod_lifecycle.container_statuses(LabState.load(self.lab), self.pod(pod).name)
+
+    def wait_pod_ready(self, pod: str, timeout_s: float) -> float:
+        """Poll until the pod is ready again; returns the seconds waited."""
+        return pod_lifecycle.wait_pod_ready(self.lab, self.pod(pod).name, timeout_s)
+
     # route faults (the RouteFaults capability, envs/local/istio_push.py) --------------------
     def _fqdn(self, host: str) -> str:
         topo = self.plan.topology
@@ -316,23 +332,25 @@ class LocalEnv:
             ConfigError: no such Service. LabError: a sidecar did not apply it in time.
         """
         fqdn = self._fqdn(host)
-        self.state = LabState.load(self.lab) or self.state  # another process may have pushed
-        self.state.route_faults[istio_push.fault_key(fqdn, port)] = {
-            "abort_status": abort_status, "abort_pct": abort_pct, "delay_s": delay_s,
-            "delay_pct": delay_pct}
-        self.state.save()
-        pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
+        with locked_state(self.lab) as state:  # another process may push too
+            self.state = state or self.state
+            self.state.route_faults[istio_push.fault_key(fqdn, port)] = {
+                "abort_status": abort_status, "abort_pct": abort_pct, "delay_s": delay_s,
+                "delay_pct": delay_pct}
+            self.state.save()
+            pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
         istio_push.wait_applied(self.sidecar_admin, pods, fqdn, port, present=True)
         return f"pushed a fault on {fqdn}{f':{port}' if port else ''} to {', '.join(pods)}"
 
     def clear_route_fault(self, host: str, port: int | None) -> str:
         """Push ``host``'s routes without the fault again (idempotent)."""
         fqdn = self._fqdn(host)
-        self.state = LabState.load(self.lab) or self.state  # the deadman may revert it
-        if self.state.route_faults.pop(istio_push.fault_key(fqdn, port), None) is None:
-            return f"no fault pushed on {fqdn}"
-        self.state.save()
-        pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
+        with locked_state(self.lab) as state:  # the deadman may revert it
+            self.state = state or self.state
+            if self.state.route_faults.pop(istio_push.fault_key(fqdn, port), None) is None:
+                return f"no fault pushed on {fqdn}"
+            self.state.save()
+            pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
         istio_push.wait_applied(self.sidecar_admin, pods, fqdn, port, present=False)
         return f"pushed {fqdn}'s routes without the fault to {', '.join(pods)}"
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from meshlab.envs.base import run_argv
-from meshlab.envs.local import istiod
-from meshlab.envs.local.istio_iptables import capture_rules
+from meshlab.envs.local import istiod, kube_dns
+from meshlab.envs.local.istio_iptables import CaptureConfig, capture_rules
+from meshlab.envs.local.istio_push import pushed_plan
 from meshlab.envs.local.kube_proxy import ServicePortNat, service_rules
-from meshlab.envs.local.netns import NetnsShell, add_netns, write_etc_netns
+from meshlab.envs.local.netns import ETC_NETNS, NetnsShell, add_netns, write_etc_netns
 from meshlab.envs.local.plan import LabPlan, NodePlan, PodPlan
 from meshlab.envs.local.state import LabState
 
@@ -101,21 +102,36 @@ def build_pod(plan: LabPlan, state: LabState, pp: PodPlan) -> None:
     _ip(pp.netns, "route", "add", "default", "via", node.gateway)
 
 
-def program_services(plan: LabPlan, node: NodePlan) -> None:
-    """kube-proxy: the Service NAT rules in ``node``'s netns (the same in every node)."""
+def program_services(plan: LabPlan, node: NodePlan, resync: bool = False) -> None:
+    """kube-proxy: the Service NAT rules in ``node``'s netns (the same in every node), with
+    the plan's ready endpoints; ``resync`` replaces the rules of a node programmed before
+    (after an endpoint change) without adding the built-in chains' jumps again."""
     ports = []
     for svc in plan.topology.services:
-        eps = plan.endpoints(svc)
+        ready = plan.endpoints(svc)
+        unready = [plan.pods[p.name] for p in plan.topology.endpoints(svc)
+                   if p.name in plan.unready]
         for sp in svc.ports:
-            ports.append(ServicePortNat(svc.namespace, svc.name, sp.name, plan.cluster_ip(svc),
-                                        sp.port, tuple((ep.ip, sp.target_port) for ep in eps)))
+            ports.append(ServicePortNat(
+                svc.namespace, svc.name, sp.name, plan.cluster_ip(svc), sp.port,
+                tuple((ep.ip, sp.target_port) for ep in ready),
+                tuple((ep.ip, sp.target_port) for ep in unready)))
+    ports += kube_dns.service_ports(plan)  # kube-system/kube-dns: UDP and TCP 53
     NetnsShell(node.netns).run(["iptables-restore", "--noflush"],
-                               input_text=service_rules(ports))
+                               input_text=service_rules(ports, jumps=not resync))
 
 
 def install_capture(pp: PodPlan) -> None:
-    """istio-init: the REDIRECT capture rules in a meshed pod's netns."""
-    NetnsShell(pp.netns).run(["iptables-restore", "--noflush"], input_text=capture_rules())
+    """istio-init: the REDIRECT capture rules in a meshed pod's netns; with DNS capture
+    (:func:`istiod.dns_capture`) also port 53 to the pod's resolv.conf nameservers, read from
+    the pod's ``/etc/netns`` file as istio-iptables reads ``/etc/resolv.conf``."""
+    cfg = CaptureConfig()
+    if istiod.dns_capture(pp):
+        resolv = ETC_NETNS / pp.netns / "resolv.conf"
+        servers = [p[1] for p in (line.split() for line in resolv.read_text().splitlines())
+                   if len(p) >= 2 and p[0] == "nameserver"]
+        cfg = CaptureConfig(dns_servers=tuple(servers))
+    NetnsShell(pp.netns).run(["iptables-restore", "--noflush"], input_text=capture_rules(cfg))
 
 
 def build_node_with_pods(plan: LabPlan, state: LabState, node: NodePlan) -> None:
@@ -129,7 +145,7 @@ def build_node_with_pods(plan: LabPlan, state: LabState, node: NodePlan) -> None
         build_pod(plan, state, pp)
         if pp.pod.meshed:
             install_capture(pp)
-    program_services(plan, node)
+    program_services(pushed_plan(plan, state), node)
     for netns in (node.netns, *(pp.netns for pp in plan.pods_on(node.name))):
         enable_conntrack_events(state, netns)
 
@@ -150,3 +166,4 @@ def build_network(plan: LabPlan, state: LabState) -> None:
     build_cluster(plan, state)
     for node in plan.nodes.values():
         build_node_with_pods(plan, state, node)
+    kube_dns.build(plan, state)  # the cluster DNS, before any app resolves a name

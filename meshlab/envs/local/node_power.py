@@ -31,13 +31,11 @@ half-open connections now get a RST on their next segment. After a power cycle t
 
 from __future__ import annotations
 
-import fcntl
 import signal
 import socket
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from meshlab.envs.base import run_argv
@@ -46,7 +44,7 @@ from meshlab.envs.local.netns import NETNS_DIR, delete_netns, kill_pids, netns_p
 from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.envs.local.network import build_node_with_pods
 from meshlab.envs.local.plan import LabPlan, NodePlan
-from meshlab.envs.local.state import LabState
+from meshlab.envs.local.state import LabState, locked_state
 from meshlab.errors import ConfigError, LabError
 
 
@@ -119,19 +117,9 @@ class LocalNodeDriver:
     def _lab_up(self, state: LabState | None) -> bool:
         return state is not None and (NETNS_DIR / self.env.plan.cluster_netns).exists()
 
-    @contextmanager
-    def _locked(self) -> Iterator[LabState | None]:
-        """Hold the lab's power lock; yields the state file as it is now (None: no lab)."""
-        folder = LabState.dir_for(self.env.lab)
-        if not folder.is_dir():
-            yield None
-            return
-        with open(folder / "power.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield LabState.load(self.env.lab)
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self) -> AbstractContextManager[LabState | None]:
+        """Hold the lab's state lock; yields the state file as it is now (None: no lab)."""
+        return locked_state(self.env.lab)
 
     def _present(self, n: NodePlan) -> bool:
         names = [n.netns] + [pp.netns for pp in self.env.plan.pods_on(n.name)]

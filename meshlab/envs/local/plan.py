@@ -71,6 +71,8 @@ class LabPlan:
         nodes: node name → plan.
         pods: pod name → plan.
         cluster_ips: ``namespace/name`` of each Service → ClusterIP.
+        unready: pods left out of every Service's endpoints (not ready now: the kubelet's
+            ``LabState.unready``, applied by :func:`meshlab.envs.local.istio_push.pushed_plan`).
     """
 
     lab: str
@@ -79,6 +81,7 @@ class LabPlan:
     nodes: dict[str, NodePlan] = field(default_factory=dict)
     pods: dict[str, PodPlan] = field(default_factory=dict)
     cluster_ips: dict[str, str] = field(default_factory=dict)
+    unready: frozenset[str] = frozenset()
 
     def all_netns(self) -> list[str]:
         """Every netns the lab creates, cluster first (creation order)."""
@@ -93,9 +96,11 @@ class LabPlan:
         """The ClusterIP assigned to a Service."""
         return self.cluster_ips[f"{svc.namespace}/{svc.name}"]
 
-    def endpoints(self, svc: Service) -> list[PodPlan]:
-        """Planned pods behind a Service."""
-        return [self.pods[p.name] for p in self.topology.endpoints(svc)]
+    def endpoints(self, svc: Service, keep: str | None = None) -> list[PodPlan]:
+        """The ready pods behind a Service (the Endpoints' ready addresses); ``keep`` is a pod
+        kept even while not ready (a sidecar always knows its own pod's inbound)."""
+        return [self.pods[p.name] for p in self.topology.endpoints(svc)
+                if p.name not in self.unready or p.name == keep]
 
 
 def make_plan(topology: Topology, lab: str = "lab") -> LabPlan:
@@ -139,8 +144,12 @@ def make_plan(topology: Topology, lab: str = "lab") -> LabPlan:
         plan.pods[pod.name] = PodPlan(pod=pod, netns=f"{prefix}p-{pod.name}",
                                       ip=str(subnet.network_address + j + 2), prefix_len=24,
                                       node=node, host_if=f"v{node.index}p{j}")
+    dns_ip = str(svc_net.network_address + 10)  # kube-dns's (meshlab.envs.local.kube_dns)
     for k, svc in enumerate(topology.services):
-        ip = svc.cluster_ip or str(svc_net.network_address + 10 + k)
+        ip = svc.cluster_ip or str(svc_net.network_address + 11 + k)
+        if ip == dns_ip:
+            raise ConfigError(f"{svc.source}: Service/{svc.name}.spec.clusterIP: {ip} is the "
+                              f"cluster DNS address (kube-system/kube-dns)")
         if ipaddress.ip_address(ip) not in svc_net:
             raise ConfigError(f"{svc.source}: Service/{svc.name}.spec.clusterIP: {ip} is outside "
                               f"the service CIDR {svc_net}")

@@ -32,7 +32,6 @@ namespaces).
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import json
 import os
@@ -51,7 +50,7 @@ from meshlab.envs.idle import idle_argv_prefix
 from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids, process_alive
 from meshlab.envs.local.network import UNDERLAY_BRIDGE
 from meshlab.envs.local.plan import LabPlan
-from meshlab.envs.local.state import LabState
+from meshlab.envs.local.state import LabState, locked_state
 from meshlab.errors import LabError
 from meshlab.polling import PollTimeout, wait_until
 
@@ -205,17 +204,16 @@ def is_server(pid: int, lab: str, exec_wait_s: float = 1.0) -> bool:
 
 @contextmanager
 def _state_locked(lab: str) -> Iterator[LabState]:
-    """The lab state, loaded fresh under the lab's ``power.lock`` (the lock node power-off and
-    power-on hold, :mod:`meshlab.envs.local.node_power`), so their writes are not lost."""
-    state = LabState.load(lab)
-    if state is None:
-        raise LabError(f"lab {lab!r} is not up (no state file)")
-    with open(state.dir / "power.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield LabState.load(lab) or state
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """The lab state, loaded fresh under the lab's state lock
+    (:func:`~meshlab.envs.local.state.locked_state`), so others' writes are not lost.
+
+    Raises:
+        LabError: the lab has no state file.
+    """
+    with locked_state(lab) as state:
+        if state is None:
+            raise LabError(f"lab {lab!r} is not up (no state file)")
+        yield state
 
 
 def running_pid(lab: str) -> int | None:

@@ -8,9 +8,12 @@ file leaves nothing behind. ``/run`` is a tmpfs: a reboot clears both the netns 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,18 @@ class LabState:
         route_faults: VirtualService faults pushed live, ``"<fqdn>|<port or *>"`` →
             ``{abort_status, abort_pct, delay_s, delay_pct}``
             (:mod:`meshlab.envs.local.istio_push`).
+        kubelet_pid: the lab's kubelet daemon (:mod:`meshlab.envs.local.kubelet_daemon`), 0
+            when none runs.
+        containers: ``<pod>/<container>`` → its status as the kubelet keeps it
+            (:class:`meshlab.envs.local.pod_status.ContainerStatus` as a dict: restart count,
+            state, last termination, CrashLoopBackOff entry).
+        unready: pods that are not ready now: out of every Service's endpoints (kube-proxy
+            rules and the sidecars' EDS) until they are ready again.
+        deleting: pods being deleted (``pod-kill`` of a whole pod) → epoch seconds of the
+            deletion; the kubelet recreates each with the same name, as its StatefulSet does.
+        dns: the cluster DNS (:mod:`meshlab.envs.local.kube_dns`): ``{"pid", "netns", "ip",
+            "cluster_ip", "config", "log"}``, recorded before dnsmasq starts; a dns-error
+            fault front adds ``front_pid`` while it runs (:mod:`meshlab.envs.local.dns_front`).
         updated_at: epoch seconds of the last write.
     """
 
@@ -51,6 +66,11 @@ class LabState:
     powered_off: list[str] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)
     route_faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kubelet_pid: int = 0
+    containers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unready: list[str] = field(default_factory=list)
+    deleting: dict[str, float] = field(default_factory=dict)
+    dns: dict[str, Any] = field(default_factory=dict)
     updated_at: float = 0.0
 
     @staticmethod
@@ -79,6 +99,24 @@ class LabState:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
+
+
+@contextmanager
+def locked_state(lab: str) -> Iterator[LabState | None]:
+    """The lab state loaded fresh under the lab's ``state.lock`` (None: no lab), for a
+    read-modify-write: the runner, the fault deadman, node power-off/on, Prometheus and the
+    kubelet daemon all change the one state file, and a write made from a stale copy would lose
+    another's change. The caller saves; the lock is released on exit."""
+    folder = LabState.dir_for(lab)
+    if not folder.is_dir():
+        yield None
+        return
+    with open(folder / "state.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield LabState.load(lab)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def leftovers(lab: str) -> list[str]:
@@ -119,10 +157,14 @@ def cleanup(lab: str) -> list[str]:
         The namespaces that were removed.
     """
     state = LabState.load(lab)
+    if state and state.kubelet_pid:  # first, so it restarts nothing that is being torn down
+        kill_pids([state.kubelet_pid])
+        state = LabState.load(lab) or state  # with the pids it started last
     if state:
         state.status = "tearing-down"
         state.save()
         kill_pids(list(state.pids.values()))
+        kill_pids([p for p in (state.dns.get("pid"), state.dns.get("front_pid")) if p])
     names = leftovers(lab)
     prefix = lab_prefix(lab)
     order = sorted(names, key=lambda n: (0 if n.startswith(prefix + "p-") else

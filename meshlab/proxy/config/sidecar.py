@@ -18,6 +18,8 @@ Optional keys beyond the contract (all with Istio defaults, ENVOY.md §8):
 - ``outbound_traffic_policy``: ``ALLOW_ANY`` (default) or ``REGISTRY_ONLY`` (Istio
   ``meshConfig.outboundTrafficPolicy.mode``; unknown destinations → ``BlackHoleCluster``).
 - ``tcp_stats_update_period_s``: tcp_stats ``update_period``; null (default) = only at close.
+- ``dns_capture``: run the DNS proxy on 127.0.0.1:15053 (Istio ``ISTIO_META_DNS_CAPTURE``;
+  default false, :mod:`meshlab.proxy.dns.server`).
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ class SidecarConfig:
     outbound_traffic_policy: str = "ALLOW_ANY"  # meshConfig.outboundTrafficPolicy.mode
     tcp_stats_update_period_s: float | None = None  # tcp_stats update_period; None = at close
     concurrency: int = ISTIO_SIDECAR_CONCURRENCY  # worker processes (Envoy --concurrency)
+    dns_capture: bool = False  # ISTIO_META_DNS_CAPTURE: the agent's DNS proxy on :15053
 
     def inbound_port(self, port: int) -> InboundPort | None:
         """The declared inbound port ``port``, or None."""
@@ -300,6 +303,9 @@ def parse_config(doc: Any) -> SidecarConfig:
     delimited = doc.get("stats_delimited_tags", True)
     if not isinstance(delimited, bool):
         raise ConfigError(f"stats_delimited_tags: expected a boolean, got {delimited!r}")
+    dns_capture = doc.get("dns_capture", False)
+    if not isinstance(dns_capture, bool):
+        raise ConfigError(f"dns_capture: expected a boolean, got {dns_capture!r}")
     return SidecarConfig(
         pod=pod,
         cluster_domain=as_str(doc.get("cluster_domain", "cluster.local"), "cluster_domain"),
@@ -330,6 +336,7 @@ def parse_config(doc: Any) -> SidecarConfig:
                                    as_num(doc["tcp_stats_update_period_s"],
                                         "tcp_stats_update_period_s", minimum=0.001)),
         concurrency=_concurrency(doc.get("concurrency", ISTIO_SIDECAR_CONCURRENCY)),
+        dns_capture=dns_capture,
     )
 
 

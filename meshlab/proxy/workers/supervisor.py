@@ -35,6 +35,7 @@ from meshlab.proxy.cells import (
 )
 from meshlab.proxy.config.sidecar import SidecarConfig
 from meshlab.proxy.config.watch import watch
+from meshlab.proxy.dns import start_if_enabled
 from meshlab.proxy.listeners import Listener, bind_listeners
 from meshlab.proxy.process import drop_privileges, loop_factory
 from meshlab.proxy.stats.metrics import ProxyStats
@@ -284,6 +285,7 @@ class _Main:
         admin = await start_admin(cfg, stats, group, stop.set, hooks=group,
                                   concurrency=len(self.pids), pids=group.all_pids)
         admin.ctx.on_reset = group.reset_counters
+        dns_proxy = await start_if_enabled(cfg)  # on the main's loop, never in the workers
         if drop_to is not None:
             drop_privileges(*drop_to)
 
@@ -298,6 +300,8 @@ class _Main:
             with contextlib.suppress(ChannelError):
                 await group.reload(self.config_path)
             admin.ctx.config = new
+            if dns_proxy is not None:
+                dns_proxy.reload(new)
 
         flush_task = asyncio.ensure_future(flusher())
         watch_task = (asyncio.ensure_future(watch(self.config_path, pushed))
@@ -310,6 +314,8 @@ class _Main:
             if watch_task is not None:
                 watch_task.cancel()
             admin.close()
+            if dns_proxy is not None:
+                dns_proxy.close()
             for fd in fds:
                 loop.remove_reader(fd)
                 os.close(fd)
