@@ -87,6 +87,27 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _sigterm)
 
 
+def _lab_key(item: pytest.Item) -> tuple[str, ...]:
+    mark = item.get_closest_marker("meshlab_lab")
+    return tuple(mark.kwargs.get("overlays", ())) if mark else ()
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Run the suite tests that share a lab one after another: the tests that use
+    ``meshlab_run``/``meshlab_env`` move after the others, grouped by the lab their
+    ``meshlab_lab`` mark asks for (base lab first, then by overlays) and otherwise in collection
+    order (a stable sort). A lab is built once per group, and each later run of the group gets
+    fresh pods (:class:`~meshlab.experiment.labs.LabPool`); every test still gets its own run
+    and its own leftover check."""
+    def uses_lab(item: pytest.Item) -> bool:
+        return bool({"meshlab_run", "meshlab_env"} & set(getattr(item, "fixturenames", ())))
+
+    first = sorted({_lab_key(i) for i in items if uses_lab(i)}, key=lambda k: (len(k), k))
+    order = {key: n for n, key in enumerate(first)}
+    items[:] = sorted(items, key=lambda i: (1, order[_lab_key(i)]) if uses_lab(i) else (0, 0))
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report on the item so ``meshlab_run`` knows the test's outcome."""

@@ -363,6 +363,17 @@ class Fingerprinting(Protocol):
 
 
 @runtime_checkable
+class FreshPods(Protocol):
+    """Capability of an env that can give a running lab fresh pods (``kubectl rollout
+    restart`` of everything: new processes, no connection, pool, outlier or restart state
+    kept), so runs that share a lab start alike without rebuilding it."""
+
+    def restart_pods(self) -> str:
+        """Replace every pod's processes and wait until all are ready; returns what was done."""
+        ...
+
+
+@runtime_checkable
 class ManagedPrometheus(Protocol):
     """Capability of an env that runs its own Prometheus (the local lab; a cluster has one)."""
 

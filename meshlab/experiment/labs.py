@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshlab.envs.base import Env, Fingerprinting, ManagedPrometheus
+from meshlab.envs.base import Env, Fingerprinting, FreshPods, ManagedPrometheus
 from meshlab.envs.manifest_sets import manifest_set
 from meshlab.faults.ledger import revert_leftovers
 
@@ -51,8 +51,10 @@ class LabPool:
     """A session's labs: one up at a time, switched when a run asks for other overlays.
 
     A suite picks its lab with ``@pytest.mark.meshlab_lab(overlays=["ha-l2"])``; runs without
-    it get the base lab. Bringing a local lab up takes under a second, so a switch at a module
-    boundary is cheap. Each lab's fingerprint (:mod:`meshlab.envs.local.fingerprint`) is
+    it get the base lab. A lab is kept for the next run that asks for the same one, which gets
+    fresh pods first (:class:`~meshlab.envs.base.FreshPods`, about a second; the lab's network,
+    cluster DNS and Prometheus stay), so each run starts from the same steady state; building a
+    lab with its Prometheus takes ~10 s (the server's first scrape of every target). Each lab's fingerprint (:mod:`meshlab.envs.local.fingerprint`) is
     taken when it comes up, for the leftover check after every run (:meth:`leftovers`).
 
     Args:
@@ -74,6 +76,7 @@ class LabPool:
         self.env: Env | None = None
         self.key: tuple[Path, ...] | None = None
         self.baseline: dict[str, Any] | None = None
+        self.used = False  # a run had the current lab: the next one gets fresh pods
 
     def __repr__(self) -> str:
         return f"LabPool(base={str(self.base)!r}, up={[str(p) for p in self.key or ()]})"
@@ -88,13 +91,16 @@ class LabPool:
         """
         key = manifest_set(self.base, overlays)
         if key == self.key and self.env is not None:
+            if self.used and isinstance(self.env, FreshPods):
+                self.env.restart_pods()
+            self.used = True
             return self.env
         env = self.build(key)  # validates before the old lab goes down
         self.close(keep=False)
         lab_up(env)
         if self.prometheus and isinstance(env, ManagedPrometheus):
             env.start_prometheus()  # before the fingerprint: it runs for the lab's whole life
-        self.env, self.key = env, key
+        self.env, self.key, self.used = env, key, True
         self.baseline = env.fingerprint() if isinstance(env, Fingerprinting) else None
         return env
 
@@ -119,7 +125,7 @@ class LabPool:
     def close(self, keep: bool | None = None) -> None:
         """Tear the current lab down (:func:`lab_down`), unless ``keep`` (default: the pool's
         ``keep``)."""
-        env, self.env, self.key, self.baseline = self.env, None, None, None
+        env, self.env, self.key, self.baseline, self.used = self.env, None, None, None, False
         if env is not None and not (self.keep if keep is None else keep):
             lab_down(env)
 

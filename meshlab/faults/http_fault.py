@@ -8,7 +8,8 @@ sidecar with ``abort_http_status`` (response flag ``FI``); ``delay``: ``delay_pc
 caller's outbound (here: L1's outbound to L2), and the destination never sees an aborted
 request. The push changes no listener and restarts no sidecar: open keep-alive connections
 stay up and get the fault at their next request; revert pushes the routes as they were
-(:mod:`meshlab.envs.local.istio_push`).
+(local lab: :mod:`meshlab.envs.local.istio_push`; cluster: the VirtualService through the
+API, :mod:`meshlab.envs.kube.route_faults`).
 """
 
 from __future__ import annotations
@@ -74,9 +75,8 @@ class HttpFault:
 
     @staticmethod
     def _env(env: Env) -> RouteFaults:
-        return capable(env, RouteFaults, NAME, "cannot push route faults yet (planned on "
-                                               "clusters: patch the VirtualService through "
-                                               "the API)")
+        return capable(env, RouteFaults, NAME, "cannot push route faults (needs an istiod: "
+                                               "the local lab's, or a cluster's)")
 
     def inject(self, env: Env) -> str:
         """Push the fault and return once every sidecar has it.

@@ -94,6 +94,8 @@ class FakeKube:
         #: workload → event ``(reason, message)`` and the pods left Pending, unscheduled
         self.unscheduled: dict[str, tuple[str, str]] = {}
         self.delete_polls = 1
+        #: whether ``pods/<name>/resize`` exists (in-place pod resize, Kubernetes >= 1.33)
+        self.resize_supported = True
         self.exec_handler: Callable[[str, str, list[str], bytes], tuple[int, str, str]] = \
             lambda pod, container, argv, stdin: (0, "", "")
         self.admin_handler: Callable[[str, str, str], tuple[int, str]] = \
@@ -299,6 +301,20 @@ class FakeKube:
         pod = self.pods.get((ns, name))
         if pod is None:
             return _status(404, "NotFound", f'pods "{name}" not found')
+        if sub == "resize" and method == "PATCH":
+            if not self.resize_supported:
+                return _status(404, "NotFound", "the server could not find the requested "
+                                                "resource")
+            for patch in body["spec"]["containers"]:
+                for c in pod["spec"]["containers"]:
+                    if c["name"] == patch["name"]:
+                        limits = c.setdefault("resources", {}).setdefault("limits", {})
+                        for key, value in patch["resources"]["limits"].items():
+                            if value is None:
+                                limits.pop(key, None)
+                            else:
+                                limits[key] = value
+            return 200, pod
         if method == "DELETE" and sub is None:
             pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
             pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]

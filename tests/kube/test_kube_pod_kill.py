@@ -7,10 +7,9 @@ in a dry run (printed, nothing sent)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
-from kube_fake_server import OPT_IN, FakeKube, kube_env
+from kube_fake_server import FakeKube, kube_env
 
 from meshlab.envs.kube.dry_run import DryRunApi
 from meshlab.errors import ConfigError
@@ -18,21 +17,6 @@ from meshlab.faults.pod_kill import PodKill
 
 NS = "meshlab-lab"
 L2 = "fortio-server-l2-0"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with FakeKube() as server:
-        server.add_node("worknode5", OPT_IN)
-        server.add_node("worknode6", OPT_IN)
-        yield server
-
-
-@pytest.fixture
-def env(fake, tmp_path):
-    lab = kube_env(fake, tmp_path)
-    lab.up()
-    return lab
 
 
 def _kubelet(fake: FakeKube, signalled: list):
@@ -50,7 +34,8 @@ def _kubelet(fake: FakeKube, signalled: list):
     return handle
 
 
-def test_a_deleted_pod_is_waited_for_until_its_replacement_is_ready(fake, env):
+def test_a_deleted_pod_is_waited_for_until_its_replacement_is_ready(opted_in_fake, base_lab):
+    fake, env = opted_in_fake, base_lab
     fake.delete_polls = 3
     uid = fake.pods[(NS, L2)]["metadata"]["uid"]
     fault = PodKill(target=L2, ready_timeout_s=5)
@@ -62,7 +47,8 @@ def test_a_deleted_pod_is_waited_for_until_its_replacement_is_ready(fake, env):
     assert "ready again" in out and "'main-app': 0" in out
 
 
-def test_a_killed_container_is_signalled_and_its_restart_seen(fake, env):
+def test_a_killed_container_is_signalled_and_its_restart_seen(opted_in_fake, base_lab):
+    fake, env = opted_in_fake, base_lab
     signalled: list = []
     fake.exec_handler = _kubelet(fake, signalled)
     fault = PodKill(target=L2, container="main-app")
@@ -76,14 +62,16 @@ def test_a_killed_container_is_signalled_and_its_restart_seen(fake, env):
     assert signalled[-1][2][:2] == ["sh", "-c"] and "sleep 2" in signalled[-1][2][2]
 
 
-def test_an_unknown_container_is_refused_before_anything_is_sent(fake, env):
+def test_an_unknown_container_is_refused_before_anything_is_sent(opted_in_fake, base_lab):
+    fake, env = opted_in_fake, base_lab
     before = len(fake.mutating())
     with pytest.raises(ConfigError, match="pod-kill: container: .*no container 'nope'"):
         PodKill(target=L2, container="nope").inject(env)
     assert len(fake.mutating()) == before
 
 
-def test_a_dry_run_prints_the_delete_and_the_kill(fake, tmp_path):
+def test_a_dry_run_prints_the_delete_and_the_kill(opted_in_fake, tmp_path):
+    fake = opted_in_fake
     api = DryRunApi(io.StringIO())
     lab = kube_env(fake, tmp_path, api=api, dry_run=True)
     lab.up()

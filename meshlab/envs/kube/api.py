@@ -35,6 +35,10 @@ from meshlab.envs.base import CommandResult
 from meshlab.envs.kube.facade import TYPED_KINDS, custom_plural, kubectl_exec_argv
 from meshlab.errors import ConfigError, LabError
 
+#: The patch type of the pod subresource patches (containers merged by name, as ``kubectl``
+#: sends them); the client would default to JSON Patch, which a dict body is not.
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+
 log = logging.getLogger(__name__)
 
 def api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
@@ -253,6 +257,20 @@ class KubeApi:
         self._call(f"delete pod {namespace}/{name}", lambda: self.core.delete_namespaced_pod(
             name, namespace, grace_period_seconds=round(grace_s), _preload_content=False))
 
+    def resize_pod(self, namespace: str, name: str, container: str,
+                   limits: dict[str, str | None]) -> None:
+        """Change one container's limits in place (the ``resize`` subresource, a strategic
+        merge patch; a None value removes that limit).
+
+        Raises:
+            LabError: refused, e.g. 404 on a cluster without in-place pod resize.
+        """
+        body = {"spec": {"containers": [{"name": container, "resources": {"limits": limits}}]}}
+        self._call(f"resize {container} of pod {namespace}/{name}",
+                   lambda: self.core.patch_namespaced_pod_resize(
+                       name, namespace, body, _content_type=STRATEGIC_MERGE,
+                       _preload_content=False))
+
     def list_services(self, namespace: str) -> list[dict[str, Any]]:
         """Every Service of ``namespace``."""
         return self._json(f"list services in {namespace}",
@@ -280,7 +298,8 @@ class KubeApi:
         body = {"spec": {"ephemeralContainers": [container]}}
         self._call(f"add debug container {container['name']} to {namespace}/{pod}",
                    lambda: self.core.patch_namespaced_pod_ephemeralcontainers(
-                       pod, namespace, body, _preload_content=False))
+                       pod, namespace, body, _content_type=STRATEGIC_MERGE,
+                       _preload_content=False))
 
     def exec(self, namespace: str, pod: str, container: str, argv: list[str], *,
              timeout_s: float, input_text: str | None = None) -> CommandResult:

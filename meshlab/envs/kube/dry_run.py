@@ -14,6 +14,7 @@ with an ``istio-proxy`` container where Istio would inject one), exec exits 0 wi
 from __future__ import annotations
 
 import copy
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -195,6 +196,13 @@ class DryRunApi:
         recreate it)."""
         self.say(shlex.join(["kubectl", "delete", "pod", "-n", namespace, name,
                              f"--grace-period={round(grace_s)}", "--wait=false"]))
+
+    def resize_pod(self, namespace: str, name: str, container: str,
+                   limits: dict[str, str | None]) -> None:
+        """Print ``kubectl patch --subresource resize``."""
+        body = {"spec": {"containers": [{"name": container, "resources": {"limits": limits}}]}}
+        self.say(shlex.join(["kubectl", "patch", "pod", "-n", namespace, name,
+                             "--subresource", "resize", "--patch", json.dumps(body)]))
 
     def add_ephemeral_container(self, namespace: str, pod: str,
                                 container: dict[str, Any]) -> None:

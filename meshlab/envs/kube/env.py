@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from meshlab.envs.base import PodInfo, Shell
 from meshlab.envs.kube.api import KubeApi, api_client
+from meshlab.envs.kube.containers import KubeContainers
 from meshlab.envs.kube.dry_run import DryRunApi, DryRunNodeDriver, PrintShell
 from meshlab.envs.kube.facade import ClusterApi, JobPlacement
 from meshlab.envs.kube.guardrails import check_lab_size, check_namespace, check_nodes
@@ -30,6 +31,7 @@ from meshlab.envs.kube.nodes import GuardedNodeDriver, NodeNames, describe_nodes
 from meshlab.envs.kube.objects import lab_objects
 from meshlab.envs.kube.pod_lifecycle import KubePodLifecycle
 from meshlab.envs.kube.ready import lab_pods, wait_ready, workload_of
+from meshlab.envs.kube.route_faults import KubeRouteFaults
 from meshlab.envs.kube.settings import KubeSettings
 from meshlab.envs.kube.shells import (
     SIDECAR,
@@ -64,7 +66,7 @@ def is_access_json(line: str) -> bool:
     return isinstance(rec, dict) and ("start_time" in rec or "response_code" in rec)
 
 
-class KubeEnv(KubePodLifecycle):
+class KubeEnv(KubePodLifecycle, KubeRouteFaults, KubeContainers):
     """The kube env (implements :class:`meshlab.envs.base.Env`).
 
     Args:

@@ -3,14 +3,17 @@
 :func:`fingerprint` records, for every namespace of the lab: its iptables rules
 (``iptables-save`` without counters), its ``net.*`` sysctls, and its processes (command lines,
 not PIDs, so a node that was powered off and on again compares equal), plus the lab's
-namespace list, its fault-ledger entries and each container cgroup's freezer state and CPU
-limit. The pytest plugin takes one when a lab comes up
+namespace list, its fault-ledger entries, each container cgroup's freezer state and CPU
+limit, and what its control plane holds (VirtualService faults pushed to the sidecars, pods out
+of the endpoints, the cluster DNS config and any DNS fault front). The pytest plugin takes one
+when a lab comes up
 and compares after every run (:func:`diff`): a leftover rule, sysctl, namespace, process or
 active fault fails that test.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -75,10 +78,26 @@ def _cgroups(lab: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _control_plane(lab: str) -> dict[str, Any]:
+    """What the lab's istiod, kubelet and kube-dns hold: ``{"route_faults": [keys],
+    "not_ready": [pods], "deleting": [pods], "dns_config": sha256 of dnsmasq's config,
+    "dns_fault_front": bool}``."""
+    state = LabState.load(lab)
+    if state is None:
+        return {}
+    conf = Path(state.dns["config"]) if state.dns.get("config") else None
+    digest = hashlib.sha256(conf.read_bytes()).hexdigest() if conf and conf.exists() else ""
+    return {"route_faults": sorted(state.route_faults), "not_ready": sorted(state.unready),
+            "deleting": sorted(state.deleting), "dns_config": digest,
+            "dns_fault_front": bool(state.dns.get("front_pid"))}
+
+
 def fingerprint(lab: str, ledger: list[str]) -> dict[str, Any]:
     """Snapshot of lab ``lab``: ``{"netns": [...], "faults": [...], "per_netns": {ns: {
     "iptables": [lines], "sysctls": {key: value}, "processes": {cmdline: count}}},
-    "cgroups": {"<pod>/<container>": {"frozen", "cpu_limit_m"}}}``."""
+    "cgroups": {"<pod>/<container>": {"frozen", "cpu_limit_m"}}, "control_plane": {...}}``
+    (:func:`_control_plane`: pushed VirtualService faults, pods out of the endpoints, the
+    cluster DNS config and fault front)."""
     per: dict[str, Any] = {}
     names = leftovers(lab)
     for ns in names:
@@ -86,7 +105,7 @@ def fingerprint(lab: str, ledger: list[str]) -> dict[str, Any]:
         per[ns] = {"iptables": _iptables(shell), "sysctls": _sysctls(shell),
                    "processes": _processes(ns)}
     return {"netns": names, "faults": sorted(ledger), "per_netns": per,
-            "cgroups": _cgroups(lab)}
+            "cgroups": _cgroups(lab), "control_plane": _control_plane(lab)}
 
 
 def diff(before: dict[str, Any], after: dict[str, Any], limit: int = 20) -> list[str]:
@@ -96,6 +115,9 @@ def diff(before: dict[str, Any], after: dict[str, Any], limit: int = 20) -> list
         out.append(f"namespaces: {before['netns']} -> {after['netns']}")
     if after["faults"]:
         out.append(f"faults still in the ledger: {after['faults']}")
+    b_cp, a_cp = before.get("control_plane", {}), after.get("control_plane", {})
+    out += [f"control plane {key}: {b_cp.get(key)} -> {a_cp.get(key)}"
+            for key in sorted(set(b_cp) | set(a_cp)) if b_cp.get(key) != a_cp.get(key)]
     for key, b_cg in before.get("cgroups", {}).items():
         a_cg = after.get("cgroups", {}).get(key)
         if a_cg is not None and a_cg != b_cg:

@@ -7,13 +7,12 @@ of the manifests' VirtualServices: a host that has a VirtualService gets the fau
 (the rest of the route — timeout, retries — is kept); a host that has none gets one route with
 only the fault. Every running meshed pod's ``sidecar.json`` is rewritten atomically (write,
 rename); each sidecar watches its file (:mod:`meshlab.proxy.config.watch`) and applies it to
-the next request on every connection. :func:`push` returns once every sidecar's
-``/config_dump`` shows the change.
+the next request on every connection; the caller then waits until every sidecar's
+``/config_dump`` shows the change (:func:`meshlab.envs.route_faults.wait_applied`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from typing import Any
@@ -21,11 +20,7 @@ from typing import Any
 from meshlab.envs.local import istiod
 from meshlab.envs.local.plan import LabPlan, PodPlan
 from meshlab.envs.local.state import LabState
-from meshlab.errors import LabError
 from meshlab.model import HttpRouteSpec, VirtualService
-from meshlab.polling import PollTimeout, wait_until
-
-PUSH_TIMEOUT_S = 15.0
 
 
 def fault_key(fqdn: str, port: int | None) -> str:
@@ -84,36 +79,3 @@ def write_configs(plan: LabPlan, state: LabState, pod_dir: Any) -> list[str]:
         tmp.replace(path)
         written.append(pp.name)
     return written
-
-
-def route_fault_in_dump(dump: str, fqdn: str, port: int | None) -> dict[str, Any] | None:
-    """The fault filter config of ``fqdn``'s route(s) in a ``/config_dump`` body (None: none)."""
-    for config in json.loads(dump).get("configs", []):
-        for dyn in config.get("dynamic_route_configs", []):
-            for vhost in dyn.get("route_config", {}).get("virtual_hosts", []):
-                host, _, vport = vhost.get("name", "").rpartition(":")
-                if host == fqdn and (port is None or vport == str(port)):
-                    for route in vhost.get("routes", []):
-                        fault = route.get("typed_per_filter_config", {}).get(
-                            "envoy.filters.http.fault")
-                        if fault:
-                            return fault
-    return None
-
-
-def wait_applied(sidecar_admin: Any, pods: list[str], fqdn: str, port: int | None,
-                 present: bool) -> None:
-    """Poll each pod's ``/config_dump`` until ``fqdn``'s route has a fault (``present``) or
-    none.
-
-    Raises:
-        LabError: a sidecar did not apply the push within :data:`PUSH_TIMEOUT_S`.
-    """
-    for pod in pods:
-        try:
-            wait_until(lambda pod=pod: route_fault_in_dump(sidecar_admin(pod, "/config_dump"),
-                                                           fqdn, port) is not None,
-                       lambda has: has == present, timeout_s=PUSH_TIMEOUT_S,
-                       what=f"{pod} applied the push")
-        except PollTimeout as exc:
-            raise LabError(f"istio push: {exc}") from exc

@@ -24,6 +24,7 @@ from meshlab.envs.local.plan import LabPlan, make_plan
 from meshlab.envs.local.pod_status import lab_status
 from meshlab.envs.local.state import LabState, cleanup, leftovers, locked_state
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
+from meshlab.envs.route_faults import wait_applied
 from meshlab.errors import ConfigError, LabError
 from meshlab.manifests.loader import load_topology
 
@@ -313,6 +314,12 @@ class LocalEnv(ClusterDnsMixin):
         """Poll until the pod is ready again; returns the seconds waited."""
         return pod_lifecycle.wait_pod_ready(self.lab, self.pod(pod).name, timeout_s)
 
+    def restart_pods(self) -> str:
+        """Fresh processes for every pod (:func:`pod_lifecycle.restart_pods`)."""
+        out = pod_lifecycle.restart_pods(self.plan, self.lab, self.ready_timeout_s)
+        self.state = LabState.load(self.lab) or self.state
+        return out
+
     # route faults (the RouteFaults capability, envs/local/istio_push.py) --------------------
     def _fqdn(self, host: str) -> str:
         topo = self.plan.topology
@@ -339,7 +346,7 @@ class LocalEnv(ClusterDnsMixin):
                 "delay_pct": delay_pct}
             self.state.save()
             pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
-        istio_push.wait_applied(self.sidecar_admin, pods, fqdn, port, present=True)
+        wait_applied(self.sidecar_admin, pods, fqdn, port, present=True)
         return f"pushed a fault on {fqdn}{f':{port}' if port else ''} to {', '.join(pods)}"
 
     def clear_route_fault(self, host: str, port: int | None) -> str:
@@ -351,7 +358,7 @@ class LocalEnv(ClusterDnsMixin):
                 return f"no fault pushed on {fqdn}"
             self.state.save()
             pods = istio_push.write_configs(self.plan, self.state, kubelet.pod_dir)
-        istio_push.wait_applied(self.sidecar_admin, pods, fqdn, port, present=False)
+        wait_applied(self.sidecar_admin, pods, fqdn, port, present=False)
         return f"pushed {fqdn}'s routes without the fault to {', '.join(pods)}"
 
     def pod_log_dir(self, pod: str) -> Path:

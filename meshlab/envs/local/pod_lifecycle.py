@@ -8,6 +8,9 @@ before its containers are signalled; the kubelet loop (:mod:`meshlab.envs.local.
 finishes the kill once the grace period is over and creates the pod again. Either way the pod
 is marked not ready at once, and the kubelet takes it out of its Services' endpoints at its
 next relist — the window in between is the one where callers still pick the dead endpoint.
+
+:func:`restart_pods` gives every pod fresh processes at once (the
+:class:`~meshlab.envs.base.FreshPods` capability: runs that share a lab start alike).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import signal
 import time
 from typing import Any
 
+from meshlab.envs.local import istio_push, kubelet
 from meshlab.envs.local.cgroups import Cgroups
 from meshlab.envs.local.kubelet import cgroups
-from meshlab.envs.local.netns import kill_pids, process_alive
+from meshlab.envs.local.netns import NetnsShell, kill_pids, process_alive
+from meshlab.envs.local.network import program_services
+from meshlab.envs.local.plan import LabPlan
 from meshlab.envs.local.pod_status import ContainerStatus
 from meshlab.envs.local.state import LabState, locked_state
 from meshlab.errors import ConfigError, LabError
@@ -91,3 +97,37 @@ def wait_pod_ready(lab: str, pod: str, timeout_s: float) -> float:
         raise LabError(f"pod {pod} not ready after {timeout_s:g} s: "
                        f"{container_statuses(LabState.load(lab), pod)}") from None
     return time.monotonic() - start
+
+
+def restart_pods(plan: LabPlan, lab: str, ready_timeout_s: float) -> str:
+    """Give every pod of a running lab fresh processes, as a rollout restart gives new pods of
+    the same names: under the state lock (the kubelet loop waits), SIGKILL every container
+    (thawed first), forget their statuses (restart counts 0), flush conntrack in the pods' and
+    nodes' namespaces, start every pod again and wait until ready, and resync kube-proxy's
+    rules with every endpoint. The network, cluster DNS and Prometheus stay.
+
+    Raises:
+        LabError: the lab is not up, or a pod did not become ready.
+    """
+    start = time.monotonic()
+    with locked_state(lab) as state:
+        if state is None or state.status != "up":
+            raise LabError(f"restart pods: lab {lab!r} is not up")
+        pods = [pp for pp in plan.pods.values() if pp.node.name not in state.powered_off]
+        keys = [k for k in state.pids if k.split("/", 1)[0] in plan.pods]
+        groups = cgroups()
+        for key in keys:
+            if groups is not None:
+                groups.thaw(Cgroups.rel(lab, *key.split("/", 1)))
+        pids = [state.pids.pop(k) for k in keys]
+        kill_pids(pids, grace_s=KILL_WAIT_S, first=signal.SIGKILL)
+        state.containers = {k: v for k, v in state.containers.items() if k not in keys}
+        state.unready, state.deleting = [], {}
+        state.save()
+        for netns in [pp.netns for pp in pods] + [pp.node.netns for pp in pods]:
+            NetnsShell(netns).run(["conntrack", "-F"], check=False, timeout_s=10)
+        kubelet.start_pods(plan, state, pods, ready_timeout_s)
+        for node in {pp.node.name: pp.node for pp in pods}.values():
+            program_services(istio_push.pushed_plan(plan, state), node, resync=True)
+    return (f"{len(pods)} pod(s) restarted ({len(pids)} process(es) replaced) in "
+            f"{time.monotonic() - start:.2f} s")
