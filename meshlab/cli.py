@@ -195,6 +195,26 @@ def report(run_dir: Path) -> None:
     typer.echo(str(path))
 
 
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="print the findings as JSON")
+           ) -> None:
+    """Check this machine for every kernel feature and tool the local lab and its faults need;
+    say what is missing and how to fix it. Exit 1 when something required is missing."""
+    from meshlab.envs.local.doctor import diagnose
+
+    try:
+        findings = diagnose()
+    except MeshlabError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps([vars(f) for f in findings], indent=1))
+    for f in findings if not as_json else []:
+        mark = "ok  " if f.ok else "FAIL" if f.required else "warn"
+        typer.echo(f"{mark} {f.name}: {f.detail}" + (f" — fix: {f.fix}" if f.fix else ""))
+    if any(f.required and not f.ok for f in findings):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point for ``python -m meshlab``."""
     try:

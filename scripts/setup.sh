@@ -15,10 +15,10 @@ fi
 # sidecar's uid 1337 can run it); gcc + libnetfilter-queue-dev: the NetfilterQueue bindings
 # (built by pip) of the network-delay fault's userspace netem, for kernels without sch_netem.
 # dnsmasq-base: the lab's cluster DNS (meshlab/envs/local/kube_dns.py; the binary only, no
-# host service); dnsutils: dig, for looking at the lab's DNS by hand.
+# host service); dnsutils: dig, for looking at the lab's DNS by hand; kmod: modprobe (below).
 APT_PACKAGES="iproute2 iptables conntrack procps psmisc util-linux curl ca-certificates \
 python3 python3-venv python3-dev chromium gcc libc6-dev libnetfilter-queue-dev \
-dnsmasq-base dnsutils"
+dnsmasq-base dnsutils kmod"
 
 # missing_of LIST: the packages of LIST that are not installed yet (space-separated)
 missing_of() {
@@ -37,6 +37,16 @@ missing="$(missing_of "$APT_PACKAGES")"
 if [ -n "$missing" ]; then
   echo "setup.sh: installing apt packages:$missing"
   apt_install $missing
+fi
+
+# br_netfilter: the lab's node netns set net.bridge.bridge-nf-call-iptables (kube-proxy's NAT
+# of bridged pod traffic), which exists only once the module is loaded; a stock Debian kernel
+# ships it as a module nothing loads by itself (some kernels have it built in). Loading a
+# module changes no network namespace's configuration. `meshlab doctor` checks the rest.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  echo "setup.sh: loading br_netfilter"
+  modprobe br_netfilter || echo "setup.sh: warning: modprobe br_netfilter failed; meshlab up" \
+    "will refuse to build a lab (see: .venv/bin/meshlab doctor)" >&2
 fi
 
 # Packages whose Debian install would start a host service, which the lab never wants:

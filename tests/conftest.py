@@ -2,6 +2,7 @@
 tests that build real labs (host-namespace snapshots, lab leftovers)."""
 
 import contextlib
+import importlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,12 @@ from pathlib import Path
 import pytest
 
 from meshlab.envs.base import run_argv
+
+# Imported here, before any pytester run: pytester drops the modules an in-process inner
+# session imported first, and a later import makes new module objects while live objects
+# (a requests Session) keep the old ones ("You can only merge into CookieJar").
+for _module in ("meshlab.envs.kube.api", "meshlab.envs.prometheus_api"):  # kubernetes, requests
+    importlib.import_module(_module)
 
 
 def host_network_snapshot() -> str:

@@ -6,7 +6,9 @@ Targets (docs/CONTRACTS.md §5): each meshed pod's sidecar ``/stats``
 (:class:`~meshlab.collectors.sockets.SocketsTarget`), the conntrack table of every pod and
 node network namespace (:class:`~meshlab.collectors.conntrack.ConntrackTarget`), and, on an env
 with container cgroups (:class:`~meshlab.envs.base.Containers`), each pod's containers' CPU,
-throttling and memory (:class:`~meshlab.collectors.containers.ContainersTarget`). On an env whose
+throttling and memory (:class:`~meshlab.collectors.containers.ContainersTarget`), and, on an env
+with a cluster DNS it counts (:class:`~meshlab.envs.base.ClusterDns`), each pod's kube-dns
+queries (:class:`~meshlab.collectors.dns.DnsQueriesTarget`). On an env whose
 namespaces are on this machine (:class:`~meshlab.envs.base.LocalNamespaces`: the local lab)
 sockets and conntrack are read over netlink sockets kept open inside each namespace
 (:mod:`~meshlab.collectors.sock_diag`, :mod:`~meshlab.collectors.ctnetlink`); elsewhere (kube)
@@ -39,15 +41,16 @@ from meshlab.collectors.accesslog import AccessLogTarget
 from meshlab.collectors.conntrack import ConntrackCommand, ConntrackReader, ConntrackTarget
 from meshlab.collectors.containers import ContainersTarget
 from meshlab.collectors.ctnetlink import CtnetlinkReader
+from meshlab.collectors.dns import DnsQueriesTarget
 from meshlab.collectors.envoy_stats import EnvoyStatsTarget
 from meshlab.collectors.sock_diag import SockDiagReader
 from meshlab.collectors.sockets import SocketReader, SocketsTarget, SsReader
-from meshlab.envs.base import Containers, Env, LocalNamespaces
+from meshlab.envs.base import ClusterDns, Containers, Env, LocalNamespaces
 from meshlab.envs.idle import make_thread_idle
 from meshlab.errors import ConfigError, MeshlabError
 
 #: Series file keys, in the journal's order.
-SERIES = ("envoy_stats", "accesslog", "sockets", "conntrack", "containers")
+SERIES = ("envoy_stats", "accesslog", "sockets", "conntrack", "containers", "dns")
 SERIES_DIR = "series"
 MAX_GAP_CHARS = 300
 
@@ -103,6 +106,8 @@ def default_targets(env: Env) -> tuple[list[Target], list[str]]:
                 targets.append(ContainersTarget(env, pod.name))
         except (MeshlabError, OSError) as exc:
             notes.append(f"collectors: pod {pod.name} not sampled: {exc}")
+    if isinstance(env, ClusterDns):
+        targets.append(DnsQueriesTarget(env))
     for node in _node_names(env, pods):
         try:
             targets.append(ConntrackTarget(kernel_readers(env, "node", node)[1], node, "node"))

@@ -15,6 +15,7 @@ line there):
 - ``containers``: per container, CPU cores used and CFS-throttled periods per second (rates of
   the cumulative cgroup counters between consecutive data lines; a counter that went down — a
   restarted container — counts its new value), memory in MiB and the CPU limit in cores.
+- ``dns``: per pod, DNS queries per second sent to kube-dns (rates of cumulative counts).
 
 A truncated last line (a run killed mid-write) is skipped, as are unknown keys; any other line
 that is not a JSON object with ``t`` and ``target`` is skipped and counted in ``bad_lines``.
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.report.series_containers import ContainerTarget, containers_series
+from meshlab.report.series_dns import DnsTarget, dns_series
 from meshlab.report.series_lines import (
     JsonlFile,
     Point,
@@ -40,13 +42,14 @@ from meshlab.report.series_lines import (
     read_jsonl,
 )
 
-__all__ = ["FILES", "AccessTarget", "ConntrackTarget", "ContainerTarget", "EnvoyTarget",
-           "JsonlFile", "Point", "RunSeries", "SocketTarget", "TargetSeries", "accesslog_series",
-           "conntrack_series", "containers_series", "envoy_series", "error_label",
-           "load_series", "parse_jsonl", "read_jsonl", "sockets_series"]
+__all__ = ["FILES", "AccessTarget", "ConntrackTarget", "ContainerTarget", "DnsTarget",
+           "EnvoyTarget", "JsonlFile", "Point", "RunSeries", "SocketTarget", "TargetSeries",
+           "accesslog_series", "conntrack_series", "containers_series", "dns_series",
+           "envoy_series", "error_label", "load_series", "parse_jsonl", "read_jsonl",
+           "sockets_series"]
 
 #: The §5 files, by the key the journal's ``collectors.files`` uses.
-FILES = ("envoy_stats", "accesslog", "sockets", "conntrack", "containers")
+FILES = ("envoy_stats", "accesslog", "sockets", "conntrack", "containers", "dns")
 #: Histogram quantile keys of an ``envoy_stats`` line.
 QUANTILES = ("p50", "p90", "p99", "p999", "max")
 #: Scalar keys of a ``sockets`` line.
@@ -247,6 +250,7 @@ class RunSeries:
         sockets: ``{pod: SocketTarget}``, or None.
         conntrack: ``{netns: ConntrackTarget}``, or None.
         containers: ``{pod: ContainerTarget}``, or None.
+        dns: ``{"kube-dns": DnsTarget}``, or None.
         files: file key → its path relative to the run directory (as the journal lists it).
         notes: what the reader skipped or could not read, for the report.
     """
@@ -256,13 +260,14 @@ class RunSeries:
     sockets: dict[str, SocketTarget] | None = None
     conntrack: dict[str, ConntrackTarget] | None = None
     containers: dict[str, ContainerTarget] | None = None
+    dns: dict[str, DnsTarget] | None = None
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def last_t(self) -> float | None:
         """The latest sample time over every file, or None without samples."""
         times = [t for group in (self.envoy_stats, self.accesslog, self.sockets, self.conntrack,
-                                 self.containers)
+                                 self.containers, self.dns)
                  for target in (group or {}).values()
                  for t in (*target.times, *(g[0] for g in target.gaps))]
         return max(times, default=None)
@@ -296,7 +301,7 @@ def load_series(run_dir: Path, collectors: dict[str, Any] | None,
     readers: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
         "envoy_stats": lambda lines: envoy_series(lines, envoy_select),
         "accesslog": accesslog_series, "sockets": sockets_series, "conntrack": conntrack_series,
-        "containers": containers_series}
+        "containers": containers_series, "dns": dns_series}
     for key, relative in (collectors.get("files") or {}).items():
         if key not in readers or not isinstance(relative, str):
             continue

@@ -251,6 +251,21 @@ def container_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
     return charts
 
 
+def dns_charts(series: RunSeries, axis: TimeAxis, windows: list[Window]
+               ) -> list[dict[str, Any]] | None:
+    """DNS queries per second each pod sent to kube-dns (pods that sent none are left out)."""
+    if series.dns is None:
+        return None
+    charts = []
+    for name, target in sorted(series.dns.items()):
+        lines = [(pod, axis.points(points)) for pod, points in target.queries_per_s.items()
+                 if any(v for _, v in points)]
+        if lines:
+            charts.append(_chart(f"DNS queries/s to {name} by pod", "queries/s", lines, axis,
+                                 windows, gap_spans([target], axis)))
+    return charts
+
+
 def conntrack_charts(series: RunSeries, axis: TimeAxis, windows: list[Window],
                      interval_s: float) -> dict[str, Any] | None:
     """Conntrack entries per netns, entries by state over every netns, last timeouts."""

@@ -32,7 +32,7 @@ class ContainerTarget(TargetSeries):
     restarts: dict[str, list[Point]] = field(default_factory=dict)
 
 
-def _rate(samples: list[tuple[float, float | None]], scale: float) -> list[Point]:
+def rate(samples: list[tuple[float, float | None]], scale: float) -> list[Point]:
     """Per-second rates × ``scale`` between consecutive samples (None after a gap or first)."""
     out: list[Point] = []
     prev: tuple[float, float] | None = None
@@ -62,8 +62,8 @@ def containers_series(lines: Iterable[dict[str, Any]]) -> dict[str, ContainerTar
     for name, (target, rows) in group(lines, ContainerTarget).items():
         per = [(t, None if d is None else d.get("containers")) for t, d in rows]
         for c in sorted({c for _, cs in per if isinstance(cs, dict) for c in cs}):
-            target.cpu_cores[c] = _rate(_field(per, c, "cpu_usage_us"), 1e-6)
-            target.throttled_per_s[c] = _rate(_field(per, c, "nr_throttled"), 1.0)
+            target.cpu_cores[c] = rate(_field(per, c, "cpu_usage_us"), 1e-6)
+            target.throttled_per_s[c] = rate(_field(per, c, "nr_throttled"), 1.0)
             target.memory_mib[c] = [(t, None if v is None else v / 2 ** 20)
                                     for t, v in _field(per, c, "memory_bytes")]
             target.cpu_limit_cores[c] = [(t, None if v is None else v / 1000)

@@ -19,6 +19,7 @@ from meshlab.report.series_charts import (
     TimeAxis,
     conntrack_charts,
     container_charts,
+    dns_charts,
     flag_charts,
     gap_rows,
     run_axis,
@@ -305,6 +306,7 @@ def _series_view(journal: dict[str, Any], series: RunSeries, axis: Any, order: l
             "tcp": tcp_charts(series, axis, windows, order),
             "sockets": socket_charts(series, axis, windows, order),
             "containers": container_charts(series, axis, windows, order),
+            "dns": dns_charts(series, axis, windows),
             "conntrack": conntrack_charts(series, axis, windows,
                                           collectors.get("interval_s") or 1.0),
             "gaps": gap_rows(series, axis), "notes": series.notes}

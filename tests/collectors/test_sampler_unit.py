@@ -97,7 +97,8 @@ def test_gaps_and_busy_targets_do_not_stop_the_others(tmp_path: Path):
     summary = sampler.summary()
     assert summary["samples"] == {"envoy_stats": len(stats), "accesslog": 0,
                                   "sockets": len(socks), "conntrack": 0,
-                                  "containers": 0}  # this env has no container cgroups
+                                  "containers": 0,  # this env has no container cgroups
+                                  "dns": 0}  # nor a cluster DNS
     assert summary["gaps"]["conntrack"] == len(gaps) and summary["gaps"]["sockets"] == 0
     # every tick either read a target or skipped it because its last read was still running
     assert summary["skipped"]["envoy_stats"] >= 3 and summary["skipped"]["sockets"] == 0

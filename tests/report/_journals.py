@@ -133,7 +133,7 @@ def make_journal() -> dict[str, Any]:
         "collectors": {"interval_s": 1.0, "started_epoch_s": T0 + 1, "ended_epoch_s": T0 + 97,
                        "files": {key: f"series/{key}.jsonl" for key in
                                  ("envoy_stats", "accesslog", "sockets", "conntrack",
-                                  "containers")},
+                                  "containers", "dns")},
                        "samples": {"envoy_stats": 192}, "gaps": {"envoy_stats": 20}},
         "prometheus": {
             "url": "http://172.18.0.1:9090", "job": "envoy-stats",
@@ -196,7 +196,7 @@ def series_lines() -> dict[str, list[dict[str, Any]]]:
     (L2) is powered off during FAULT: its targets write gap lines; L1 retransmits and logs UF."""
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in ("envoy_stats", "accesslog",
                                                             "sockets", "conntrack",
-                                                            "containers")}
+                                                            "containers", "dns")}
     previous: dict[str, dict[str, Any] | None] = {}
     retrans = 0
     for i in range(1, 97):
@@ -260,4 +260,6 @@ def series_lines() -> dict[str, list[dict[str, Any]]]:
                             "memory_bytes": 30 << 20, "cpu_limit_m": 100},
             "main-app": {"cpu_usage_us": 50_000 * i, "nr_periods": 0, "nr_throttled": 0,
                          "throttled_us": 0, "memory_bytes": 12 << 20, "cpu_limit_m": None}}})
+        out["dns"].append({"t": t, "target": "kube-dns", "queries": {
+            "fortio-server-0": 4 * i, "netshoot-0": 0}})
     return out

@@ -61,11 +61,14 @@ def test_charts_are_inline_svg_with_the_fault_window_shaded(tmp_path, journal, w
     html = render_report(write_run(tmp_path, journal)).read_text()
 
     # 2 loads × (TPS + latency), errors by flag at L1 only, 3 tcp_stats, 3 pods' socket
-    # states, L1's container CPU + CFS throttling, 2 conntrack charts
-    assert html.count('<svg class="chart"') == 4 + 1 + 3 + 3 + 2 + 2
+    # states, L1's container CPU + CFS throttling, L1's DNS queries, 2 conntrack charts
+    assert html.count('<svg class="chart"') == 4 + 1 + 3 + 3 + 2 + 1 + 2
     # one run axis: every chart shows the window
-    assert html.count('class="fault-window"') == 15
-    containers = html[html.index('id="series-containers"'):html.index('id="series-conntrack"')]
+    assert html.count('class="fault-window"') == 16
+    dns = html[html.index('id="series-dns"'):html.index('id="series-conntrack"')]
+    assert "DNS queries/s to kube-dns by pod" in dns and "fortio-server-0" in dns
+    assert "netshoot-0" not in dns  # a pod that sent none is left out
+    containers = html[html.index('id="series-containers"'):html.index('id="series-dns"')]
     assert "CPU by container (cores) — fortio-server-0" in containers
     assert "istio-proxy limit" in containers and "CFS throttling" in containers
     assert f'fill="{FAULT_FILL}"' in html

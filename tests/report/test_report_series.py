@@ -149,3 +149,18 @@ def test_container_counters_become_cores_and_throttled_periods_per_second():
     assert series.memory_mib["istio-proxy"][0] == (10.0, 3.0)
     assert [v for _, v in series.cpu_limit_cores["istio-proxy"]] == [0.1, 0.1, None, 0.1, None]
     assert series.gaps == [(12.0, "cgroup gone")]
+
+
+def test_dns_query_counts_become_queries_per_second_per_pod():
+    from meshlab.report.series import dns_series
+
+    def line(t, l1, client):
+        return {"t": t, "target": "kube-dns", "queries": {"fortio-server-0": l1,
+                                                          "netshoot-0": client}}
+
+    series = dns_series([line(10.0, 0, 2), line(11.0, 14, 2),
+                         {"t": 12.0, "target": "kube-dns", "gap": "no query log"},
+                         line(13.0, 28, 3), line(14.0, 7, 3)])["kube-dns"]
+    assert series.queries_per_s["fortio-server-0"] == [(11.0, 14.0), (12.0, None), (14.0, 7.0)]
+    assert series.queries_per_s["netshoot-0"] == [(11.0, 0.0), (12.0, None), (14.0, 0.0)]
+    assert series.gaps == [(12.0, "no query log")]

@@ -29,7 +29,9 @@ starts; ``cleanup`` kills it and deletes its netns with the lab's others (by pre
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -180,22 +182,48 @@ def log_tail(lab: str, lines: int = 5) -> str:
     return ("; dnsmasq: " + " | ".join(text)) if text else ""
 
 
+class _LogTail:
+    """Query counts by source address of one growing log, reading only what was appended since
+    the last look (a file replaced or cut short is read again from its start)."""
+
+    def __init__(self) -> None:
+        self.inode, self.offset, self.rest = -1, 0, b""
+        self.by_ip: Counter[str] = Counter()
+
+    def update(self, path: Path) -> Counter[str]:
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_ino != self.inode or st.st_size < self.offset:
+                    self.__init__()  # type: ignore[misc]
+                    self.inode = st.st_ino
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return self.by_ip
+        self.offset += len(data)
+        lines, _, self.rest = (self.rest + data).rpartition(b"\n")
+        self.by_ip.update(m.group(1) for m in _QUERY_LINE.finditer(lines.decode(errors="replace")))
+        return self.by_ip
+
+
+_TAILS: dict[str, _LogTail] = {}
+
+
 def query_counts(plan: LabPlan, state: LabState) -> dict[str, int]:
     """DNS queries each pod has sent to kube-dns since ``up``: ``{pod name: count}`` (every
     pod listed, 0 included), from dnsmasq's query log and a fault front's (a front's relays to
-    dnsmasq come from the DNS host's own address and are not counted twice)."""
+    dnsmasq come from the DNS host's own address and are not counted twice). Each call reads
+    only the lines appended since this process's previous call (a collector asks every tick)."""
     by_ip = {pp.ip: pp.name for pp in plan.pods.values()}
     counts = dict.fromkeys(plan.pods, 0)
     folder = Path(state.dns.get("log", dns_dir(plan.lab) / "queries.log")).parent
     for name in ("queries.log", "front.log"):
-        try:
-            text = (folder / name).read_text(errors="replace")
-        except OSError:
-            continue
-        for m in _QUERY_LINE.finditer(text):
-            pod = by_ip.get(m.group(1))
+        path = folder / name
+        for ip, n in _TAILS.setdefault(str(path), _LogTail()).update(path).items():
+            pod = by_ip.get(ip)
             if pod is not None:
-                counts[pod] += 1
+                counts[pod] += n
     return counts
 
 

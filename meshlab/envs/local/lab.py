@@ -1,8 +1,9 @@
 """``LocalEnv``: the layered lab on real Linux network namespaces (the embedded default env).
 
-``up`` validates everything first (manifests, images, names) so a bad input builds nothing;
-then it cleans what a dead lab of the same name left, builds the network, starts the pods and
-waits until every port listens. Any failure during ``up`` tears down what was built.
+``up`` validates everything first (manifests, images, names, bridge netfilter) so a bad input
+builds nothing; then it cleans what a dead lab of the same name left, builds the network,
+starts the pods, waits until every port listens and starts the lab's kubelet loop
+(:mod:`~meshlab.envs.local.kubelet_daemon`). Any failure during ``up`` tears down what was built.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshlab.envs.base import PodInfo
-from meshlab.envs.local import istio_push, kubelet, kubelet_daemon, pod_lifecycle
+from meshlab.envs.local import istio_push, kubelet, kubelet_daemon
 from meshlab.envs.local.containers import LocalContainers, container_names
 from meshlab.envs.local.dns_env import ClusterDnsMixin
+from meshlab.envs.local.doctor import bridge_netfilter_error
 from meshlab.envs.local.images import local_command
 from meshlab.envs.local.netns import NetnsShell
 from meshlab.envs.local.network import build_network
 from meshlab.envs.local.node_power import LocalNodeDriver
 from meshlab.envs.local.plan import LabPlan, make_plan
+from meshlab.envs.local.pod_lifecycle import PodLifecycleMixin
 from meshlab.envs.local.pod_status import lab_status
 from meshlab.envs.local.state import LabState, cleanup, leftovers, locked_state
 from meshlab.envs.manifest_sets import DEFAULT_MANIFESTS
@@ -34,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DEFAULT_MANIFESTS", "LocalEnv"]
 
 
-class LocalEnv(ClusterDnsMixin):
+class LocalEnv(ClusterDnsMixin, PodLifecycleMixin):
     """The local env (implements :class:`meshlab.envs.base.Env`).
 
     Args:
@@ -85,8 +88,12 @@ class LocalEnv(ClusterDnsMixin):
         """Build the lab and start every pod; tear down and re-raise on any failure.
 
         Raises:
-            LabError: a command failed or a pod did not become ready.
+            LabError: bridge netfilter is missing (nothing built; ``meshlab doctor`` lists
+                what else is), a command failed or a pod did not become ready.
         """
+        missing = bridge_netfilter_error()  # before anything is built
+        if missing:
+            raise LabError(missing)
         cleanup(self.lab)
         self.state = LabState(lab=self.lab, manifests=self._manifest_strs())
         self.state.save()
@@ -300,25 +307,6 @@ class LocalEnv(ClusterDnsMixin):
         log = kubelet.pod_dir(self.state, name) / f"{log_name}.log"
         return self.pod_shell(name).popen(argv, stdout=log, stderr=log,
                                           wrap=lambda a: groups.enter_argv(rel, a)).pid
-
-    # pod lifecycle (the PodLifecycle capability, envs/local/pod_lifecycle.py) --------------
-    def kill_pod(self, pod: str, container: str | None, grace_s: float) -> str:
-        """Kill a container (restarted by the kubelet) or delete the pod (recreated)."""
-        return pod_lifecycle.kill_pod(self.lab, self.pod(pod).name, container, grace_s)
-
-    def container_statuses(self, pod: str) -> dict[str, dict[str, Any]]:
-        """``{container: {"restarts", "state", ...}}`` as the kubelet has them now."""
-        return pod_lifecycle.container_statuses(LabState.load(self.lab), self.pod(pod).name)
-
-    def wait_pod_ready(self, pod: str, timeout_s: float) -> float:
-        """Poll until the pod is ready again; returns the seconds waited."""
-        return pod_lifecycle.wait_pod_ready(self.lab, self.pod(pod).name, timeout_s)
-
-    def restart_pods(self) -> str:
-        """Fresh processes for every pod (:func:`pod_lifecycle.restart_pods`)."""
-        out = pod_lifecycle.restart_pods(self.plan, self.lab, self.ready_timeout_s)
-        self.state = LabState.load(self.lab) or self.state
-        return out
 
     # route faults (the RouteFaults capability, envs/local/istio_push.py) --------------------
     def _fqdn(self, host: str) -> str:

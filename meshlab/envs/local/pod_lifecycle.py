@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlab.envs.local import istio_push, kubelet
 from meshlab.envs.local.cgroups import Cgroups
@@ -131,3 +131,35 @@ def restart_pods(plan: LabPlan, lab: str, ready_timeout_s: float) -> str:
             program_services(istio_push.pushed_plan(plan, state), node, resync=True)
     return (f"{len(pods)} pod(s) restarted ({len(pids)} process(es) replaced) in "
             f"{time.monotonic() - start:.2f} s")
+
+
+class PodLifecycleMixin:
+    """The local env's :class:`~meshlab.envs.base.PodLifecycle` and
+    :class:`~meshlab.envs.base.FreshPods` methods (a mixin of
+    :class:`~meshlab.envs.local.lab.LocalEnv`, which provides the attributes below)."""
+
+    lab: str
+    plan: LabPlan
+    state: LabState
+    ready_timeout_s: float
+
+    if TYPE_CHECKING:  # pragma: no cover - LocalEnv's
+        def pod(self, name: str) -> Any: ...
+
+    def kill_pod(self, pod: str, container: str | None, grace_s: float) -> str:
+        """Kill a container (restarted by the kubelet) or delete the pod (recreated)."""
+        return kill_pod(self.lab, self.pod(pod).name, container, grace_s)
+
+    def container_statuses(self, pod: str) -> dict[str, dict[str, Any]]:
+        """``{container: {"restarts", "state", ...}}`` as the kubelet has them now."""
+        return container_statuses(LabState.load(self.lab), self.pod(pod).name)
+
+    def wait_pod_ready(self, pod: str, timeout_s: float) -> float:
+        """Poll until the pod is ready again; returns the seconds waited."""
+        return wait_pod_ready(self.lab, self.pod(pod).name, timeout_s)
+
+    def restart_pods(self) -> str:
+        """Fresh processes for every pod (:func:`restart_pods`)."""
+        out = restart_pods(self.plan, self.lab, self.ready_timeout_s)
+        self.state = LabState.load(self.lab) or self.state
+        return out
