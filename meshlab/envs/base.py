@@ -306,6 +306,19 @@ class ClusterDns(Protocol):
 
 
 @runtime_checkable
+class ShellBurners(Protocol):
+    """Capability of an env whose containers lack meshlab's Python (a cluster): the
+    ``cpu-stress`` burner is a shell loop there, and waits on it are skipped in a dry run."""
+
+    dry_run: bool
+
+    def burner_argv(self, load_pct: float, burner_id: str) -> list[str]:
+        """One burner's command line: busy ``load_pct`` % of one CPU, its command line ending
+        in ``meshlab.faults.cpu_burner --load-pct <p> --id <burner_id>`` (found by ``pgrep``)."""
+        ...
+
+
+@runtime_checkable
 class PodLifecycle(Protocol):
     """Capability of an env whose kubelet restarts containers and recreates deleted pods (the
     local lab's kubelet loop; a cluster's kubelet and StatefulSet controller)."""

@@ -7,7 +7,9 @@ of one CPU each) are started in the container's cgroup and the pod's network nam
 process ``kubectl exec``'d into the container would be. With a CPU limit on the container they
 spend its quota: the app (or sidecar) is throttled sooner; without one they compete for the
 node's CPUs. The burners are found again by their command line (``--id <stress_id>``), so a
-fresh instance — the deadman's, ``meshlab down``'s — stops exactly them.
+fresh instance — the deadman's, ``meshlab down``'s — stops exactly them. On a cluster the
+burners are shell loops in the pod's debug container, in the pod's cgroup
+(:mod:`meshlab.envs.kube.containers`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
-from meshlab.envs.base import Env
+from meshlab.envs.base import Env, ShellBurners
 from meshlab.errors import LabError
 from meshlab.faults.container_target import check_container, container_env, resolve
 from meshlab.faults.targets import param_error, require_target
@@ -66,8 +68,11 @@ class CpuStress:
             raise param_error(NAME, "stress_id", f"must be letters and digits, got "
                                                  f"{self.stress_id!r}")
 
-    def argv(self) -> list[str]:
-        """One burner's command line."""
+    def argv(self, env: Env | None = None) -> list[str]:
+        """One burner's command line: meshlab's Python burner, or the env's shell loop where
+        containers have no meshlab (:class:`~meshlab.envs.base.ShellBurners`, a cluster)."""
+        if isinstance(env, ShellBurners):
+            return env.burner_argv(self.load_pct, self.stress_id)
         return [sys.executable, "-m", "meshlab.faults.cpu_burner", "--load-pct",
                 f"{self.load_pct:g}", "--id", self.stress_id]
 
@@ -89,7 +94,10 @@ class CpuStress:
         envc = container_env(env, NAME)
         self.container = container
         for _ in range(self.workers):
-            envc.run_in_container(pod, container, self.argv(), f"cpu-stress-{self.stress_id}")
+            envc.run_in_container(pod, container, self.argv(env),
+                                  f"cpu-stress-{self.stress_id}")
+        if isinstance(env, ShellBurners) and env.dry_run:
+            return f"{pod}/{container}: {self.workers} burner(s) printed (dry run)"
         try:
             wait_until(lambda: self._pids(env, pod), lambda p: len(p) >= self.workers,
                        timeout_s=10.0, what=f"{self.workers} burners running")
@@ -101,6 +109,9 @@ class CpuStress:
     def revert(self, env: Env) -> str:
         """Stop the burners (SIGTERM, then SIGKILL after :data:`STOP_S`); idempotent."""
         pod, _ = resolve(env, NAME, self.target, self.container)
+        if isinstance(env, ShellBurners) and env.dry_run:
+            env.pod_shell(pod).run(["pkill", "-TERM", "-f", self._pattern()], check=False)
+            return f"{pod}: burners stopped (dry run)"
         pids = self._pids(env, pod)
         if not pids:
             return f"{pod}: no burner running (id {self.stress_id})"

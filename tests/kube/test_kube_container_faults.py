@@ -16,6 +16,7 @@ from meshlab.errors import LabError
 from meshlab.faults.base import active
 from meshlab.faults.container_pause import ContainerPause
 from meshlab.faults.cpu_limit import CpuLimit
+from meshlab.faults.cpu_stress import CpuStress
 
 NS = "meshlab-lab"
 L2 = "fortio-server-l2-0"
@@ -78,3 +79,25 @@ def test_a_dry_run_prints_the_signals_and_the_resize(opted_in_fake, tmp_path):
     assert f"kubectl patch pod -n {NS} {L2} --subresource resize --patch" in out
     assert '"cpu": "200m"' in out
     assert fake.mutating() == []
+
+
+def test_cpu_stress_runs_shell_burners_in_the_debug_container(opted_in_fake, base_lab):
+    fake, env = opted_in_fake, base_lab
+    running: list[str] = []
+
+    def kubelet(pod, container, argv, stdin):
+        if argv[:2] == ["sh", "-c"] and argv[2].startswith("nohup"):
+            running.append(" ".join(argv[4:]))
+            return 0, f"{100 + len(running)}\n", ""
+        if argv[:2] == ["pgrep", "-f"]:
+            return (0, "".join(f"{101 + i}\n" for i in range(len(running))), "") if running \
+                else (1, "", "")
+        if argv[:2] == ["pkill", "-TERM"]:
+            running.clear()
+        return 0, "", ""
+
+    fake.exec_handler = kubelet
+    with active(CpuStress(target=L2, workers=2, load_pct=100, stress_id="cd34"), env):
+        burner = "sh -c while :; do :; done meshlab.faults.cpu_burner --load-pct 100 --id cd34"
+        assert running == [burner] * 2
+    assert running == []

@@ -1,7 +1,7 @@
 """The network faults on the kube env, in a dry run against the in-test API server: the same
 argv as on the local lab goes through each pod's debug container (``tc`` netem, ``iptables``,
 ``tc`` tbf + IFB), printed as ``kubectl`` commands; nothing is sent to the cluster.
-``cpu-stress`` is refused there with the reason."""
+``cpu-stress`` runs shell burners in the debug container."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from kube_fake_server import FakeKube, kube_env
 
 from meshlab.envs.kube.dry_run import DryRunApi
-from meshlab.errors import ConfigError
 from meshlab.faults.bandwidth import Bandwidth
 from meshlab.faults.cpu_stress import CpuStress
 from meshlab.faults.network_delay import NetworkDelay
@@ -71,11 +70,8 @@ def test_bandwidth_prints_tbf_and_the_ifb(env):
     assert f"{EXEC}ip link del {fault.ifb}" in out
 
 
-def test_cpu_stress_is_refused_on_kube_with_the_reason(env):
-    """Its burner is meshlab's own program (docs/FAULTS.md): a clear refusal, nothing printed
-    but the debug container it looked for."""
-    out = env.api.out
-    start = len(out.getvalue())
-    with pytest.raises(ConfigError, match="the burner is meshlab's own program"):
-        CpuStress(target=L2).inject(env)
-    assert "kubectl exec" not in out.getvalue()[start:]
+def test_cpu_stress_prints_shell_burners_in_the_debug_container(env):
+    out = _printed(CpuStress(target=L2, workers=2, load_pct=50, stress_id="ab12"), env)
+    assert out.count(f"{EXEC}sh -c 'nohup \"$@\"") == 2
+    assert "meshlab.faults.cpu_burner --load-pct 50 --id ab12" in out
+    assert f"{EXEC}pkill -TERM -f" in out

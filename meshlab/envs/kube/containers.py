@@ -10,8 +10,11 @@ of the kube env): pause by SIGSTOP, a live CPU limit by Kubernetes' in-place res
   by default since Kubernetes 1.33); a cluster without it answers 404, and the limit change is
   refused with that reason. The kubelet writes the new CFS quota.
 - **Usage**: not read here (a cluster's cAdvisor/metrics-server has it): no series.
-- **Run in a container**: refused — the fault's burner is meshlab's own Python program, which a
-  cluster's images do not have.
+- **Run in a container**: from the pod's debug container (``nohup``, so it outlives the
+  exec), which shares the app's process namespace and sits in the pod's cgroup: a burner there
+  competes with the pod's containers under the pod's CPU limit (the sum of theirs), not under
+  one container's quota as in the local lab. The burner is a shell loop
+  (:meth:`KubeContainers.burner_argv`): app images have no Python.
 """
 
 from __future__ import annotations
@@ -113,10 +116,41 @@ class KubeContainers:
         return {}
 
     def run_in_container(self, pod: str, container: str, argv: list[str], log_name: str) -> int:
-        """Refused: see the module docstring.
+        """Start ``argv`` detached in the pod's debug container (see the module docstring);
+        returns its PID there (0 in a dry run). ``log_name`` is unused: output is discarded.
 
         Raises:
-            ConfigError: always.
+            ConfigError: a container the debug container does not target.
+            LabError: the exec failed.
         """
-        raise ConfigError(f"the kube env cannot start {argv[:3]} in {pod}/{container}: the "
-                          "burner is meshlab's own program, not in a cluster's images")
+        obj, via = self._container(pod, container)
+        if via == SIDECAR:
+            raise ConfigError(f"container: {container!r}: the debug container targets "
+                              f"{app_container(obj)!r}; nothing runs in istio-proxy")
+        name = obj["metadata"]["name"]
+        res = self.api.exec(self.namespace, name, via,
+                            ["sh", "-c", 'nohup "$@" >/dev/null 2>&1 & echo $!', "sh", *argv],
+                            timeout_s=SIGNAL_TIMEOUT_S)
+        if res.returncode != 0:
+            raise LabError(f"{name}: cannot start {argv[:3]} in {via}: {res.stderr.strip()}")
+        return int(res.stdout.strip() or 0)
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether the env only prints."""
+        return bool(self.api.dry_run)
+
+    @staticmethod
+    def burner_argv(load_pct: float, burner_id: str) -> list[str]:
+        """A shell burner for busybox/GNU userlands: 100 % spins; below that, each 100 ms it
+        spins until ``/proc/uptime`` (centiseconds) has advanced ``load_pct / 10`` ticks, then
+        sleeps the rest (a fractional ``sleep``: GNU coreutils and busybox have it); measured
+        here: 50 % → 0.50 and 20 % → 0.20 of a CPU, the spinning ``cut`` processes included.
+        ``$0`` names it after meshlab's burner, so ``pgrep -f`` finds it as the local one."""
+        on_cs, off_s = max(1, round(load_pct / 10)), (100 - load_pct) / 1000
+        now = "u=$(cut -d' ' -f1 /proc/uptime); u=${u%.*}${u#*.}"
+        loop = ("while :; do :; done" if load_pct >= 100 else
+                f"while :; do {now}; e=$((u+{on_cs})); while :; do {now}; "
+                f"[ \"$u\" -ge \"$e\" ] && break; done; sleep {off_s:.3f}; done")
+        return ["sh", "-c", loop, "meshlab.faults.cpu_burner", "--load-pct", f"{load_pct:g}",
+                "--id", burner_id]

@@ -33,6 +33,7 @@ from meshlab.polling import PollTimeout, wait_until
 DEBUG_TOOLS = frozenset({
     "ss", "conntrack", "iptables", "iptables-save", "iptables-restore", "ip6tables",
     "ip6tables-save", "ip6tables-restore", "nft", "ip", "tc", "sysctl", "nstat", "tcpdump",
+    "pgrep", "pkill",  # the debug container shares the app's process namespace
 })
 DEBUG_PREFIX = "meshlab-debug"
 SIDECAR = "istio-proxy"
