@@ -17,7 +17,11 @@ cut from the underlay first, so no FIN/RST reaches L1).
   replica, a 300 ms connect timeout and outlier ejection on the first gateway error, plus TCP
   keepalive for idle pooled connections. Stated bound: every request is answered without error
   within :data:`MITIGATED_MAX_MS`, and from :data:`RECOVERY_S` after the power-off every second
-  carries at least :data:`RECOVERED_SHARE` of the baseline TPS.
+  carries at least :data:`RECOVERED_SHARE` of the baseline TPS. Positive controls show the
+  mitigation engaged rather than the outage missing it: L1 retried toward L2
+  (``upstream_rq_retry``; measured 7, with 5 ``upstream_rq_per_try_timeout``), ejected the dead
+  endpoint (``ejections_enforced_total`` 1), and its half-open sockets toward the dead pod were
+  seen after the power-off (3) and gone after the load.
 - **After power-on** the node's pods are back (fresh sockets, same IPs) and a short load has no
   errors.
 
@@ -40,9 +44,12 @@ from meshlab import (
     ResponseFlagsCount,
     Run,
     SocketCount,
+    StatAtLeast,
     wait_until,
 )
-from meshlab.collectors.sockets import select, snapshot
+from meshlab.collectors.envoy_stats import delta as stats_delta
+from meshlab.collectors.envoy_stats import snapshot as stats_snapshot
+from meshlab.collectors.sockets import SocketInfo, select, snapshot
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["ha-l2"])
 MITIGATED = pytest.mark.meshlab_lab(overlays=["ha-l2", "ha-l2-timeouts"])
@@ -70,6 +77,10 @@ MITIGATED_MAX_MS = 1500
 """The mitigation's bound on any request: 3 × the 500 ms per-try timeout."""
 RECOVERY_S = 2
 RECOVERED_SHARE = 0.7
+CLEARED_WAIT_S = 20.0
+"""Deadline for L1's half-open sockets to clear after the load (an orphan's FIN is
+retransmitted with backoff: 0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after the first send)."""
+STATS = "upstream_rq_per_try_timeout|upstream_rq_retry$|ejections_enforced_total"
 
 
 def _wait_records(run: Run, pod: str, count: int, timeout_s: float = 30.0) -> None:
@@ -89,11 +100,33 @@ def _half_open(run: Run, peer_ip: str) -> tuple[list[dict[str, Any]], float]:
     shell = run.shell(run.names.pod(L1))
     while True:
         socks = snapshot(shell)
-        stuck = [s for s in select(socks, uid=SIDECAR_UID, peer_ip=peer_ip, peer_port=8080)
-                 if s.state in HALF_OPEN_STATES and s.timer == "on" and s.retrans_total >= 1]
+        stuck = _stuck(socks, peer_ip)
         if stuck or time.monotonic() - start > HALF_OPEN_WAIT_S:
             return [s.to_dict() for s in socks], time.monotonic() - start
         time.sleep(0.05)
+
+
+def _infos(rows: list[dict[str, Any]]) -> list[SocketInfo]:
+    return [SocketInfo(**row) for row in rows]
+
+
+def _stuck(socks: list[Any], peer_ip: str) -> list[Any]:
+    """The half-open sockets of L1's sidecar toward ``peer_ip:8080``: retransmitting, with no
+    answer (see :func:`_half_open`)."""
+    return [s for s in select(socks, uid=SIDECAR_UID, peer_ip=peer_ip, peer_port=8080)
+            if s.state in HALF_OPEN_STATES and s.timer == "on" and s.retrans_total >= 1]
+
+
+def _half_open_cleared(run: Run, peer_ip: str) -> tuple[list[dict[str, Any]], float]:
+    """Poll L1's sockets until none toward ``peer_ip`` is half-open (the powered-on peer
+    answers their next retransmission with a RST; keepalive ends idle ones); returns the
+    half-open ones left at the end (none when cleared) and the seconds it took."""
+    start, shell = time.monotonic(), run.shell(run.names.pod(L1))
+    while True:
+        stuck = _stuck(snapshot(shell), peer_ip)
+        if not stuck or time.monotonic() - start > CLEARED_WAIT_S:
+            return [s.to_dict() for s in stuck], time.monotonic() - start
+        time.sleep(0.1)
 
 
 def _window(result: LoadResult, start_epoch_s: float, end_epoch_s: float) -> dict[str, Any]:
@@ -129,10 +162,15 @@ def _power_cycle_under_load(run: Run, name: str) -> dict[str, Any]:
             socks, age_s = _half_open(run, victim.ip)
             run.observe("l1-sockets-after-poweroff", "sockets", socks, pod=l1,
                         seconds_after_poweroff=round(age_s, 3))
+            run.observe("l1-half-open-after-poweroff", "sockets",
+                        [s.to_dict() for s in _stuck(_infos(socks), victim.ip)], pod=l1)
             time.sleep(max(0.0, off + FAULT_S - time.time()))  # the outage lasts FAULT_S
         on = time.time()  # L1 logs 2 records (inbound, outbound) per request:
         _wait_records(run, l1, len(run.records(l1)) + 2 * AFTER_S * RATE_PER_S)
         result = load.stop()
+    left, took_s = _half_open_cleared(run, victim.ip)
+    run.observe("l1-half-open-after-poweron", "sockets", left, pod=l1,
+                seconds_after_load=round(took_s, 3))
     windows = {"baseline": _window(result, result.start_epoch_s + 1, off),
                "outage": _window(result, off, on),
                "recovered": _window(result, off + RECOVERY_S, on),
@@ -179,10 +217,22 @@ def test_timeouts_and_ejection_bound_the_outage(meshlab_run: Run) -> None:
     """With per-try timeout + retries, connect timeout, outlier ejection and keepalive: no
     error, every request within 1.5 s, TPS back to ≥ 70 % of the baseline 2 s after the
     power-off; after power-on a short load has no errors."""
+    lab, env = meshlab_run.names, meshlab_run.env
+    l1, prefix = lab.pod(L1), f"cluster.{lab.outbound_cluster(L2, L2_PORT)};."
+    before = stats_snapshot(env, l1, filter_regex=STATS)
     w = _power_cycle_under_load(meshlab_run, "mitigated")
+    meshlab_run.observe("l1-mitigation-stats", "envoy_stats",
+                        stats_delta(before, stats_snapshot(env, l1, filter_regex=STATS)), pod=l1)
     meshlab_run.check(
         ErrorRateAtMost(0.0, load="mitigated"),
         LatencyPercentileAtMost(100, at_most=MITIGATED_MAX_MS, load="mitigated"),
+        # positive controls: the mitigation engaged, it did not just happen to be quiet
+        StatAtLeast("l1-mitigation-stats", f"{prefix}upstream_rq_retry", 1,
+                    label="L1 retried toward L2"),
+        StatAtLeast("l1-mitigation-stats", f"{prefix}outlier_detection.ejections_enforced_total",
+                    1, label="L1 ejected the dead L2 endpoint"),
+        SocketCount("l1-half-open-after-poweroff", at_least=1),
+        SocketCount("l1-half-open-after-poweron", at_most=0),
     )
     base, recovered = w["baseline"], w["recovered"]
     assert recovered["seconds"] >= FAULT_S - RECOVERY_S - 1, recovered
