@@ -33,7 +33,8 @@ class Document:
         self.path = path
         self.body = body
         self.kind = str(body.get("kind", ""))
-        self.name = str((body.get("metadata") or {}).get("name", "?"))
+        meta = body.get("metadata")  # not a mapping: the schema check names the field
+        self.name = str(meta.get("name", "?")) if isinstance(meta, dict) else "?"
 
     def fail(self, field: str, message: str) -> ManifestError:
         """A ManifestError for ``field`` (dotted, relative to the document), to raise.

@@ -158,7 +158,10 @@ def admin_response(method: str, target: str, ctx: AdminContext) -> Reply:
         target: request target (path and query).
         ctx: what the endpoints read and act on.
     """
-    url = urlsplit(target)
+    try:
+        url = urlsplit(target)
+    except ValueError:  # e.g. an unbalanced "[" (found by fuzz/fuzz_admin_query.py)
+        return Reply(400, b"invalid path\n")
     path, query = url.path, parse_qs(url.query, keep_blank_values=True)
     if path in _POST_ONLY:
         if method != "POST":

@@ -356,6 +356,8 @@ def load_config(path: str | Path) -> SidecarConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read sidecar config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # found by fuzz/fuzz_sidecar_config.py
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
