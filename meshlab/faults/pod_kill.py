@@ -64,8 +64,8 @@ class PodKill:
 
     @staticmethod
     def _env(env: Env) -> PodLifecycle:
-        return capable(env, PodLifecycle, NAME, "cannot kill pods yet (planned on clusters: "
-                                                "delete the pod through the API)")
+        return capable(env, PodLifecycle, NAME, "cannot kill pods (needs a kubelet: the local "
+                                                "lab's, or a cluster's)")
 
     def inject(self, env: Env) -> str:
         """Kill the container, or delete the pod.

@@ -187,16 +187,19 @@ class _LogTail:
     the last look (a file replaced or cut short is read again from its start)."""
 
     def __init__(self) -> None:
-        self.inode, self.offset, self.rest = -1, 0, b""
         self.by_ip: Counter[str] = Counter()
+        self._reset(-1)
+
+    def _reset(self, inode: int) -> None:
+        self.inode, self.offset, self.rest = inode, 0, b""
+        self.by_ip.clear()
 
     def update(self, path: Path) -> Counter[str]:
         try:
             with open(path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if st.st_ino != self.inode or st.st_size < self.offset:
-                    self.__init__()  # type: ignore[misc]
-                    self.inode = st.st_ino
+                    self._reset(st.st_ino)
                 fh.seek(self.offset)
                 data = fh.read()
         except OSError:

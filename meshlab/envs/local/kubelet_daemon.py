@@ -24,7 +24,6 @@ node controller marks it NotReady (the node-power-off suites measure that window
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from meshlab.envs.local import istio_push, kubelet
 from meshlab.envs.local.cgroups import Cgroups
-from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids
+from meshlab.envs.local.netns import NETNS_DIR, NetnsShell, kill_pids, process_exit
 from meshlab.envs.local.network import program_services
 from meshlab.envs.local.plan import LabPlan, PodPlan, make_plan
 from meshlab.envs.local.pod_status import (
@@ -78,23 +77,6 @@ def start(state: LabState, python: str = sys.executable) -> int:
         raise LabError(f"kubelet loop exited at start-up ({proc.returncode}): "
                        f"{log.read_text(errors='replace')[-500:]}")
     return proc.pid
-
-
-def _exit_of(pid: int) -> tuple[bool, int | None]:
-    """``(gone, exit code)``: a child of this process is reaped (its code read, ``128 +
-    signal`` for a signal); any other process is gone once ``/proc/<pid>`` is gone or a zombie
-    (code unknown)."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        try:
-            return ") Z " in Path(f"/proc/{pid}/stat").read_text(), None
-        except OSError:
-            return True, None
-    if done == 0:
-        return False, None
-    return True, (128 + os.WTERMSIG(status) if os.WIFSIGNALED(status)
-                  else os.WEXITSTATUS(status))
 
 
 class Kubelet:
@@ -150,7 +132,7 @@ class Kubelet:
         pid = self.state.pids.get(key)
         now = time.time()
         if pid:
-            gone, code = _exit_of(pid)
+            gone, code = process_exit(pid)
             if not gone:
                 return True
             rel = Cgroups.rel(self.state.lab, pp.name, name)
@@ -182,7 +164,7 @@ class Kubelet:
         the grace period runs."""
         keys = [self._key(pp, name) for name in kubelet.pod_containers(pp)]
         pids = [self.state.pids[k] for k in keys if k in self.state.pids]
-        if time.time() < self.state.deleting[pp.name] and any(_exit_of(p)[0] is False
+        if time.time() < self.state.deleting[pp.name] and any(process_exit(p)[0] is False
                                                               for p in pids):
             return False
         kill_pids(pids, grace_s=5.0, first=signal.SIGKILL)

@@ -138,17 +138,26 @@ def kill_pids(pids: list[int], grace_s: float = 2.0,
             pass
 
 
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs: a child of ours that exited is reaped and counts as gone; any
-    other process counts as gone once ``/proc/<pid>`` is gone or it is a zombie (state ``Z``)."""
-    try:  # a zombie child counts as gone once reaped
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
+def process_exit(pid: int) -> tuple[bool, int | None]:
+    """``(gone, exit status)`` of ``pid``: a child of ours that exited is reaped and its status
+    read (``128 + signal`` for a signal); any other process is gone once ``/proc/<pid>`` is gone
+    or it is a zombie (state ``Z``), its status unknown (None)."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:  # not our child (e.g. started by another runner)
         try:
-            return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
+            return ") Z " in Path(f"/proc/{pid}/stat").read_text(), None
         except OSError:
-            return False
+            return True, None
+    if done == 0:
+        return False, None
+    return True, (128 + os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                  else os.WEXITSTATUS(status))
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (:func:`process_exit`)."""
+    return not process_exit(pid)[0]
 
 
 _holders: dict[str, dict[int, Callable[[], None]]] = {}
