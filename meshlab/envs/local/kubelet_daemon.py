@@ -139,6 +139,9 @@ class Kubelet:
             oom = self.groups is not None and self.groups.oom_kills(rel) > st.oom_kills
             note_exit(st, now, code, oom)
             del self.state.pids[key]
+            # not ready from now on, saved with the exit: a reader that sees the restart
+            # (its count) must never see the pod as ready before it listens again
+            self.state.unready = sorted({*self.state.unready, pp.name})
             self.log(f"container {key}: exited ({st.last_exit_reason}, code {code})")
         if not pid and not st.started_at:  # a recreated pod's container: created, no restart
             kubelet.start_container(self.plan, self.state, pp, name)
