@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshlab.errors import ConfigError
+from meshlab.errors import ConfigError, Unsupported
 
 API_VERSION = "chaos-mesh.org/v1alpha1"
 KIND = "DNSChaos"
@@ -36,13 +36,13 @@ def check_mappable(action: str, probability_pct: float) -> None:
     """Refuse what DNSChaos cannot express.
 
     Raises:
-        ConfigError: names the parameter and why.
+        Unsupported: names the parameter and why (a ConfigError).
     """
     if action != "servfail":
-        raise ConfigError(f"dns-error: action: {action!r} cannot be done on the kube env "
+        raise Unsupported(f"dns-error: action: {action!r} cannot be done on the kube env "
                           f"(Chaos Mesh DNSChaos 'error' answers SERVFAIL only)")
     if probability_pct != 100:
-        raise ConfigError(f"dns-error: probability_pct: {probability_pct:g} cannot be done on "
+        raise Unsupported(f"dns-error: probability_pct: {probability_pct:g} cannot be done on "
                           f"the kube env (DNSChaos fails every matching query: use 100)")
 
 

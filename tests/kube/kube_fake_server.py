@@ -1,90 +1,90 @@
 """An in-test Kubernetes API server (a thread running ``http.server``) for the kube env tests.
 
-It speaks the REST paths the kube env uses, in memory: nodes; namespaces (create, read,
-delete; a deleted namespace answers ``Terminating`` for ``delete_polls`` reads, then 404);
-namespaced objects of any collection (``/api/v1/...`` or ``/apis/<group>/<version>/...``:
-POST → 201 or 409, GET, PUT); pods with status, which a created StatefulSet/Deployment gets
-from a tiny "controller" (node from the nodeSelector / affinity, ``istio-proxy`` injected as
-Istio would, Ready unless the workload is listed in ``not_ready``; a deleted pod is
-terminating for ``delete_polls`` reads, then created again with a new uid); events (fieldSelector
-``involvedObject.name``); logs; Jobs, whose pod a tiny "job controller" creates with its
-phase and log from :attr:`FakeKube.job_handler` (the test's kubelet); the ``ephemeralcontainers``
-subresource; and exec and
-port-forward over a minimal WebSocket (RFC 6455) with the ``v5/v4.channel.k8s.io`` framing.
-Every request is recorded (method, path, query, JSON body), so tests assert what the real
-``kubernetes`` client sent, pointed at this server through a generated kubeconfig.
+It keeps the API conventions the ``kubernetes`` client and the kube env depend on, in memory:
+
+- REST paths of nodes, namespaces, pods (status, log, ``resize``, ``ephemeralcontainers``),
+  events (fieldSelector ``involvedObject.name``) and namespaced objects of every served
+  resource (``/api/v1/...``, ``/apis/<group>/<version>/...``); discovery of a group version.
+- Failures as Failure ``Status`` bodies (:mod:`fake_status`): 404 for a missing object, the
+  generic 404 for a group not served (a CRD not installed: :attr:`FakeKube.crd_groups`),
+  403 for a verb RBAC denies (:meth:`FakeKube.forbid`) or a create in a terminating
+  namespace, 409 AlreadyExists (``object is being deleted:`` for a terminating one) and
+  Conflict, 422 Invalid with field causes (:mod:`fake_schema`), 400 for a bad selector.
+- Deletion with ``deletionTimestamp`` and a grace period counted in requests (one tick per
+  request; :attr:`FakeKube.delete_polls`), owners and controllers (:mod:`fake_controllers`).
+- Exec and port-forward over WebSocket, refused before the upgrade when the API server would
+  refuse them (:mod:`fake_ws`).
+
+Every request is recorded (method, path, query, JSON body, headers), so tests assert what the
+real ``kubernetes`` client sent, pointed at this server through a generated kubeconfig.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
+import random
 import re
-import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
 
 import yaml
+from fake_controllers import STAMP, Controllers, Key, container_refusal, resize
+from fake_schema import (
+    SelectorError,
+    discovery,
+    parse_selector,
+    request_attributes,
+    selects,
+    served,
+    validate,
+)
+from fake_status import (
+    Answer,
+    already_exists,
+    bad_request,
+    conflict,
+    forbidden,
+    invalid,
+    not_found,
+    not_served,
+)
+from fake_ws import V4, V5, Recorded, handler
 
-_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+__all__ = ["LAB", "OPT_IN", "FakeKube", "Recorded", "kube_env"]
+
 _NS = r"/api/v1/namespaces/(?P<ns>[^/]+)"
+_PODS = re.compile(f"^{_NS}/pods(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$")
 _COLLECTION = re.compile(r"^(?P<prefix>/api/v1|/apis/[^/]+/[^/]+)/namespaces/(?P<ns>[^/]+)/"
                          r"(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$")
+_TERMINATING = "because it is being terminated"
 
 
-@dataclass
-class Recorded:
-    """One request the server received."""
+class FakeKube(Controllers):
+    """The fake API server and its state (see the module docstring).
 
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """A server→client WebSocket frame (FIN, unmasked)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x80 | opcode, n])
-    elif n < 65536:
-        head = bytes([0x80 | opcode, 126]) + struct.pack(">H", n)
-    else:
-        head = bytes([0x80 | opcode, 127]) + struct.pack(">Q", n)
-    return head + payload
-
-
-def ws_read(rfile: Any) -> tuple[int, bytes] | None:
-    """One client→server frame ``(opcode, unmasked payload)``, None at EOF."""
-    head = rfile.read(2)
-    if len(head) < 2:
-        return None
-    n = head[1] & 0x7F
-    if n == 126:
-        n = struct.unpack(">H", rfile.read(2))[0]
-    elif n == 127:
-        n = struct.unpack(">Q", rfile.read(8))[0]
-    mask = rfile.read(4) if head[1] & 0x80 else b""
-    data = rfile.read(n)
-    if mask:
-        data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-    return head[0] & 0x0F, data
-
-
-class FakeKube:
-    """The fake API server and its state (see the module docstring)."""
+    Attributes:
+        delete_polls: requests a deleted pod stays terminating (and a force-deleted
+            StatefulSet pod stays absent), and a deleted namespace answers ``Terminating``.
+        resize_supported: whether ``pods/<name>/resize`` exists (Kubernetes >= 1.33).
+        crd_groups: the CRD groups installed (default: Istio's and Chaos Mesh's).
+        exec_protocols: the exec subprotocols the server supports (a cluster before 1.30:
+            ``(V4,)``).
+        frame_bytes: the largest stdout/stderr frame an exec sends.
+        user: the user RBAC refusals name.
+        exec_handler: ``(pod, container, argv, stdin) -> (exit code, stdout, stderr)``; may
+            raise :class:`fake_ws.ExecError` / :class:`fake_ws.DropConnection`.
+        admin_handler: ``(pod, method, path) -> (status, body)`` behind a port-forward.
+        job_handler: ``(namespace, Job) -> state()``; ``state() -> (phase, log)`` is read
+            whenever the Job's pod is (default: Succeeded at once with an empty log).
+    """
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.namespaces: dict[str, dict[str, Any]] = {}
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (collection, ns, name)
+        self.objects: dict[Key, dict[str, Any]] = {}  # (collection, ns, name)
         self.nodes: list[dict[str, Any]] = []
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
@@ -94,24 +94,26 @@ class FakeKube:
         #: workload → event ``(reason, message)`` and the pods left Pending, unscheduled
         self.unscheduled: dict[str, tuple[str, str]] = {}
         self.delete_polls = 1
-        #: whether ``pods/<name>/resize`` exists (in-place pod resize, Kubernetes >= 1.33)
         self.resize_supported = True
+        self.crd_groups = {"networking.istio.io", "telemetry.istio.io", "security.istio.io",
+                           "chaos-mesh.org"}
+        self.exec_protocols: tuple[str, ...] = (V5, V4)
+        self.frame_bytes = 64
+        self.user = "tester"
         self.exec_handler: Callable[[str, str, list[str], bytes], tuple[int, str, str]] = \
             lambda pod, container, argv, stdin: (0, "", "")
         self.admin_handler: Callable[[str, str, str], tuple[int, str]] = \
             lambda pod, method, path: (404, "not found\n")
         self.admin_requests: list[str] = []
-        #: ``(namespace, Job) -> state()``; ``state() -> (phase, log)`` is read whenever the
-        #: Job's pod is (default: Succeeded at once with an empty log)
         self.job_handler: Callable[[str, dict[str, Any]], Callable[[], tuple[str, str]]] = \
             lambda ns, job: lambda: ("Succeeded", "")
         self._job_pods: dict[tuple[str, str], Callable[[], tuple[str, str]]] = {}
-        self._gone_after: dict[str, int] = {}
-        #: deleted pods → reads left before their controller creates them again
-        self._pod_gone_after: dict[tuple[str, str], int] = {}
-        self._uids = 0
+        self._deadlines: dict[tuple[str, ...], int] = {}
+        self._forbidden: set[tuple[str, str]] = set()
+        self._counter, self._service_ips = 0, 10
+        self._rng = random.Random(7)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
                                         daemon=True)
@@ -135,8 +137,8 @@ class FakeKube:
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester"}}]}))
+            "users": [{"name": self.user, "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": self.user}}]}))
         return str(path)
 
     def add_node(self, name: str, labels: dict[str, str] | None = None,
@@ -152,312 +154,216 @@ class FakeKube:
         """The recorded requests that would change the cluster (POST, PUT, PATCH, DELETE)."""
         return [r for r in self.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
 
-    # the "controller" ------------------------------------------------------------------
-    def _spawn_pods(self, ns: str, wl: dict[str, Any]) -> None:
-        template, name = wl["spec"]["template"], wl["metadata"]["name"]
-        spec = template["spec"]
-        nodes = [spec.get("nodeSelector", {}).get("kubernetes.io/hostname")] \
-            if spec.get("nodeSelector") else \
-            spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-                "nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
-        meta = template.get("metadata") or {}
-        opt = (meta.get("annotations") or {}).get("sidecar.istio.io/inject", "")
-        inject = (self.namespaces[ns]["metadata"]["labels"].get("istio-injection") == "enabled"
-                  and opt != "false")
-        containers = [{"name": c["name"], "image": c["image"]} for c in spec["containers"]]
-        if inject:
-            containers.append({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24"})
-        for i in range(wl["spec"].get("replicas", 1)):
-            pod = f"{name}-{i}"
-            status: dict[str, Any] = {"phase": "Running", "podIP": f"10.244.9.{len(self.pods) + 2}",
-                                      "conditions": [{"type": "Ready", "status": "True"}],
-                                      "containerStatuses": [{"name": c["name"], "ready": True,
-                                                             "state": {"running": {}}}
-                                                            for c in containers]}
-            if name in self.not_ready:
-                reason, message = self.not_ready[name]
-                status["conditions"] = [{"type": "Ready", "status": "False"}]
-                status["containerStatuses"][0] = {"name": containers[0]["name"], "ready": False,
-                                                  "state": {"waiting": {"reason": reason,
-                                                                        "message": message}}}
-            if name in self.unscheduled:
-                reason, message = self.unscheduled[name]
-                status = {"phase": "Pending"}
-                self.events.append({"metadata": {"namespace": ns},
-                                    "involvedObject": {"kind": "Pod", "name": pod},
-                                    "reason": reason, "message": message, "type": "Warning",
-                                    "lastTimestamp": "2026-01-01T00:00:00Z"})
-            self._uids += 1
-            self.pods[(ns, pod)] = {
-                "metadata": {"name": pod, "namespace": ns, "labels": dict(meta.get("labels") or {}),
-                             "uid": f"uid-{self._uids}",
-                             "ownerReferences": [{"kind": wl["kind"], "name": name}]},
-                "spec": {"nodeName": nodes[i % len(nodes)] if name not in self.unscheduled else
-                         None, "containers": containers},
-                "status": status}
+    def forbid(self, resource: str, verb: str) -> None:
+        """Deny ``verb`` on ``resource`` (``pods``, ``pods/exec``, ``virtualservices``…) to
+        :attr:`user`, as a Role without that rule would: 403 Forbidden."""
+        self._forbidden.add((resource, verb))
 
-    def _spawn_job_pod(self, ns: str, job: dict[str, Any]) -> None:
-        name, template = job["metadata"]["name"], job["spec"]["template"]
-        pod = f"{name}-{len(self.pods):05d}"[:63]
-        self.pods[(ns, pod)] = {
-            "metadata": {"name": pod, "namespace": ns,
-                         "labels": {**(template["metadata"].get("labels") or {}),
-                                    "job-name": name},
-                         "ownerReferences": [{"kind": "Job", "name": name}]},
-            "spec": {**template["spec"], "nodeName": (template["spec"].get("nodeSelector") or {})
-                     .get("kubernetes.io/hostname")},
-            "status": {"phase": "Pending"}}
-        self._job_pods[(ns, pod)] = self.job_handler(ns, job)
-
-    def _refresh_job_pods(self) -> None:
-        for key, state in self._job_pods.items():
-            if key in self.pods:
-                phase, log = state()
-                self.pods[key]["status"]["phase"] = phase
-                container = self.pods[key]["spec"]["containers"][0]["name"]
-                self.logs[(key[0], key[1], container)] = log
+    def _denied(self, attrs: tuple[str, str, str, str, list[str]]) -> Answer | None:
+        group, resource, ns, name, verbs = attrs
+        verb = next((v for v in verbs if (resource, v) in self._forbidden), None)
+        if verb is None:
+            return None
+        where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        return forbidden(resource.split("/")[0], name, f'User "{self.user}" cannot {verb} '
+                         f'resource "{resource}" in API group "{group}" {where}', group)
 
     # request handling --------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any
-               ) -> tuple[int, Any]:
+               ) -> Answer:
         """Answer one REST request: ``(status, JSON-able body or str)``."""
         with self._lock:
-            return self._route(method, path, query, body)
+            self.tick()
+            attrs = request_attributes(method, path, query, upgrade=False)
+            return (attrs and self._denied(attrs)) or self._route(method, path, query, body)
+
+    def connect(self, method: str, path: str, query: dict[str, list[str]]) -> Answer | None:
+        """The API server's checks of an exec / port-forward before the upgrade (RBAC, the
+        pod, the container, a node): the refusal, or None to upgrade."""
+        with self._lock:
+            self.tick()
+            attrs = request_attributes(method, path, query, upgrade=True)
+            if attrs and (denied := self._denied(attrs)):
+                return denied
+            m = _PODS.match(path)
+            pod = self.pods.get((m["ns"], m["name"])) if m else None
+            if m is None or pod is None:
+                return not_found("pods", m["name"] if m else path)
+            if m["sub"] == "exec" and (refused := container_refusal(pod, query)):
+                return refused
+            if not pod["spec"].get("nodeName"):
+                return bad_request(f"pod {m['name']} does not have a host assigned")
+            return None
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any
-               ) -> tuple[int, Any]:
+               ) -> Answer:
         if path == "/api/v1/nodes":
             return 200, {"kind": "NodeList", "items": self.nodes}
-        if path == "/api/v1/namespaces" and method == "POST":
-            name = body["metadata"]["name"]
-            if name in self.namespaces:
-                return _status(409, "AlreadyExists", f'namespaces "{name}" already exists')
-            self.namespaces[name] = {**body, "status": {"phase": "Active"}}
-            return 201, self.namespaces[name]
+        if m := re.match(r"^/apis/([^/]+/[^/]+)/?$", path):
+            resources = served(m[1], self.crd_groups)
+            return (200, discovery(m[1], resources)) if resources else not_served()
+        if path == "/api/v1/namespaces":
+            return self._create_namespace(body) if method == "POST" else (
+                200, {"kind": "NamespaceList", "items": list(self.namespaces.values())})
         if m := re.match(f"^{_NS}$", path):
             return self._namespace(method, m["ns"], body)
         if m := re.match(f"^{_NS}/events$", path):
             want = (query.get("fieldSelector") or [""])[0].removeprefix("involvedObject.name=")
             return 200, {"items": [e for e in self.events if e["metadata"]["namespace"] == m["ns"]
                                    and (not want or e["involvedObject"]["name"] == want)]}
-        if m := re.match(f"^{_NS}/pods(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$", path):
+        if m := _PODS.match(path):
             return self._pods(method, m["ns"], m["name"], m["sub"], query, body)
         if m := _COLLECTION.match(path):
             return self._objects(method, m, query, body)
-        return _status(404, "NotFound", f"no route {method} {path}")
+        return not_served()
 
-    def _namespace(self, method: str, ns: str, body: Any) -> tuple[int, Any]:
+    def _create_namespace(self, body: Any) -> Answer:
+        name = (body.get("metadata") or {}).get("name") or ""
+        if causes := validate("Namespace", body):
+            return invalid("Namespace", "", name, causes)
+        if name in self.namespaces:
+            old = self.namespaces[name]
+            return already_exists("namespaces", name, terminating=bool(
+                old["metadata"].get("deletionTimestamp")))
+        self.namespaces[name] = {**body, "metadata": {**body["metadata"], "uid": self.new_uid(),
+                                                      "creationTimestamp": STAMP},
+                                 "spec": {"finalizers": ["kubernetes"]},
+                                 "status": {"phase": "Active"}}
+        return 201, self.namespaces[name]
+
+    def _namespace(self, method: str, ns: str, body: Any) -> Answer:
         if ns not in self.namespaces:
-            return _status(404, "NotFound", f'namespaces "{ns}" not found')
+            return not_found("namespaces", ns)
+        obj = self.namespaces[ns]
         if method == "PATCH":  # labels only, merge semantics (None removes)
-            labels = self.namespaces[ns]["metadata"].setdefault("labels", {})
+            labels = obj["metadata"].setdefault("labels", {})
             for key, value in body["metadata"]["labels"].items():
                 if value is None:
                     labels.pop(key, None)
                 else:
                     labels[key] = value
-            return 200, self.namespaces[ns]
-        if method == "DELETE":
-            self.namespaces[ns]["status"] = {"phase": "Terminating"}
-            self._gone_after[ns] = self.delete_polls
+        elif method == "DELETE":
+            if obj["metadata"].get("deletionTimestamp"):
+                return conflict("namespaces", ns, "The system is ensuring all content is "
+                                "removed from this namespace.  Upon completion, this namespace "
+                                "will automatically be purged by the system.")
+            obj["metadata"]["deletionTimestamp"] = STAMP
+            obj["status"] = {"phase": "Terminating"}
+            self._deadlines[("namespace", ns)] = self.delete_polls
             for key in [k for k in self.objects if k[1] == ns]:
                 del self.objects[key]
             for key in [k for k in self.pods if k[0] == ns]:
                 del self.pods[key]
-            return 200, self.namespaces[ns]
-        if ns in self._gone_after:
-            if self._gone_after[ns] <= 0:
-                del self.namespaces[ns], self._gone_after[ns]
-                return _status(404, "NotFound", f'namespaces "{ns}" not found')
-            self._gone_after[ns] -= 1
-        return 200, self.namespaces[ns]
-
-    def _recreate_deleted_pods(self) -> None:
-        """The StatefulSet controller: a deleted pod answers terminating for ``delete_polls``
-        reads, then is there again with a new uid, Ready, restart counts 0."""
-        for key, left in list(self._pod_gone_after.items()):
-            if left > 0:
-                self._pod_gone_after[key] = left - 1
-                continue
-            del self._pod_gone_after[key]
-            old = self.pods[key]
-            self._uids += 1
-            meta = {k: v for k, v in old["metadata"].items() if k != "deletionTimestamp"}
-            self.pods[key] = {**old, "metadata": {**meta, "uid": f"uid-{self._uids}"},
-                              "status": {**old["status"],
-                                         "conditions": [{"type": "Ready", "status": "True"}],
-                                         "containerStatuses": [
-                                             {"name": c["name"], "ready": True, "restartCount": 0,
-                                              "state": {"running": {}}}
-                                             for c in old["spec"]["containers"]]}}
+        return 200, obj
 
     def _pods(self, method: str, ns: str, name: str | None, sub: str | None,
-              query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
-        self._refresh_job_pods()
-        self._recreate_deleted_pods()
+              query: dict[str, list[str]], body: Any) -> Answer:
+        self.refresh_job_pods()
         if name is None:
-            return 200, {"kind": "PodList", "items": [p for (n, _), p in self.pods.items()
-                                                      if n == ns]}
+            try:
+                wanted = parse_selector((query.get("labelSelector") or [""])[0])
+            except SelectorError as exc:
+                return bad_request(str(exc))
+            return 200, {"kind": "PodList", "items": [
+                p for (n, _), p in self.pods.items()
+                if n == ns and selects(wanted, p["metadata"].get("labels") or {})]}
         pod = self.pods.get((ns, name))
         if pod is None:
-            return _status(404, "NotFound", f'pods "{name}" not found')
+            return not_found("pods", name)
         if sub == "resize" and method == "PATCH":
-            if not self.resize_supported:
-                return _status(404, "NotFound", "the server could not find the requested "
-                                                "resource")
-            for patch in body["spec"]["containers"]:
-                for c in pod["spec"]["containers"]:
-                    if c["name"] == patch["name"]:
-                        limits = c.setdefault("resources", {}).setdefault("limits", {})
-                        for key, value in patch["resources"]["limits"].items():
-                            if value is None:
-                                limits.pop(key, None)
-                            else:
-                                limits[key] = value
-            return 200, pod
+            return resize(pod, body) if self.resize_supported else not_served()
         if method == "DELETE" and sub is None:
-            pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-            pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
-            self._pod_gone_after[(ns, name)] = self.delete_polls
-            return 200, pod
+            grace = (query.get("gracePeriodSeconds") or [None])[0]
+            return 200, self.delete_pod(ns, name, None if grace is None else int(grace))
         if sub == "log":
-            return 200, self.logs.get((ns, name, query["container"][0]), "")
+            if refused := container_refusal(pod, query):
+                return refused
+            container = (query.get("container") or [pod["spec"]["containers"][0]["name"]])[0]
+            return 200, self.logs.get((ns, name, container), "")
         if sub == "ephemeralcontainers" and method == "PATCH":
             for c in body["spec"]["ephemeralContainers"]:
                 pod["spec"].setdefault("ephemeralContainers", []).append(c)
                 pod["status"].setdefault("ephemeralContainerStatuses", []).append(
                     {"name": c["name"], "state": {"running": {"startedAt": "now"}}})
-            return 200, pod
+        elif sub is not None:
+            return not_served()
         return 200, pod
 
     def _objects(self, method: str, m: re.Match[str], query: dict[str, list[str]], body: Any
-                 ) -> tuple[int, Any]:
-        collection, ns, name = f"{m['prefix']}/{m['plural']}", m["ns"], m["name"]
-        if ns not in self.namespaces:
-            return _status(404, "NotFound", f'namespaces "{ns}" not found')
+                 ) -> Answer:
+        prefix, ns, plural, name = m["prefix"], m["ns"], m["plural"], m["name"]
+        gv = prefix.removeprefix("/api/").removeprefix("/apis/")
+        resources = served(gv, self.crd_groups)
+        if resources is None or plural not in resources:
+            return not_served()
+        kind, group = resources[plural], gv.rpartition("/")[0]
+        collection = f"{prefix}/{plural}"
         if method == "POST":
-            key = (collection, ns, body["metadata"]["name"])
-            if key in self.objects:
-                return _status(409, "AlreadyExists", f"{key[2]} already exists")
-            obj = json.loads(json.dumps(body))
-            obj["metadata"]["resourceVersion"] = "1"
-            if body.get("kind") == "Service":
-                obj["spec"]["clusterIP"] = f"10.96.0.{len(self.objects) + 10}"
-            self.objects[key] = obj
-            if body.get("kind") in ("StatefulSet", "Deployment"):
-                self._spawn_pods(ns, body)
-            if body.get("kind") == "Job":
-                self._spawn_job_pod(ns, obj)
-            return 201, obj
+            return self._create(collection, ns, plural, kind, group, body)
         if name is None:
-            selector = dict(kv.split("=", 1) for kv in (query.get("labelSelector") or [""])[0]
-                            .split(",") if kv)
+            try:
+                wanted = parse_selector((query.get("labelSelector") or [""])[0])
+            except SelectorError as exc:
+                return bad_request(str(exc))
             return 200, {"items": [o for (c, n, _), o in self.objects.items()
-                                   if c == collection and n == ns and selector.items()
-                                   <= (o["metadata"].get("labels") or {}).items()]}
+                                   if c == collection and n == ns
+                                   and selects(wanted, o["metadata"].get("labels") or {})]}
         key = (collection, ns, name)
         if key not in self.objects:
-            return _status(404, "NotFound", f"{name} not found")
+            return not_found(plural, name, group)
         if method == "DELETE":
-            gone = self.objects.pop(key)
-            for pod in [k for k, p in self.pods.items() if k[0] == ns and
-                        p["metadata"]["ownerReferences"][0]["name"] == name
-                        and gone.get("kind") in ("StatefulSet", "Deployment", "Job")]:
-                del self.pods[pod]
-            return 200, gone
+            policy = (query.get("propagationPolicy") or [(body or {}).get("propagationPolicy")])
+            default = "Orphan" if kind == "Job" else "Background"  # batch/v1 Jobs orphan
+            return 200, self.delete_object(key, policy[0] or default)
         if method == "PUT":
-            self.objects[key] = json.loads(json.dumps(body))
+            return self._replace(key, plural, kind, group, body)
         return 200, self.objects[key]
 
+    def _create(self, collection: str, ns: str, plural: str, kind: str, group: str,
+                body: Any) -> Answer:
+        meta = body.get("metadata") or {}
+        name = meta.get("name") or ""
+        if ns not in self.namespaces:
+            return not_found("namespaces", ns)
+        if self.namespaces[ns].get("status", {}).get("phase") == "Terminating":
+            return forbidden(plural, name, f"unable to create new content in namespace {ns} "
+                             f"{_TERMINATING}", group, [{
+                                 "reason": "NamespaceTerminating", "field": "metadata.namespace",
+                                 "message": f"namespace {ns} is being terminated"}])
+        if meta.get("namespace") not in (None, ns):
+            return bad_request("the namespace of the provided object does not match the "
+                               "namespace sent on the request")
+        if causes := validate(kind, body):
+            return invalid(kind, group, name, causes)
+        key = (collection, ns, name)
+        if key in self.objects:
+            return already_exists(plural, name, group, terminating=bool(
+                self.objects[key]["metadata"].get("deletionTimestamp")))
+        obj = json.loads(json.dumps(body))
+        obj["metadata"].update(namespace=ns, uid=self.new_uid(), resourceVersion="1",
+                               creationTimestamp=STAMP, generation=1)
+        if kind == "Service":
+            obj["spec"]["clusterIP"] = f"10.96.0.{self._service_ips}"
+            self._service_ips += 1
+        self.objects[key] = obj
+        if kind in ("StatefulSet", "Deployment", "Job"):
+            self.spawn(ns, obj)
+        return 201, obj
 
-def _status(code: int, reason: str, message: str) -> tuple[int, Any]:
-    return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                  "message": message, "code": code}
-
-
-def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _serve(self) -> None:
-            url = urlsplit(self.path)
-            query = parse_qs(url.query, keep_blank_values=True)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            body = json.loads(raw) if raw else None
-            fake.requests.append(Recorded(self.command, url.path, query, body,
-                                          dict(self.headers)))
-            if self.headers.get("Upgrade", "").lower() == "websocket":
-                self._websocket(url.path, query)
-                return
-            status, answer = fake.handle(self.command, url.path, query, body)
-            data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain" if isinstance(answer, str)
-                             else "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-        def _websocket(self, path: str, query: dict[str, list[str]]) -> None:
-            offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-            proto = "v5.channel.k8s.io" if "v5.channel.k8s.io" in offered else offered[0]
-            accept = base64.b64encode(hashlib.sha1(
-                (self.headers["Sec-WebSocket-Key"] + _WS_GUID).encode()).digest()).decode()
-            self.wfile.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                              f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
-                              f"Sec-WebSocket-Protocol: {proto}\r\n\r\n").encode())
-            pod = path.split("/")[-2]
-            if path.endswith("/exec"):
-                self._exec(pod, query)
-            else:
-                self._portforward(pod, int(query["ports"][0]))
-            self.close_connection = True
-
-        def _exec(self, pod: str, query: dict[str, list[str]]) -> None:
-            stdin = b""
-            if query.get("stdin") == ["true"]:
-                while (frame := ws_read(self.rfile)) is not None:
-                    if frame[1][:1] == b"\x00":
-                        stdin += frame[1][1:]
-                    elif frame[1] == b"\xff\x00":  # v5: stdin closed
-                        break
-            rc, out, err = fake.exec_handler(pod, query["container"][0], query["command"], stdin)
-            status = {"metadata": {}, "status": "Success"} if rc == 0 else {
-                "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
-                "message": f"command terminated with non-zero exit code: exit code {rc}",
-                "details": {"causes": [{"reason": "ExitCode", "message": str(rc)}]}}
-            for channel, data in ((1, out.encode()), (2, err.encode()),
-                                  (3, json.dumps(status).encode())):
-                if data:
-                    self.wfile.write(ws_frame(2, bytes([channel]) + data))
-            self.wfile.write(ws_frame(8, struct.pack(">H", 1000)))
-
-        def _portforward(self, pod: str, port: int) -> None:
-            port_bytes = struct.pack("<H", port)
-            self.wfile.write(ws_frame(2, b"\x00" + port_bytes) + ws_frame(2, b"\x01" + port_bytes))
-            request = b""
-            while b"\r\n\r\n" not in request:
-                frame = ws_read(self.rfile)
-                if frame is None or frame[0] == 8:
-                    return
-                if frame[1][:1] == b"\x00":
-                    request += frame[1][1:]
-            method, target, _ = request.split(b"\r\n")[0].decode().split(" ")
-            fake.admin_requests.append(request.decode())
-            status, text = fake.admin_handler(pod, method, target)
-            data = text.encode()
-            reply = (f"HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\n"
-                     f"Content-Length: {len(data)}\r\n\r\n").encode() + data
-            self.wfile.write(ws_frame(2, b"\x00" + reply))
-            while (frame := ws_read(self.rfile)) is not None and frame[0] != 8:
-                pass  # until the client closes its side
-            self.wfile.write(ws_frame(8, struct.pack(">H", 1000)))
-
-    return Handler
+    def _replace(self, key: Key, plural: str, kind: str, group: str, body: Any) -> Answer:
+        old = self.objects[key]
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if version not in (None, old["metadata"]["resourceVersion"]):  # before validation
+            return conflict(plural, key[2], "the object has been modified; please apply your "
+                            "changes to the latest version and try again", group)
+        if causes := validate(kind, body, old):
+            return invalid(kind, group, key[2], causes)
+        obj = json.loads(json.dumps(body))
+        kept = ("namespace", "uid", "creationTimestamp", "deletionTimestamp", "finalizers")
+        obj["metadata"].update({k: old["metadata"][k] for k in kept if k in old["metadata"]})
+        obj["metadata"]["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
+        self.objects[key] = obj
+        return 200, obj
 
 
 OPT_IN = {"meshlab.io/chaos": "allowed"}

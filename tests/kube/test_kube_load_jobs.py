@@ -184,9 +184,10 @@ def test_two_worker_jobs_run_the_load_and_their_logs_merge_exactly(fake, kubelet
     assert sorted(r.path.rsplit("/", 1)[1] for r in deleted) == sorted(
         j["metadata"]["name"] for j in jobs)
     assert all(r.query["propagationPolicy"] == ["Foreground"] for r in deleted)  # pods go too
-    assert not [k for k in fake.objects if k[0] == JOBS]
+    assert not [k for k in fake.objects if k[0] == "/apis/batch/v1/jobs"]  # pods ended: gone
     assert not [p for (_, p) in fake.pods if p.startswith("meshlab-load-")]
-    assert sorted(p.name for p in env.pods()) == ["fortio-server-0", "fortio-server-l2-0", "netshoot-0"]
+    assert sorted(p.name for p in env.pods()) == ["fortio-server-0", "fortio-server-l2-0",
+                                                  "netshoot-0"]
 
 
 def test_a_failed_worker_fails_the_load_with_its_log_and_every_job_is_deleted(
@@ -196,11 +197,12 @@ def test_a_failed_worker_fails_the_load_with_its_log_and_every_job_is_deleted(
                                     if job["metadata"]["name"].endswith("-1") else None)
     spec = LoadSpec(url=target.url, users=2, rate_per_s=40, duration_s=2, timeout_s=1,
                     name="bad", processes=2)
-    with pytest.raises(LabError, match=r"load 'bad': worker 1 \(meshlab-load-bad-\w+-1-\d+\) "
-                                       r"failed: runner exploded"):
+    with pytest.raises(LabError, match=r"load 'bad': worker 1 \(meshlab-load-bad-\w+-1-"
+                                       r"[a-z0-9]{5}\) failed: runner exploded"):
         run_load_jobs(env, "netshoot", spec, tmp_path / "load-bad.json")
     assert len([r for r in fake.requests if r.method == "DELETE"]) == 2
-    assert not [k for k in fake.objects if k[0] == JOBS]
+    assert all(o["metadata"].get("deletionTimestamp") for (c, _, _), o in fake.objects.items()
+               if c == "/apis/batch/v1/jobs")  # gone, or waiting for a running worker's pod
     assert not (tmp_path / "load-bad.json").exists()
 
 
@@ -227,7 +229,8 @@ def test_dry_run_prints_the_worker_jobs_and_their_collection(fake, tmp_path):
     assert "&id" not in text  # plain YAML, no anchors
     assert text.count(f"kubectl apply -n {NS} -f - <<'EOF'\napiVersion: batch/v1\nkind: Job\n") == 3
     assert text.count("sidecar.istio.io/inject: 'false'") == 3
-    assert text.count(f"# kubectl wait -n {NS} --for=condition=complete job/meshlab-load-dist-") == 3
+    assert text.count(f"# kubectl wait -n {NS} --for=condition=complete "
+                      "job/meshlab-load-dist-") == 3
     assert text.count(f"# kubectl logs -n {NS} job/meshlab-load-dist-") == 3
     assert f"kubectl delete -n {NS} job.batch -l meshlab.io/load=dist-" in text
     assert "- --rate-per-s\n        - '30.0'\n" in text  # each worker a third of the rate

@@ -3,22 +3,20 @@
 Objects go in and come out as plain JSON-shaped dicts (camelCase keys, as ``kubectl get -o json``
 prints them), so the env, the dry-run facade (:mod:`meshlab.envs.kube.dry_run`) and the tests
 share one shape. Client exceptions are translated here, at the boundary: an HTTP error becomes
-a :class:`~meshlab.errors.LabError` naming the call, the status and the API server's message; a
-body the client's models reject becomes a :class:`~meshlab.errors.ConfigError`.
+an :class:`ApiError` (a :class:`~meshlab.errors.LabError` with the HTTP status) naming the call,
+the status and the API server's message; a body the client's models reject becomes a
+:class:`~meshlab.errors.ConfigError`.
 
-Streams use ``kubernetes.stream``: exec over the ``v5.channel.k8s.io``/``v4.channel.k8s.io``
-WebSocket protocols (channel 1 stdout, 2 stderr, 3 the exit ``Status``), port-forward over the
-port-forward protocol (the way ``istioctl`` reaches Envoy's admin port: istio
-``pkg/kube/client.go`` ``EnvoyDo`` → ``portForwardRequest(..., 15000)``).
+Exec and port-forward are :class:`~meshlab.envs.kube.streams.KubeStreams`. One the API server
+refuses is answered before the WebSocket upgrade, with an HTTP error and a ``Status`` body, and
+raised like any other refused call.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,12 +26,12 @@ import pydantic
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubernetes.stream import portforward, stream
-from websocket import WebSocketException
+from websocket import WebSocketBadStatusException, WebSocketException
 
-from meshlab.envs.base import CommandResult
-from meshlab.envs.kube.facade import TYPED_KINDS, custom_plural, kubectl_exec_argv
+from meshlab.envs.kube.facade import TYPED_KINDS, custom_plural
+from meshlab.envs.kube.streams import KubeStreams
 from meshlab.errors import ConfigError, LabError
+from meshlab.polling import PollTimeout, wait_until
 
 #: The patch type of the pod subresource patches (containers merged by name, as ``kubectl``
 #: sends them); the client would default to JSON Patch, which a dict body is not.
@@ -67,24 +65,48 @@ def api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-def _status_message(exc: ApiException) -> str:
+class ApiError(LabError):
+    """The API server refused a call (:attr:`status`: its HTTP status)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _status_message(body: Any, reason: str) -> str:
+    """The ``message`` of a ``Status`` body; a body that is not one as it is; else ``reason``."""
     try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+        return str(json.loads(body or "{}").get("message") or reason)
     except (ValueError, AttributeError):
-        return str(exc.body or exc.reason)
+        return str(body or reason)
 
 
-class KubeApi:
+def _http_error(exc: ApiException) -> tuple[int, str, str]:
+    """``(status, reason, message)`` of a client error. An exec or port-forward refused before
+    the WebSocket upgrade reaches the client as status 0 raised while handling the handshake's
+    ``WebSocketBadStatusException``, which holds the real status and ``Status`` body."""
+    refused = exc.__context__
+    if exc.status == 0 and isinstance(refused, WebSocketBadStatusException):
+        body = refused.resp_body.decode(errors="replace") if refused.resp_body else None
+        reason = str(refused.status_message or "")
+        return refused.status_code, reason, _status_message(body, reason)
+    return int(exc.status or 0), str(exc.reason), _status_message(exc.body, str(exc.reason))
+
+
+class KubeApi(KubeStreams):
     """The facade over a real API server.
 
     Args:
         api: a configured ``kubernetes.client.ApiClient`` (see :func:`api_client`).
+        poll_s: seconds between polls (:meth:`apply` waiting for a terminating object).
+        wait_s: how long :meth:`apply` waits for an object being deleted to be gone.
     """
 
     dry_run = False
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
+    def __init__(self, api: client.ApiClient, poll_s: float = 1.0, wait_s: float = 120.0
+                 ) -> None:
+        self.api, self.poll_s, self.wait_s = api, poll_s, wait_s
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -98,14 +120,16 @@ class KubeApi:
         log.info("%s", line)
 
     def _call(self, what: str, fn: Callable[[], Any], missing_ok: bool = False) -> Any:
-        """Run ``fn``, translating client errors; a 404 gives None when ``missing_ok``."""
+        """Run ``fn``, translating client errors (:class:`ApiError` for a refusal); a 404 gives
+        None when ``missing_ok``."""
         try:
             return fn()
         except ApiException as exc:
-            if missing_ok and exc.status == 404:
+            status, reason, message = _http_error(exc)
+            if missing_ok and status == 404:
                 return None
-            raise LabError(f"{what}: HTTP {exc.status} {exc.reason}: {_status_message(exc)} "
-                           f"(API server {self.server})") from exc
+            raise ApiError(f"{what}: HTTP {status} {reason}: {message} (API server "
+                           f"{self.server})", status) from exc
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"][1:])  # [0]: the argument's index
@@ -133,10 +157,17 @@ class KubeApi:
             body, _preload_content=False))
 
     def delete_namespace(self, name: str) -> bool:
-        """Delete namespace ``name`` (foreground); False when it did not exist."""
-        return self._call(f"delete namespace {name}", lambda: self.core.delete_namespace(
-            name, propagation_policy="Foreground", _preload_content=False),
-            missing_ok=True) is not None
+        """Delete namespace ``name`` (foreground); False when it did not exist. One already
+        terminating counts as deleted (the API server answers a second delete with 409
+        Conflict while it removes the content)."""
+        try:
+            return self._call(f"delete namespace {name}", lambda: self.core.delete_namespace(
+                name, propagation_policy="Foreground", _preload_content=False),
+                missing_ok=True) is not None
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return True
 
     def patch_namespace_labels(self, name: str, labels: dict[str, str | None]) -> None:
         """Set (None: remove) labels of namespace ``name``."""
@@ -157,47 +188,49 @@ class KubeApi:
         typed = TYPED_KINDS.get((api_version, kind))
         if typed is not None:
             api, verb = getattr(client, typed[0])(self.api), typed[1]
-            found = self._json(what, lambda: getattr(api, f"list_{verb}")(
-                namespace, label_selector=selector, _preload_content=False), missing_ok=True)
-            names = [o["metadata"]["name"] for o in (found or {}).get("items", [])]
-            for name in names:
-                self._call(what, partial(getattr(api, f"delete_{verb}"), name, namespace,
-                                         propagation_policy="Foreground",
-                                         _preload_content=False), missing_ok=True)
-            return names
-        group, _, ver = api_version.partition("/")
-        plural, custom = custom_plural(kind), self.custom
-        found = self._json(what, lambda: custom.list_namespaced_custom_object(
-            group, ver, namespace, plural, label_selector=selector, _preload_content=False),
-            missing_ok=True)
+            listed = partial(getattr(api, f"list_{verb}"), namespace)
+            delete = partial(getattr(api, f"delete_{verb}"), namespace=namespace,
+                             propagation_policy="Foreground")
+        else:
+            group, _, ver = api_version.partition("/")
+            where = (group, ver, namespace, custom_plural(kind))
+            listed = partial(self.custom.list_namespaced_custom_object, *where)
+            delete = partial(self.custom.delete_namespaced_custom_object, *where)
+        found = self._json(what, lambda: listed(label_selector=selector, _preload_content=False),
+                           missing_ok=True)
         names = [o["metadata"]["name"] for o in (found or {}).get("items", [])]
         for name in names:
-            self._call(what, partial(custom.delete_namespaced_custom_object, group, ver,
-                                     namespace, plural, name, _preload_content=False),
-                       missing_ok=True)
+            self._call(what, partial(delete, name, _preload_content=False), missing_ok=True)
         return names
 
     def apply(self, namespace: str, body: dict[str, Any]) -> str:
-        """Create ``body`` in ``namespace``, or replace the existing object of that name.
+        """Create ``body`` in ``namespace``, or replace the existing object of that name; one
+        still being deleted (a ``deletionTimestamp``: the API server answers the create with
+        409 ``object is being deleted``) is waited for, up to ``wait_s``, then created again.
 
         Returns:
             ``"created"`` or ``"replaced"``.
 
         Raises:
             ConfigError: an unsupported kind, or a body the client's models reject.
-            LabError: the API server refused.
+            LabError: the API server refused (e.g. 422 Invalid, 403 Forbidden in a terminating
+                namespace), or the old object was not gone in time.
         """
         kind, version = str(body.get("kind")), str(body.get("apiVersion"))
-        name = body["metadata"]["name"]
+        name = str((body.get("metadata") or {}).get("name") or "")
         what = f"apply {kind}/{name} in {namespace}"
         create, read, replace = self._verbs(version, kind, namespace, name)
         try:
             self._call(what, lambda: create(body))
             return "created"
-        except LabError as exc:  # a 409 means it exists: replace it
-            if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409):
+        except ApiError as exc:  # a 409 means it exists: replace it
+            if exc.status != 409:
                 raise
-        existing = self._json(what, read)
+        existing = self._json(what, read, missing_ok=True)
+        if existing is None or existing["metadata"].get("deletionTimestamp"):
+            self._wait_gone(what, read)
+            self._call(what, lambda: create(body))
+            return "created"
         merged = json.loads(json.dumps(body))
         merged["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
         if kind == "Service":  # spec.clusterIP(s) are immutable: keep the allocated ones
@@ -206,6 +239,14 @@ class KubeApi:
                     merged["spec"][key] = existing["spec"][key]
         self._call(what, lambda: replace(merged))
         return "replaced"
+
+    def _wait_gone(self, what: str, read: Callable[[], Any]) -> None:
+        try:
+            wait_until(lambda: self._json(what, read, missing_ok=True), lambda obj: obj is None,
+                       timeout_s=self.wait_s, every_s=self.poll_s, what=f"{what}: old one gone")
+        except PollTimeout:
+            raise ApiError(f"{what}: the previous object of that name is still being deleted "
+                           f"{self.wait_s:g} s later (finalizers?)", 409) from None
 
     def _verbs(self, version: str, kind: str, namespace: str, name: str) -> tuple[
             Callable[[dict[str, Any]], Any], Callable[[], Any], Callable[[dict[str, Any]], Any]]:
@@ -290,7 +331,7 @@ class KubeApi:
                               pod, namespace, container=container, _preload_content=False))
         return resp.data.decode(errors="replace")
 
-    # streams -----------------------------------------------------------------------------
+    # streams (exec and port-forward: :class:`KubeStreams`) ---------------------------------
     def add_ephemeral_container(self, namespace: str, pod: str,
                                 container: dict[str, Any]) -> None:
         """Add an ephemeral container to a running pod (``kubectl debug``: a strategic merge
@@ -300,99 +341,3 @@ class KubeApi:
                    lambda: self.core.patch_namespaced_pod_ephemeralcontainers(
                        pod, namespace, body, _content_type=STRATEGIC_MERGE,
                        _preload_content=False))
-
-    def exec(self, namespace: str, pod: str, container: str, argv: list[str], *,
-             timeout_s: float, input_text: str | None = None) -> CommandResult:
-        """Run ``argv`` in a container to completion (no TTY).
-
-        Stdin is closed after ``input_text`` only on the ``v5.channel.k8s.io`` protocol
-        (Kubernetes ≥ 1.30); on v4 a command that reads stdin to EOF runs until ``timeout_s``.
-
-        Raises:
-            LabError: the exec could not start (e.g. the program is not in the image), or
-                ``timeout_s`` passed.
-        """
-        shown = kubectl_exec_argv(namespace, pod, container, argv)
-        what = " ".join(shown)
-        start = time.monotonic()
-        ws = self._open_exec(what, namespace, pod, container, argv, input_text is not None)
-        try:
-            if input_text is not None:
-                ws.write_stdin(input_text)
-                ws.close_channel(0)
-            try:
-                ws.run_forever(timeout=timeout_s)
-            except WebSocketException:
-                ws._connected = False  # the server dropped the connection: what came is all
-            if ws.is_open():
-                raise LabError(f"command timed out after {timeout_s:g} s: {what}")
-            out, err, status = (ws.read_channel(c) for c in (1, 2, 3))
-        finally:
-            ws.close()
-        return CommandResult(argv=shown, returncode=exit_code(status, what), stdout=out,
-                             stderr=err, duration_s=time.monotonic() - start)
-
-    def exec_stream(self, namespace: str, pod: str, container: str, argv: list[str]) -> Any:
-        """Start ``argv`` in a container (no stdin, no TTY) and return the open exec stream
-        (``kubernetes.stream.ws_client.WSClient``: channels 1 stdout, 2 stderr, 3 the exit
-        ``Status``), for a background command (:class:`meshlab.envs.kube.process.ExecProcess`).
-
-        Raises:
-            LabError: the exec could not start.
-        """
-        what = " ".join(kubectl_exec_argv(namespace, pod, container, argv))
-        return self._open_exec(what, namespace, pod, container, argv, False)
-
-    def _open_exec(self, what: str, namespace: str, pod: str, container: str, argv: list[str],
-                   stdin: bool) -> Any:
-        return self._call(what, lambda: stream(
-            self.core.connect_get_namespaced_pod_exec, pod, namespace, command=list(argv),
-            container=container, stdin=stdin, stdout=True, stderr=True, tty=False,
-            _preload_content=False))
-
-    def port_forward_http(self, namespace: str, pod: str, port: int, method: str, path: str, *,
-                          timeout_s: float) -> tuple[int, str]:
-        """One HTTP request to ``127.0.0.1:<port>`` inside the pod through a port-forward.
-
-        Returns:
-            ``(status, body)``.
-
-        Raises:
-            LabError: the port-forward failed or nothing answered on the port.
-        """
-        what = f"port-forward {namespace}/{pod}:{port} {method} {path}"
-        pf = self._call(what, lambda: portforward(
-            self.core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port)))
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
-        try:
-            sock = pf.socket(port)
-            sock.settimeout(timeout_s)
-            conn.sock = sock
-            conn.request(method, path, headers={"Connection": "close"})
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode(errors="replace")
-        except (OSError, http.client.HTTPException) as exc:
-            raise LabError(f"{what}: {exc!r}; port-forward error: {pf.error(port)}") from exc
-        finally:
-            conn.close()
-            pf.close()
-
-
-def exit_code(status_text: str, what: str) -> int:
-    """The exit code from an exec's ``Status`` (channel 3).
-
-    Raises:
-        LabError: the exec failed without an exit code (program not found, container gone).
-    """
-    if not status_text.strip():
-        raise LabError(f"{what}: the exec ended without a status (connection lost)")
-    try:
-        status = json.loads(status_text)
-    except ValueError:
-        raise LabError(f"{what}: exec failed: {status_text.strip()[:300]}") from None
-    if status.get("status") == "Success":
-        return 0
-    for cause in (status.get("details") or {}).get("causes") or []:
-        if cause.get("reason") == "ExitCode":
-            return int(cause["message"])
-    raise LabError(f"{what}: {status.get('reason') or 'exec failed'}: {status.get('message')}")

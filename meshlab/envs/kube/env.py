@@ -41,7 +41,7 @@ from meshlab.envs.kube.shells import (
     app_container,
 )
 from meshlab.envs.manifest_sets import MANIFESTS_ROOT
-from meshlab.errors import ConfigError, LabError, MeshlabError
+from meshlab.errors import ConfigError, LabError, MeshlabError, Unsupported
 from meshlab.manifests.loader import load_topology
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,6 +113,7 @@ class KubeEnv(KubePodLifecycle, KubeRouteFaults, KubeContainers):
         self.names = NodeNames(settings, [n.name for n in self.topology.cluster.nodes])
         self._api, self._out = api, out
         self._debug: DebugContainers | None = None
+        self._replaced: dict[str, tuple[str, frozenset[str]]] = {}
         self._ssh: SshNodeDriver | None = None
         self._driver: GuardedNodeDriver | None = None
 
@@ -125,7 +126,8 @@ class KubeEnv(KubePodLifecycle, KubeRouteFaults, KubeContainers):
         """The cluster facade (made on first use)."""
         if self._api is None:
             self._api = DryRunApi(self._out) if self.settings.dry_run else KubeApi(
-                api_client(self.settings.kubeconfig, self.settings.context))
+                api_client(self.settings.kubeconfig, self.settings.context), self.poll_s,
+                self.settings.ready_timeout_s)
         return self._api
 
     @property
@@ -286,7 +288,7 @@ class KubeEnv(KubePodLifecycle, KubeRouteFaults, KubeContainers):
 
     def _ssh_config(self, what: str) -> Any:
         if self.settings.ssh is None:
-            raise ConfigError(
+            raise Unsupported(
                 f"ssh: not configured; {what} needs SSH access to the cluster's nodes: set "
                 f"ssh: {{nodes: {{<node>: <address>}}, key_file: <private key>}} in "
                 f"{self.settings.source or 'the kube settings'} (docs/NODE_DRIVERS.md)")

@@ -22,8 +22,9 @@ TYPED_KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("apps/v1", "Deployment"): ("AppsV1Api", "namespaced_deployment"),
     ("batch/v1", "Job"): ("BatchV1Api", "namespaced_job"),  # load workers (meshlab.load.kube_jobs)
 }
-#: Plurals of custom kinds that do not follow "lowercase + s".
-_PLURALS = {"Telemetry": "telemetries"}
+#: Plurals of custom kinds that do not follow "lowercase + s" (Chaos Mesh's CRDs name their
+#: plural as the lowercase kind).
+_PLURALS = {"Telemetry": "telemetries", "DNSChaos": "dnschaos"}
 
 
 def custom_plural(kind: str) -> str:

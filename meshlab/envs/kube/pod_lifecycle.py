@@ -2,7 +2,9 @@
 :class:`~meshlab.envs.base.PodLifecycle` capability of the kube env).
 
 - **A pod** (no container): an API delete with the grace period (``kubectl delete pod
-  --grace-period``, Chaos Mesh ``pod-kill``); its StatefulSet or ReplicaSet creates it again.
+  --grace-period``, Chaos Mesh ``pod-kill``); its StatefulSet creates it again under the same
+  name, a Deployment's ReplicaSet creates a replacement under a new name, which the waits and
+  status reads that name the deleted pod follow.
 - **A container**: its main process — PID 1 of the container's PID namespace — gets SIGTERM,
   then SIGKILL after ``grace_s`` (0: SIGKILL at once), as Chaos Mesh's ``container-kill``.
   The app container is signalled from the pod's debug container, which targets it and so shares
@@ -20,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from meshlab.envs.kube.facade import ClusterApi
+from meshlab.envs.kube.ready import workload_of
 from meshlab.envs.kube.settings import KubeSettings
 from meshlab.envs.kube.shells import SIDECAR, DebugContainers, app_container
 from meshlab.errors import ConfigError, LabError
@@ -63,6 +66,8 @@ class KubePodLifecycle:
     settings: KubeSettings
     poll_s: float
     _debug: DebugContainers | None
+    #: a deleted ReplicaSet pod → (its workload, the workload's pod names before the delete)
+    _replaced: dict[str, tuple[str, frozenset[str]]]
 
     if TYPE_CHECKING:  # pragma: no cover - KubeEnv's
         def _find(self, name: str) -> dict[str, Any]: ...
@@ -70,7 +75,14 @@ class KubePodLifecycle:
         def pod_shell(self, pod: str) -> Any: ...
 
     def _named(self, name: str) -> dict[str, Any] | None:
-        return next((p for p in self._pod_objects() if p["metadata"]["name"] == name), None)
+        """The pod ``name``, or the replacement of a deleted ReplicaSet pod of that name."""
+        pods = self._pod_objects()
+        found = next((p for p in pods if p["metadata"]["name"] == name), None)
+        if found is None and name in self._replaced:
+            workload, before = self._replaced[name]
+            found = next((p for p in pods if workload_of(p) == workload
+                          and p["metadata"]["name"] not in before), None)
+        return found
 
     def kill_pod(self, pod: str, container: str | None, grace_s: float) -> str:
         """Kill ``container`` of ``pod``, or delete the pod (see the module docstring).
@@ -85,6 +97,10 @@ class KubePodLifecycle:
         obj = self._find(pod)
         name, uid = obj["metadata"]["name"], obj["metadata"].get("uid")
         if container is None:
+            if any(r.get("kind") == "ReplicaSet" for r in obj["metadata"].get("ownerReferences")
+                   or []):
+                self._replaced[name] = (workload_of(obj), frozenset(
+                    p["metadata"]["name"] for p in self._pod_objects()))
             self.api.delete_pod(self.namespace, name, grace_s)
             self._wait_shown(name, lambda p: p is None or p["metadata"].get("uid") != uid
                              or bool(p["metadata"].get("deletionTimestamp")), "deleted")
@@ -125,7 +141,7 @@ class KubePodLifecycle:
 
     def container_statuses(self, pod: str) -> dict[str, dict[str, Any]]:
         """``{container: {"restarts", "state", ...}}`` as the cluster reports them now."""
-        return container_statuses(self._find(pod))
+        return container_statuses(self._named(pod) or self._find(pod))
 
     def wait_pod_ready(self, pod: str, timeout_s: float) -> float:
         """Poll until the pod (by name; a deleted one's replacement) is Ready; returns the

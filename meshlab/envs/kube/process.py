@@ -6,8 +6,9 @@ under a small ``sh`` wrapper (:data:`PID_WRAPPER`) that writes the command's pid
 file and removes the file when the command ends; :meth:`ExecProcess.send_signal` reads the pid
 (``cat``) and delivers the signal *in the pod* with the shell's ``kill`` builtin (``sh -c
 'kill -TERM <pid>'``; slim images such as ``debian:12-slim`` have no ``/bin/kill``, it comes
-with ``procps``). A thread reads the stream: stdout and stderr (channels 1 and 2) are appended
-to local files as they arrive, the exit ``Status`` (channel 3) gives :attr:`returncode`.
+with ``procps``). A thread reads the stream: stdout and stderr (channels 1 and 2, bytes cut
+anywhere by the kubelet, decoded incrementally) are appended to local files as they arrive, the
+exit ``Status`` (channel 3) gives :attr:`returncode`.
 
 Only the subset of ``Popen`` that meshlab's callers use is offered: ``pid``, ``poll()``,
 ``wait(timeout)``, ``returncode``, ``send_signal(sig)``, ``terminate()``, ``kill()``.
@@ -15,6 +16,7 @@ Only the subset of ``Popen`` that meshlab's callers use is offered: ``pid``, ``p
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import signal
@@ -27,7 +29,7 @@ from typing import Any
 from websocket import WebSocketException
 
 from meshlab.envs.base import CommandResult
-from meshlab.envs.kube.api import exit_code
+from meshlab.envs.kube.streams import exit_code
 from meshlab.errors import LabError, MeshlabError
 from meshlab.polling import PollTimeout, wait_until
 
@@ -41,7 +43,7 @@ PID_TIMEOUT_S = 10.0
 """Seconds :meth:`ExecProcess.send_signal` waits for the wrapper to write the pid file."""
 KILL_GRACE_S = 5.0
 """Seconds :meth:`ExecProcess.kill` waits for the stream to end before giving it up locally."""
-_SUCCESS = json.dumps({"metadata": {}, "status": "Success"})
+_SUCCESS = json.dumps({"metadata": {}, "status": "Success"}).encode()
 
 
 def wrap(argv: list[str], pid_file: str) -> list[str]:
@@ -64,9 +66,9 @@ class FinishedStream:
     def update(self, timeout: float = 0) -> None:
         """Nothing arrives."""
 
-    def read_channel(self, channel: int, timeout: float = 0) -> str:
-        """Empty, except the ``Success`` status on channel 3."""
-        return _SUCCESS if channel == 3 else ""
+    def read_channel(self, channel: int, timeout: float = 0) -> bytes:
+        """Empty, except the ``Success`` status on channel 3 (bytes, as a binary stream's)."""
+        return _SUCCESS if channel == 3 else b""
 
     def close(self, **kwargs: Any) -> None:
         """Nothing to close."""
@@ -76,8 +78,8 @@ class ExecProcess:
     """A command running in a pod through an open exec stream (see the module docstring).
 
     Args:
-        stream: the open exec WebSocket (``kubernetes.stream.ws_client.WSClient``, or
-            :class:`FinishedStream`), started with :func:`wrap`.
+        stream: the open exec WebSocket (``kubernetes.stream.ws_client.WSClient`` in binary
+            mode, or :class:`FinishedStream`), started with :func:`wrap`.
         what: the command as ``kubectl exec`` would print it, for messages.
         pid_file: the wrapper's pod-local pid file.
         run: runs a short argv to completion in the same container (``cat``, ``kill``).
@@ -100,6 +102,8 @@ class ExecProcess:
         self.returncode: int | None = None
         self._stream, self._run = stream, run
         self._files = {1: stdout, 2: stderr}
+        self._decoders = {ch: codecs.getincrementaldecoder("utf-8")(errors="replace")
+                          for ch in (1, 2)}
         self._done = threading.Event()
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._pump, name=f"exec {what[:60]}", daemon=True)
@@ -118,7 +122,7 @@ class ExecProcess:
                 except WebSocketException:
                     self._stream._connected = False  # dropped by the server: what came is all
                 self._drain()
-            self._drain()
+            self._drain(final=True)
             if self._abandon.is_set():
                 code = -signal.SIGKILL
                 self._append(2, f"meshlab: gave up the exec stream of {self.what}\n")
@@ -134,11 +138,11 @@ class ExecProcess:
             self.returncode = code
             self._done.set()
 
-    def _drain(self) -> None:
+    def _drain(self, final: bool = False) -> None:
         for channel in (1, 2):
-            data = self._stream.read_channel(channel)
-            if data:
-                self._append(channel, data)
+            text = self._decoders[channel].decode(self._stream.read_channel(channel), final)
+            if text:
+                self._append(channel, text)
 
     def _append(self, channel: int, text: str) -> None:
         path = self._files[channel]
