@@ -9,6 +9,11 @@ Two branches keep "the experiment is wrong" apart from "the system under test mi
 - :class:`SystemUnderTestError`: the mesh did something a check does not accept; raised by checks
   (it is also an ``AssertionError`` so pytest reports it as a test failure, not an error).
 
+Two more name what a run could not do rather than what went wrong: :class:`Unsupported` (a
+:class:`ConfigError`: the env cannot do what the suite asks, e.g. a fault or a measurement the
+kube env does not have) and :class:`MissingMeasurement` (a dry run measured nothing, and a suite
+needed the real value of what it did not measure; see :mod:`meshlab.missing`).
+
 Third-party exceptions are translated at the boundary that calls the library.
 """
 
@@ -42,6 +47,12 @@ class ManifestError(ConfigError):
         super().__init__(f"{self.path}: {field}: {message}")
 
 
+class Unsupported(ConfigError):
+    """The env cannot do what the suite or the fault asks (a capability it lacks, e.g. per-pod
+    DNS query counts on a cluster); the message names the env and what it lacks. A dry run
+    reports it as a skip naming the refusal, a real run as a failure."""
+
+
 class LabError(MeshlabError):
     """The lab could not be built, driven or torn down."""
 
@@ -69,3 +80,21 @@ class CommandError(LabError):
 
 class SystemUnderTestError(MeshlabError, AssertionError):
     """A check found the mesh outside what the experiment accepts (a failed verdict)."""
+
+
+class MissingMeasurement(MeshlabError):
+    """A dry run measured nothing, and a suite used an unmeasured value where only a real one
+    will do: ``int()``, ``float()``, a format spec such as ``:.1f``, an index, ``len()`` or
+    iteration of a :class:`~meshlab.missing.Missing`. The pytest plugin reports the test as
+    skipped ``dry run: <what> not measured``; a real run never raises it (it has no Missing).
+
+    Args:
+        what: what was not measured, e.g. ``"latency_us['p99'] of load 'drop-50'"``.
+
+    Attributes:
+        what: as given.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what} not measured (dry run)")

@@ -5,7 +5,8 @@ re-rendered from a past run, and a run killed mid-way still leaves a journal mar
 ``"partial": true`` / ``"status": "running"``.
 
 Activity records use Chaos Toolkit's vocabulary: ``{name, status, start, end, duration_s,
-output, error}``.
+output, error}``. A value a dry run did not measure (:class:`~meshlab.missing.Missing`) is
+kept as is in :attr:`RunJournal.data` (a suite reads it back) and written as ``null``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from meshlab.missing import json_default
 
 SCHEMA = "meshlab.run/1"
 #: A run's final ``status`` in its journal and report.
@@ -84,7 +87,7 @@ class RunJournal:
     def save(self) -> Path:
         """Write ``results.json`` atomically (tmp + rename) and return its path."""
         tmp = self.dir / "results.json.tmp"
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.write_text(json.dumps(self.data, indent=1, default=json_default))
         tmp.replace(self.path)
         return self.path
 

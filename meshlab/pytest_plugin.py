@@ -10,10 +10,23 @@ the terminal summary lists them.
 
 SIGTERM is turned into KeyboardInterrupt so a killed runner still reverts faults and tears the
 lab down; after ``kill -9``, ``meshlab down`` (or the next ``up``) removes the leftovers.
+
+A dry run (``--meshlab-env=kube --meshlab-dry-run``) prints every manifest and command to
+``<reports>/dry-run.txt`` and measures nothing: each test's run is in a
+:func:`~meshlab.missing.dry_run_scope`, so loads, stats and readings are
+:class:`~meshlab.missing.Missing` and checks are not evaluated. A test never passes in a dry
+run; it is reported as skipped with what stopped it (:func:`dry_run_skip`): ``dry run: N
+checks not evaluated`` when it ran to its end, ``dry run: <what> not measured`` when it needed
+the real value of a Missing, ``dry run: assertion on <what> not evaluated`` for an ``assert``
+about one, ``dry run: refused on the kube env: …`` for an :class:`~meshlab.errors.Unsupported`.
+Anything else (a TypeError, an AttributeError, a LabError, an assertion about real data) is a
+failure, as in a real run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +35,8 @@ from typing import IO, TYPE_CHECKING, Any
 import pytest
 
 from meshlab.envs.base import Env
-from meshlab.errors import ConfigError
+from meshlab.errors import MissingMeasurement, SystemUnderTestError, Unsupported
+from meshlab.missing import MARK, DryRunScope, dry_run_scope
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlab.experiment.labs import LabPool
@@ -32,6 +46,8 @@ RUNS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[dict]()
 RUN_REPORT_KEY = pytest.StashKey[Path]()
 DRY_RUN_KEY = pytest.StashKey[Path]()
+SCOPE_KEY = pytest.StashKey[DryRunScope]()
+_MISSING = re.compile(re.escape(MARK) + r"(.*?)>")
 #: ``--meshlab-load-mode`` values and the :class:`~meshlab.load.spec.LoadSpec` mode of each.
 LOAD_MODES = {"locust": "closed-loop", "open-loop": "open-loop"}
 
@@ -57,7 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "blast radius, Prometheus URL, SSH; docs/KUBE.md)")
     group.addoption("--meshlab-dry-run", action="store_true",
                     help="kube env: print every manifest and command instead of touching the "
-                         "cluster; tests end as skipped 'dry run'")
+                         "cluster, measure nothing; tests end as skipped 'dry run: …' (or fail "
+                         "on a genuine error)")
     group.addoption("--meshlab-load-mode", default="locust", choices=tuple(LOAD_MODES),
                     help="mode of the loads a suite does not give a mode: locust (closed "
                          "loop, default) or open-loop (constant rate, latency corrected for "
@@ -108,18 +125,49 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:] = sorted(items, key=lambda i: (1, order[_lab_key(i)]) if uses_lab(i) else (0, 0))
 
 
+def dry_run_skip(item: pytest.Item, call: pytest.CallInfo[None]) -> str | None:
+    """Why a dry-run test's body is reported as skipped, or None when its failure stands (see
+    the module docstring).
+
+    Args:
+        item: the test, run in a dry-run scope (``meshlab_run``).
+        call: its ``call`` phase: passed, or the exception it raised.
+    """
+    exc = call.excinfo.value if call.excinfo is not None else None
+    printout = f"printout in {item.config.stash.get(DRY_RUN_KEY, 'dry-run.txt')}"
+    if exc is None:
+        run = getattr(item, "funcargs", {}).get("meshlab_run")
+        verdicts = run.journal.data.get("verdicts", []) if run is not None else []
+        unchecked = sum(1 for v in verdicts if v.get("passed") is None)
+        tests = item.stash[SCOPE_KEY].truth_tests
+        taken = (f", {_count(tests, 'truth test')} on unmeasured values taken as true"
+                 if tests else "")
+        return f"dry run: {_count(unchecked, 'check')} not evaluated{taken}; {printout}"
+    if isinstance(exc, MissingMeasurement):
+        return f"dry run: {exc.what} not measured; {printout}"
+    if isinstance(exc, Unsupported):
+        return f"dry run: refused on the {item.config.getoption('--meshlab-env')} env: {exc}"
+    if isinstance(exc, AssertionError) and not isinstance(exc, SystemUnderTestError):
+        found = _MISSING.search(str(exc))
+        if found:
+            return f"dry run: assertion on {found.group(1)} not evaluated; {printout}"
+    return None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Keep each phase's report on the item so ``meshlab_run`` knows the test's outcome."""
+    """Keep each phase's report on the item so ``meshlab_run`` knows the test's outcome; in a
+    dry run, report the test's body as skipped when :func:`dry_run_skip` says why."""
     rep = yield
-    if (item.config.getoption("--meshlab-dry-run", False) and rep.failed and rep.when == "call"
-            and not (call.excinfo is not None and call.excinfo.errisinstance(ConfigError))):
-        # A dry run sends nothing, so what the test body asserts on is empty: report it as
-        # skipped. Setup/teardown errors and refusals (ConfigError, GuardrailError) still fail.
-        path = item.config.stash.get(DRY_RUN_KEY, "dry-run.txt")
-        rep.outcome = "skipped"
-        rep.longrepr = (str(item.path), item.location[1] or 0,
-                        f"dry run: manifests and commands printed to {path}")
+    if rep.when == "call" and SCOPE_KEY in item.stash and not rep.skipped:
+        reason = dry_run_skip(item, call)
+        if reason is not None:
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), item.location[1] or 0, reason)
     item.stash.setdefault(REPORT_KEY, {})[rep.when] = rep
     report = item.stash.get(RUN_REPORT_KEY, None)
     if report is not None and rep.failed:
@@ -202,7 +250,8 @@ def meshlab_env(request: pytest.FixtureRequest, meshlab_labs: LabPool) -> Env:
 def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[Run]:
     """A journaled run for this test; its report is written when the test ends, then the lab
     is checked for leftovers (rule, sysctl, namespace, process, active fault): any fails the
-    test at teardown and is listed in the journal's notes."""
+    test at teardown and is listed in the journal's notes. In a dry run (on an env that only
+    prints) the run is in a :func:`~meshlab.missing.dry_run_scope`."""
     from meshlab.errors import LabError
     from meshlab.experiment.lifecycle import RunLifecycle, RunOptions
     from meshlab.journal import RunJournal
@@ -218,20 +267,24 @@ def meshlab_run(request: pytest.FixtureRequest, meshlab_env: Env) -> Iterator[Ru
                          dry_run=bool(config.getoption("--meshlab-dry-run")))
     pool = request.getfixturevalue("meshlab_labs") if "meshlab_labs" in \
         request.fixturenames else None
-    life = RunLifecycle(meshlab_env, journal, options, pool)
-    run = life.open()
-    interrupted = True
-    try:
-        yield run
-        interrupted = False
-    finally:
-        call = request.node.stash.get(REPORT_KEY, {}).get("call")
-        if interrupted or call is None:
-            status = "error"
-        else:
-            status = "passed" if call.passed else ("skipped" if call.skipped else "failed")
-        end = life.close(status)
-        config.stash[RUNS_KEY].append((request.node.nodeid, end.status, end.report))
+    dry = options.dry_run and getattr(meshlab_env, "dry_run", False) is True
+    with dry_run_scope() if dry else contextlib.nullcontext() as scope:
+        if scope is not None:
+            request.node.stash[SCOPE_KEY] = scope
+        life = RunLifecycle(meshlab_env, journal, options, pool)
+        run = life.open()
+        interrupted = True
+        try:
+            yield run
+            interrupted = False
+        finally:
+            call = request.node.stash.get(REPORT_KEY, {}).get("call")
+            if interrupted or call is None:
+                status = "error"
+            else:
+                status = "passed" if call.passed else ("skipped" if call.skipped else "failed")
+            end = life.close(status)
+            config.stash[RUNS_KEY].append((request.node.nodeid, end.status, end.report))
     if end.leftovers:
         raise LabError("the run left state behind in the lab:\n  " + "\n  ".join(end.leftovers))
 

@@ -31,7 +31,6 @@ kernel picks can collide with it; the mechanism is the same for a reused ephemer
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from typing import Any
@@ -40,7 +39,7 @@ import pytest
 
 from meshlab import ConntrackDelete, HalfClose, Run, SocketCount, wait_until
 from meshlab.apps.tcp_client import wait_event
-from meshlab.collectors.sockets import snapshot
+from meshlab.collectors.sockets import snapshot, to_dicts
 from meshlab.probes.challenge_ack import RESET_SUCCEEDS, probe_challenge_ack
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["tcp-echo"])
@@ -103,24 +102,21 @@ def leak_sidecar_socket(run: Run, cluster_ip: str) -> list[dict[str, Any]]:
             with run.fault(ConntrackDelete(target=l1, orig_dst=cluster_ip, orig_port=9000,
                                           state="CLOSE_WAIT")) as expiry:
                 assert expiry.deleted == 1
-            os.killpg(app.pid, signal.SIGTERM)  # the app closes late: its FIN is lost
+            app.send_signal(signal.SIGTERM)  # the app closes late: its FIN is lost
             app.wait(timeout=10)
     finally:
         if app.poll() is None:
-            os.killpg(app.pid, signal.SIGKILL)
+            app.kill()
             app.wait(timeout=10)
     shell.run(["ss", "-K", "-Htn", "state", "last-ack", "sport", "=", f":{PORT}"])
-    return run.observe("l1-sockets-leaked", "sockets", [s.to_dict() for s in snapshot(shell)],
+    return run.observe("l1-sockets-leaked", "sockets", to_dicts(snapshot(shell)),
                        pod=l1)
 
 
 def test_port_reuse_meets_the_leaked_socket_as_the_probe_predicts(meshlab_run: Run) -> None:
     probe = probe_challenge_ack(prefix=f"ml-{meshlab_run.env.lab}-probe")
     meshlab_run.observe("challenge-ack-probe", "probe", probe.to_dict(), kernel=probe.kernel)
-    meshlab_run.note(
-        f"kernel {probe.kernel}: conntrack {'marks' if probe.rst_invalid else 'accepts'} the "
-        f"RST answering a challenge ACK ({'INVALID' if probe.rst_invalid else 'valid'}) → "
-        f"expected outcome {probe.predicts} (probe connect {probe.connect_s:.3f} s)")
+    meshlab_run.note(probe.summary())
     assert probe.consistent, probe.to_dict()
 
     l1 = meshlab_run.names.pod(L1)
@@ -145,7 +141,7 @@ def test_port_reuse_meets_the_leaked_socket_as_the_probe_predicts(meshlab_run: R
             "expected": probe.predicts}
     meshlab_run.observe("port-reuse", "client", seen, pod=l1, port=PORT)
     meshlab_run.observe("l1-sockets-after-reuse", "sockets",
-                        [s.to_dict() for s in snapshot(shell)], pod=l1)
+                        to_dicts(snapshot(shell)), pod=l1)
     outcome = result["error"] or f"connected in {result['connect_s']:.3f} s"
     meshlab_run.note(
         f"lab: reusing port {PORT} → {outcome}; {seen['challenge_acks']} challenge ACK(s) "

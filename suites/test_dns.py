@@ -45,10 +45,10 @@ def dns_fault_under_load(run: Run) -> dict:
     shell = run.env.pod_shell(l1)
     with run.fault(DnsError(patterns=[f"{L2}.*"], action="servfail"), max_duration_s=60):
         shell.run(["ss", "-K", "-tn", "dst", _l2_cluster_ip(run), "dport", "=", ":8080"])
-        before, t0 = run.env.dns_query_counts()[l1], time.time()
+        before, t0 = run.dns_query_counts()[l1], time.time()
         run.load("dns-fault", URL, users=4, rate_per_s=RATE_PER_S, duration_s=FAULT_LOAD_S,
                  timeout_s=10, mode="open-loop")
-        queries = run.env.dns_query_counts()[l1] - before
+        queries = run.dns_query_counts()[l1] - before
     requests = run.load_record("dns-fault")["requests"]
     inbound = [r for r in run.records(l1) if r.get("upstream_cluster") == "inbound|8070||"
                and (end_second(r) or 0) >= int(t0)]  # the fault load's requests only

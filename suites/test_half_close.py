@@ -39,8 +39,8 @@ import pytest
 
 from meshlab import HalfClose, Run, SocketCount, wait_until
 from meshlab.apps.tcp_client import read_events, wait_event
-from meshlab.collectors.sockets import SocketInfo, select, snapshot
-from meshlab.collectors.stats_text import stat_lines, stats_path
+from meshlab.collectors import envoy_stats
+from meshlab.collectors.sockets import SocketInfo, select, snapshot, to_dicts
 from meshlab.faults.half_close import CLOSE_WAIT_SYSCTL
 
 pytestmark = pytest.mark.meshlab_lab(overlays=["tcp-echo"])
@@ -141,14 +141,13 @@ def leaked_pair(sockets: list[SocketInfo], app_port: int, upstream_ip: str
 
 
 def observe_sockets(run: Run, name: str, sockets: list[SocketInfo], **meta: Any) -> None:
-    run.observe(name, "sockets", [s.to_dict() for s in sockets], pod=l1_pod(run), **meta)
+    run.observe(name, "sockets", to_dicts(sockets), pod=l1_pod(run), **meta)
 
 
 def sidecar_stat(run: Run, name: str) -> int:
     """One counter/gauge of L1's sidecar about the tcp-echo cluster (0 when absent), e.g.
     ``tcp.<CLUSTER>.idle_timeout`` or ``cluster.<CLUSTER>;.upstream_cx_active``."""
-    body = run.sidecar_admin(l1_pod(run), stats_path("tcp-echo"))
-    return next((int(value) for key, value in stat_lines(body, first=True) if key == name), 0)
+    return envoy_stats.snapshot(run.env, l1_pod(run), "tcp-echo").get(name, 0)
 
 
 def session_records(run: Run, app_port: int) -> list[dict[str, Any]]:
@@ -173,7 +172,7 @@ def half_closed_session(run: Run, start_app: Callable[[str], App], name: str
     what was seen)`` with the fault still active (ports, timings, the app's result)."""
     app = start_app(name)
     app.wait_echo()
-    app_port = int(app.events()["connected"]["local_port"])
+    app_port = app.events()["connected"]["local_port"]  # an int (JSON)
     upstream_ip = run.pod(run.names.pod(UPSTREAM)).ip
     seen: dict[str, Any] = {"app_port": app_port, "upstream_ip": upstream_ip}
     fault = HalfClose(target=l1_pod(run), upstream=run.names.pod(UPSTREAM),
@@ -213,7 +212,7 @@ def test_half_closed_session_leaks_sidecar_sockets(meshlab_run: Run,
         after_close = l1_sockets(meshlab_run)
         observe_sockets(meshlab_run, "l1-sockets-after-app-close", after_close)
         conntrack_after_close = conntrack_entries(meshlab_run, app_port)
-        time.sleep(PERSIST_S)  # the observation window, not synchronisation
+        meshlab_run.sleep(PERSIST_S, "the leak must outlive the app's close")
         persist = l1_sockets(meshlab_run)
         observe_sockets(meshlab_run, "l1-sockets-persist", persist,
                         seconds_after_app_close=round(time.time() - result["closed_at_epoch_s"], 3))
@@ -256,7 +255,7 @@ def test_tcp_idle_timeout_bounds_the_leak(meshlab_run: Run,
         # the checks read a snapshot taken at the stated bound, whatever the poll saw: the
         # idle timeout after the FIN plus a margin (an observation point, not synchronisation)
         bound_epoch_s = seen["eof_epoch_s"] + IDLE_TIMEOUT_S + CLEAR_MARGIN_S
-        time.sleep(max(0.0, bound_epoch_s - time.time()))
+        meshlab_run.sleep(max(0.0, bound_epoch_s - time.time()), "until the stated bound")
         at_bound = l1_sockets(meshlab_run)
         observe_sockets(meshlab_run, "l1-sockets-at-bound", at_bound,
                         seconds_after_fin=round(time.time() - seen["eof_epoch_s"], 3))

@@ -35,10 +35,10 @@ def test_a_live_abort_and_delay_show_as_fi_di_only_inside_their_window(
     with meshlab_run.background_load("live-fault", URL, users=8, rate_per_s=RATE_PER_S,
                                      duration_s=STEADY_S + FAULT_S + 3, timeout_s=10,
                                      mode="open-loop"):
-        time.sleep(STEADY_S)
+        meshlab_run.sleep(STEADY_S, "steady state before the push")
         pushed_at = time.time()
         with meshlab_run.fault(fault, max_duration_s=60):
-            time.sleep(FAULT_S)
+            meshlab_run.sleep(FAULT_S, "the fault's window")
         reverted_at = time.time()
     meshlab_run.load("after", URL, users=4, rate_per_s=RATE_PER_S, duration_s=2)
     faulted = [(r, set(str(r.get("response_flags")).split(",")) & {"FI", "DI"})

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 from typing import Any
 
 import pytest
@@ -182,7 +181,7 @@ def test_retry_on_reset_hides_the_race(meshlab_run: Run) -> None:
         ResponseFlagsCount(l1, cluster=l2_cluster, flag="UC", at_most=0),
         OnlyResponseFlags(allowed={"-"}),
     )
-    time.sleep(RACE_S + 0.2)  # let L1's pooled connection idle past the upstream's limit
+    meshlab_run.sleep(RACE_S + 0.2, "L1's pooled connection idles past the upstream's limit")
     res = meshlab_run.shell(meshlab_run.client).run(
         ["curl", "-sS", "--max-time", "5", "http://fortio-server:8070/debug"])
     meshlab_run.observe("retry-on-reset:debug", "http", res.stdout[-2000:])

@@ -149,11 +149,6 @@ def _power_cycle_under_load(run: Run, name: str) -> dict[str, Any]:
     serves again. Records the L1 socket snapshot and the TPS windows; returns the windows."""
     l1, victim_pod = run.names.pod(L1), run.names.pod(L2, VICTIM_ORDINAL)
     victim = run.pod(victim_pod)
-    run.observe("kernel-timeouts", "sysctls", dict(
-        line.split(" = ", 1) for line in run.shell(l1).run(
-            ["sysctl", "net.ipv4.tcp_retries2", "net.ipv4.tcp_keepalive_time",
-             "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"]
-        ).stdout.splitlines()), pod=l1, note="Linux defaults, not time-scaled")
     with run.background_load(name, URL, users=USERS, rate_per_s=RATE_PER_S, duration_s=60,
                              timeout_s=10) as load:
         _wait_records(run, victim_pod, BASELINE_S * RATE_PER_S // 2)
@@ -164,10 +159,15 @@ def _power_cycle_under_load(run: Run, name: str) -> dict[str, Any]:
                         seconds_after_poweroff=round(age_s, 3))
             run.observe("l1-half-open-after-poweroff", "sockets",
                         [s.to_dict() for s in _stuck(_infos(socks), victim.ip)], pod=l1)
-            time.sleep(max(0.0, off + FAULT_S - time.time()))  # the outage lasts FAULT_S
+            run.sleep(max(0.0, off + FAULT_S - time.time()), "the outage lasts FAULT_S")
         on = time.time()  # L1 logs 2 records (inbound, outbound) per request:
         _wait_records(run, l1, len(run.records(l1)) + 2 * AFTER_S * RATE_PER_S)
         result = load.stop()
+    run.observe("kernel-timeouts", "sysctls", dict(
+        line.split(" = ", 1) for line in run.shell(l1).run(
+            ["sysctl", "net.ipv4.tcp_retries2", "net.ipv4.tcp_keepalive_time",
+             "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"]
+        ).stdout.splitlines()), pod=l1, note="Linux defaults, not time-scaled")
     left, took_s = _half_open_cleared(run, victim.ip)
     run.observe("l1-half-open-after-poweron", "sockets", left, pod=l1,
                 seconds_after_load=round(took_s, 3))

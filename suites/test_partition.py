@@ -10,7 +10,6 @@
   while the partition lasts.
 """
 
-import time
 
 import pytest
 
@@ -47,9 +46,9 @@ def partition_under_load(run: Run, name: str) -> dict:
     fault = NetworkPartition(side_a=[l1_node], side_b=[cut_node])
     with run.background_load(name, URL, users=8, rate_per_s=RATE_PER_S,
                              duration_s=STEADY_S + PARTITION_S + 3, timeout_s=10):
-        time.sleep(STEADY_S)
+        run.sleep(STEADY_S, "steady state before the partition")
         with run.fault(fault, max_duration_s=60):
-            time.sleep(PARTITION_S)
+            run.sleep(PARTITION_S, "the partition lasts PARTITION_S")
     return run.load_record(name)
 
 

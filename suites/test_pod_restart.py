@@ -19,7 +19,6 @@ sidecar's EDS), as kube-proxy and istiod do.
   L2-0 cost no request.
 """
 
-import time
 
 import pytest
 
@@ -40,13 +39,13 @@ def kills_under_load(run: Run, name: str) -> dict:
     pod = run.names.pod(L2)
     with run.background_load(name, URL, users=8, rate_per_s=RATE_PER_S, duration_s=LOAD_S,
                              timeout_s=10):
-        time.sleep(STEADY_S)
+        run.sleep(STEADY_S, "load before the first kill")
         with run.fault(PodKill(target=pod, container="main-app",
                                ready_timeout_s=READY_TIMEOUT_S), max_duration_s=60):
             pass  # the revert waits until the kubelet has it ready again
-        restarted = run.observe("restarts", "containers", run.env.container_statuses(pod),
+        restarted = run.observe("restarts", "containers", run.container_statuses(pod),
                                 pod=pod)
-        time.sleep(STEADY_S)
+        run.sleep(STEADY_S, "load between the kills")
         with run.fault(PodKill(target=pod, ready_timeout_s=READY_TIMEOUT_S),
                        max_duration_s=60):
             pass

@@ -32,12 +32,13 @@ def test_app_503_passes_with_no_flag(meshlab_run: Run) -> None:
     assert codes == {503}
 
 
-def pooled_connections(meshlab_run: Run, pod: str, peer: str, port: int) -> int:
-    """ESTAB connections from ``pod`` to ``peer:port`` (the sidecar's upstream pool), from ss."""
+def pooled_connections(meshlab_run: Run, pod: str, peer: str, port: int) -> list[str]:
+    """ESTAB connections from ``pod`` to ``peer:port`` (the sidecar's upstream pool): ss's
+    lines, one per connection."""
     peer_ip = meshlab_run.pod(peer).ip
     res = meshlab_run.shell(pod).run(
         ["ss", "-Htn", "state", "established", "dst", f"{peer_ip}:{port}"])
-    return len(res.stdout.splitlines())
+    return res.stdout.splitlines()
 
 
 def test_unreachable_l2_gives_uf_urx_at_l1_outbound(meshlab_run: Run) -> None:
@@ -48,9 +49,10 @@ def test_unreachable_l2_gives_uf_urx_at_l1_outbound(meshlab_run: Run) -> None:
     l1, l2, l2_cluster = lab.pod(L1), lab.pod(L2), lab.outbound_cluster(L2, L2_PORT)
     url = lab.url(L1, L1_PROXY_PORT, "/echo")
     meshlab_run.load("warm-pool", url, users=2, duration_s=2, max_requests=10)
-    pooled = pooled_connections(meshlab_run, l1, l2, L2_PORT)
+    pooled_lines = pooled_connections(meshlab_run, l1, l2, L2_PORT)  # before the fault
     with meshlab_run.fault(RejectConnections(target=l2, port=L2_PORT)):
         load = meshlab_run.load("l2-refused", url, users=2, duration_s=3, max_requests=20)
+    pooled = len(pooled_lines)
     assert load.requests == 20 and load.status_counts.get("503", 0) == load.requests
     meshlab_run.check(
         ResponseFlagsCount(l1, cluster=l2_cluster, flag="UF", at_least=20 - pooled),

@@ -38,17 +38,17 @@ def _load(run: Run, name: str) -> dict[str, float]:
 
 def test_a_sidecar_cpu_limit_near_its_need_throttles_the_tail_and_removing_it_restores_it(
         meshlab_run: Run) -> None:
-    env, l1 = meshlab_run.env, meshlab_run.names.pod(L1)
+    l1 = meshlab_run.names.pod(L1)
     meshlab_run.load("warm-up", URL, users=4, duration_s=2, max_requests=100)
-    start, t0 = env.container_usage(l1)[SIDECAR], time.monotonic()
+    start, t0 = meshlab_run.container_usage(l1)[SIDECAR], time.monotonic()
     base = _load(meshlab_run, "baseline")
-    before, t1 = env.container_usage(l1)[SIDECAR], time.monotonic()
+    before, t1 = meshlab_run.container_usage(l1)[SIDECAR], time.monotonic()
     need_m = (before["cpu_usage_us"] - start["cpu_usage_us"]) / 1000 / (t1 - t0)
     limit_m = max(1, round(HEADROOM * need_m))
     with meshlab_run.fault(CpuLimit(target=l1, container=SIDECAR, cpu_m=limit_m),
                            max_duration_s=60):
         limited = _load(meshlab_run, "limited-100m")
-        during = env.container_usage(l1)[SIDECAR]
+        during = meshlab_run.container_usage(l1)[SIDECAR]
     unlimited = _load(meshlab_run, "no-limit")
     meshlab_run.observe("throttling", "latency_compare", {
         "baseline_p50_ms": base["p50_ms"], "baseline_p99_ms": base["p99_ms"],

@@ -12,7 +12,6 @@ debugger).
   answered, p100 under per-try timeout + backoff + L2-1's latency.
 """
 
-import time
 
 import pytest
 
@@ -42,9 +41,9 @@ def paused_under_load(run: Run, name: str, replica: int = 0) -> None:
     fault = ContainerPause(target=run.names.pod(L2, replica), container="main-app")
     with run.background_load(name, URL, users=8, rate_per_s=RATE_PER_S,
                              duration_s=STEADY_S + PAUSE_S + 2, timeout_s=10):
-        time.sleep(STEADY_S)
+        run.sleep(STEADY_S, "load before the pause")
         with run.fault(fault, max_duration_s=60):
-            time.sleep(PAUSE_S)
+            run.sleep(PAUSE_S, "the app stays paused PAUSE_S")
 
 
 def test_a_paused_app_hangs_requests_until_the_callers_timeout(meshlab_run: Run) -> None:

@@ -41,6 +41,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from meshlab.missing import dry_run_active, not_measured
+
 _CHUNK_BYTES = 32 * 1024
 
 
@@ -71,7 +73,10 @@ def _emit(event: str, **fields: Any) -> None:
 
 def read_events(path: Path) -> dict[str, dict[str, Any]]:
     """The progress events a client wrote to ``path`` so far, last one per name (a line still
-    being written is skipped)."""
+    being written is skipped); in a dry run (:func:`meshlab.missing.dry_run_scope`: no client
+    ran), a Missing ``events in <file>``."""
+    if dry_run_active():
+        return not_measured(f"events in {path.name}")  # type: ignore[return-value]
     events: dict[str, dict[str, Any]] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         try:

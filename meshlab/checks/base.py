@@ -9,17 +9,27 @@ verdicts of a run.
 :func:`assert_all` is the one entry point suites use: it evaluates every check, records every
 verdict in ``journal["verdicts"]`` and raises :class:`~meshlab.errors.SystemUnderTestError`
 listing each failure in readable form.
+
+In a dry run nothing was measured: :func:`record_not_evaluated` journals each check as *not
+evaluated* (``passed: null``, observed ``not measured (dry run)``) instead, and a check built
+from a value the dry run did not measure (a :class:`~meshlab.missing.Missing` bound, e.g.
+``at_least=load.requests + 40``) is not validated either.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from meshlab.errors import ConfigError, SystemUnderTestError
+from meshlab.errors import ConfigError, MissingMeasurement, SystemUnderTestError
+from meshlab.missing import is_missing
+
+#: A verdict's ``observed`` when the check was not evaluated (a dry run).
+NOT_MEASURED = "not measured (dry run)"
 
 
 @dataclass(frozen=True)
@@ -30,8 +40,10 @@ class Verdict:
         check: the check's id, e.g. ``"tps_at_least"``.
         subject: what was checked, e.g. a load name or ``"<pod> <cluster>"``.
         expected: the accepted range in words, e.g. ``">= 50.0 TPS"``.
-        observed: what the journal shows, e.g. ``"198.2 TPS"`` or ``"missing"``.
-        passed: True when ``observed`` is within ``expected``.
+        observed: what the journal shows, e.g. ``"198.2 TPS"`` or ``"missing"``
+            (:data:`NOT_MEASURED` when not evaluated).
+        passed: True when ``observed`` is within ``expected``; None when the check was not
+            evaluated (a dry run measured nothing).
         message: one readable sentence, e.g.
             ``"p99 latency of load 'baseline' is 12.4 ms, expected <= 10.0 ms"``.
     """
@@ -40,7 +52,7 @@ class Verdict:
     subject: str
     expected: str
     observed: str
-    passed: bool
+    passed: bool | None
     message: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,17 +60,26 @@ class Verdict:
         return asdict(self)
 
     def __str__(self) -> str:
-        return f"[{'PASS' if self.passed else 'FAIL'}] {self.message}"
+        tag = "NOT EVALUATED" if self.passed is None else "PASS" if self.passed else "FAIL"
+        return f"[{tag}] {self.message}"
 
 
 class Check(ABC):
     """Base of every check: a named predicate over a run journal.
 
     Subclasses are frozen dataclasses (so their repr shows their parameters), set the class
-    attribute :attr:`name` and implement :meth:`evaluate`.
+    attribute :attr:`name` and implement :meth:`evaluate`. Their ``__post_init__`` validation
+    is skipped for a check with a :class:`~meshlab.missing.Missing` parameter (a dry run's:
+    it is never evaluated).
     """
 
     name: ClassVar[str] = "check"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        validate = cls.__dict__.get("__post_init__")
+        if validate is not None:
+            cls.__post_init__ = _unless_unmeasured(validate)
 
     @abstractmethod
     def evaluate(self, journal: Mapping[str, Any]) -> Verdict:
@@ -71,7 +92,21 @@ class Check(ABC):
             The verdict; missing data gives a failed verdict, never an exception.
         """
 
-    def _verdict(self, subject: str, expected: str, observed: str, passed: bool,
+    def not_evaluated(self) -> Verdict:
+        """This check's verdict in a dry run: not evaluated (``passed`` None), with the
+        subject and expected range it would have judged (when its parameters are measured)."""
+        try:
+            words = self.evaluate({})  # an empty journal: the check's subject and range
+            subject, expected = words.subject, words.expected
+        except MissingMeasurement:  # a bound the dry run did not measure
+            subject = next((str(v) for v in (getattr(self, key, None) for key in
+                                             ("load", "observation", "pod")) if v), "–")
+            expected = repr(self)
+        return self._verdict(subject, expected, NOT_MEASURED, None,
+                             f"{self.name} on {subject!r}: not evaluated (dry run: nothing "
+                             f"was measured), expected {expected}")
+
+    def _verdict(self, subject: str, expected: str, observed: str, passed: bool | None,
                  message: str) -> Verdict:
         return Verdict(check=self.name, subject=subject, expected=expected, observed=observed,
                        passed=passed, message=message)
@@ -114,6 +149,25 @@ def assert_all(journal: dict[str, Any], checks: Iterable[Check]) -> list[Verdict
         raise SystemUnderTestError(
             f"{len(failed)} of {len(verdicts)} checks failed:\n{lines}")
     return verdicts
+
+
+def record_not_evaluated(journal: dict[str, Any], checks: Iterable[Check]) -> list[Verdict]:
+    """A dry run's :func:`assert_all`: journal every check as not evaluated, raise nothing.
+
+    Returns:
+        The verdicts (``passed`` None), in the order of ``checks``.
+    """
+    verdicts = [check.not_evaluated() for check in checks]
+    journal.setdefault("verdicts", []).extend(v.to_dict() for v in verdicts)
+    return verdicts
+
+
+def _unless_unmeasured(validate: Callable[[Any], None]) -> Callable[[Any], None]:
+    @functools.wraps(validate)
+    def checked(self: Any) -> None:
+        if not any(is_missing(value) for value in vars(self).values()):
+            validate(self)
+    return checked
 
 
 # --- helpers shared by the check modules ------------------------------------------------------

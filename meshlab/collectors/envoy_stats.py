@@ -26,6 +26,10 @@ sockets, back to 0 when they close): ``cx_tx_unsent_bytes`` (bytes written but n
 The sidecar reads ``TCP_INFO`` only every ``update_period`` (the lab:
 :data:`meshlab.envs.local.istiod.TCP_STATS_UPDATE_PERIOD_S` = 1 s) and at close, so a gauge
 must be polled *while* a fault is active (:class:`StatsPoller`); read afterwards it is 0 again.
+
+In a dry run (:func:`meshlab.missing.dry_run_scope`) the admin call is printed and answers
+nothing: a snapshot is a :class:`~meshlab.missing.Missing` (``stats of <pod> …``), and
+:func:`delta`, :func:`max_values` and the poller's readings of one are Missing too.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from meshlab.collectors.admin_http import AdminClient
 from meshlab.collectors.stats_text import parse_stats, parse_stats_text, stats_path
 from meshlab.envs.base import Env
 from meshlab.errors import MeshlabError
+from meshlab.missing import dry_run_active, is_missing, not_measured
 
 #: Counters of the tcp_stats extension (charged with positive ``tcp_info`` deltas).
 TCP_STATS_COUNTERS = ("cx_tx_segments", "cx_rx_segments", "cx_tx_data_segments",
@@ -70,7 +75,8 @@ def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict
     Returns:
         ``{stat name: integer value}``. For an env whose sidecars have no tcp_stats extension
         (``env.sidecar_has_tcp_stats`` False: stock istio-proxy on a cluster), a tcp_stats
-        filter is answered from ``ss`` (:mod:`meshlab.collectors.tcp_stats_ss`).
+        filter is answered from ``ss`` (:mod:`meshlab.collectors.tcp_stats_ss`). In a dry
+        run, after the (printed) call, a Missing ``stats of <pod> (filter <regex>)``.
 
     Raises:
         ConfigError: the pod has no sidecar.
@@ -78,20 +84,33 @@ def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict
     """
     if not env.sidecar_has_tcp_stats and filter_regex and \
             "tcp_stats" in filter_regex:
-        return tcp_stats_ss.snapshot(env, pod, filter_regex)
-    return parse_stats(env.sidecar_admin(pod, stats_path(filter_regex)))
+        values = tcp_stats_ss.snapshot(env, pod, filter_regex)
+    else:
+        values = parse_stats(env.sidecar_admin(pod, stats_path(filter_regex)))
+    if dry_run_active():
+        return not_measured(f"stats of {pod} (filter {filter_regex})")  # type: ignore[return-value]
+    return values
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """``after - before`` per stat (a stat missing from ``before`` counts from 0).
 
-    Stats only in ``before`` are left out (the sidecar dropped them, e.g. a restart).
+    Stats only in ``before`` are left out (the sidecar dropped them, e.g. a restart). A
+    Missing snapshot (a dry run) gives a Missing.
     """
+    if is_missing(after):
+        return after
+    if is_missing(before):
+        return before
     return {name: value - before.get(name, 0) for name, value in after.items()}
 
 
 def max_values(samples: list[dict[str, int]]) -> dict[str, int]:
-    """Per stat, the largest value over ``samples`` (e.g. a gauge's peak during a fault)."""
+    """Per stat, the largest value over ``samples`` (e.g. a gauge's peak during a fault); a
+    Missing sample (a dry run) makes it a Missing."""
+    unmeasured = next((sample for sample in samples if is_missing(sample)), None)
+    if unmeasured is not None:
+        return unmeasured
     out: dict[str, int] = {}
     for sample in samples:
         for name, value in sample.items():
@@ -112,7 +131,8 @@ class StatsPoller:
         max_samples: the poller stops by itself after this many samples (bounded work).
 
     Attributes:
-        samples: ``[(epoch_s, {stat: value})]`` in order.
+        samples: ``[(epoch_s, {stat: value})]`` in order; in a dry run one sample, a Missing
+            (the poller stops after it: nothing would change).
         errors: admin calls that failed (text), e.g. while the pod was unreachable.
     """
 
@@ -135,8 +155,10 @@ class StatsPoller:
     def _run(self) -> None:
         while not self._stop.is_set() and len(self.samples) < self.max_samples:
             try:
-                self.samples.append((time.time(), snapshot(self.env, self.pod,
-                                                           self.filter_regex)))
+                values = snapshot(self.env, self.pod, self.filter_regex)
+                self.samples.append((time.time(), values))
+                if is_missing(values):
+                    return
             except MeshlabError as exc:
                 self.errors.append(str(exc))
             self._stop.wait(self.interval_s)
@@ -155,12 +177,16 @@ class StatsPoller:
             self._thread.join()
 
     def max_values(self, names: list[str] | None = None) -> dict[str, int]:
-        """Each stat's peak over the samples (only ``names`` when given)."""
+        """Each stat's peak over the samples (only ``names`` when given; a dry run's: each
+        a Missing)."""
         peaks = max_values([values for _, values in self.samples])
         return peaks if names is None else {n: peaks.get(n, 0) for n in names}
 
     def nonzero_samples(self, name: str) -> int:
-        """How many samples show ``name`` above 0."""
+        """How many samples show ``name`` above 0 (a dry run's: a Missing)."""
+        unmeasured = max_values([values for _, values in self.samples])
+        if is_missing(unmeasured):
+            return unmeasured[name]  # type: ignore[return-value]
         return sum(1 for _, values in self.samples if values.get(name, 0) > 0)
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from meshlab.collectors.admin_http import ADMIN_HOST, ADMIN_PORT
+from meshlab.missing import dry_run_active, is_missing, not_measured
 
 SS_ARGV = ["ss", "-Htanoie"]
 
@@ -134,16 +135,33 @@ def parse_ss(text: str) -> list[SocketInfo]:
 def snapshot(shell: Any) -> list[SocketInfo]:
     """Run ``ss -Htanoie`` through ``shell`` and parse it.
 
+    Returns:
+        The sockets; in a dry run (:func:`meshlab.missing.dry_run_scope`), after the printed
+        ``ss``, a Missing ``sockets in <pod>``.
+
     Raises:
         CommandError: ``ss`` failed.
     """
-    return parse_ss(shell.run(SS_ARGV, timeout_s=20).stdout)
+    out = shell.run(SS_ARGV, timeout_s=20).stdout
+    if dry_run_active():
+        return not_measured(f"sockets in {shell.name}")  # type: ignore[return-value]
+    return parse_ss(out)
+
+
+def to_dicts(sockets: Iterable[SocketInfo]) -> list[dict[str, Any]]:
+    """JSON-ready rows of a snapshot, for an observation (a dry run's Missing as it is)."""
+    if is_missing(sockets):
+        return sockets  # type: ignore[return-value]
+    return [s.to_dict() for s in sockets]
 
 
 def select(sockets: Iterable[SocketInfo], *, state: str | None = None, uid: int | None = None,
            peer_ip: str | None = None, peer_port: int | None = None,
            local_port: int | None = None) -> list[SocketInfo]:
-    """The sockets matching every given filter (``state`` as ss prints it, e.g. ``ESTAB``)."""
+    """The sockets matching every given filter (``state`` as ss prints it, e.g. ``ESTAB``); of
+    a dry run's Missing snapshot, the Missing."""
+    if is_missing(sockets):
+        return sockets  # type: ignore[return-value]
     return [s for s in sockets
             if (state is None or s.state == state) and (uid is None or s.uid == uid)
             and (peer_ip is None or s.peer_ip == peer_ip)

@@ -31,6 +31,7 @@ from meshlab.collectors.sockets import SocketInfo
 from meshlab.collectors.sockets import snapshot as socket_snapshot
 from meshlab.collectors.stats_text import parse_stats, stats_path
 from meshlab.envs.base import Env
+from meshlab.missing import is_missing
 
 SIDECAR_UID = 1337
 #: tcp_stats name → the :class:`SocketInfo` field summed for it.
@@ -94,13 +95,19 @@ def snapshot(env: Env, pod: str, filter_regex: str | None = "tcp_stats") -> dict
     """tcp_stats of ``pod``'s sidecar computed from ``ss`` (same shape as
     :func:`meshlab.collectors.envoy_stats.snapshot`), filtered by ``filter_regex``.
 
+    Returns:
+        ``{stat name: value}``; a dry run's socket snapshot (a Missing) as it is.
+
     Raises:
         LabError: the admin endpoint or ``ss`` failed.
     """
     clusters = cluster_endpoints(env.sidecar_admin(pod, "/clusters"))
     listeners = listeners_from_stats(
         parse_stats(env.sidecar_admin(pod, stats_path("downstream_cx_total$"))))
-    values = tcp_stats_from_sockets(socket_snapshot(env.pod_shell(pod)), clusters, listeners)
+    sockets = socket_snapshot(env.pod_shell(pod))
+    if is_missing(sockets):
+        return sockets  # type: ignore[return-value]
+    values = tcp_stats_from_sockets(sockets, clusters, listeners)
     if not filter_regex:
         return values
     pattern = re.compile(filter_regex)

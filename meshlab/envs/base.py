@@ -58,6 +58,9 @@ class Shell(Protocol):
       driver has the runner write a pod-local file and fetches it with ``cat``.
     - ``runner_python: str | None`` (default None: ``sys.executable``): the interpreter with
       meshlab installed, as the commands see it (the load runner's).
+    - ``dry_run: bool`` (default False): the commands are only printed (the kube dry run) and
+      "exit 0" with no output, so a listing finds nothing; a revert that finds what to delete
+      by listing prints what it would delete instead.
     """
 
     name: str

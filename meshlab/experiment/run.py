@@ -1,7 +1,12 @@
 """``Run``: one journaled experiment against an env — load, faults, sidecar data, checks.
 
 The suite-facing API behind the ``meshlab_run`` fixture, the CLI and the chaostoolkit probes.
-It only uses the Env protocol, so a suite never knows which env runs it.
+It only uses the Env protocol, so a suite never knows which env runs it. What a suite reads
+from the lab (a shell's output, access logs, container usage, pauses) is
+:class:`~meshlab.experiment.readings.LabReadings`. In a dry run
+(:func:`meshlab.missing.dry_run_scope`) every step is printed by the env and nothing is
+measured: loads, stats, sockets and readings are :class:`~meshlab.missing.Missing`, and
+:meth:`Run.check` journals each check as not evaluated.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from meshlab.checks.base import Check, Verdict, assert_all
+from meshlab.checks.base import Check, Verdict, assert_all, record_not_evaluated
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
 from meshlab.collectors.sampler import Sampler
 from meshlab.collectors.stats_text import stat_ints, stats_path
-from meshlab.envs.base import Env, LoadJobs, PodInfo, Shell
+from meshlab.envs.base import Env, LoadJobs
 from meshlab.errors import ConfigError, MeshlabError
 from meshlab.experiment.names import LabNames
+from meshlab.experiment.readings import LabReadings
 from meshlab.faults.base import active
 from meshlab.faults.protocol import Fault
 from meshlab.journal import RunJournal
@@ -34,7 +40,7 @@ DELIVERING = frozenset({"ESTAB", "SYN-SENT", "SYN-RECV"})
 ACCESS_LOG_SAMPLE = 20
 
 
-class Run:
+class Run(LabReadings):
     """One experiment run.
 
     Args:
@@ -59,6 +65,10 @@ class Run:
         self.load_mode = load_mode
         self.started_epoch_s = time.time()
         journal.data.update(env.describe())
+        if self.dry_run:
+            journal.data["notes"].append(
+                "dry run: every manifest and command was printed, nothing was sent or "
+                "measured; loads, stats and observations are empty (null), checks not evaluated")
         if not env.sidecar_has_tcp_stats:
             from meshlab.collectors.tcp_stats_ss import NOTE
 
@@ -111,7 +121,8 @@ class Run:
             distribution: open loop: ``"constant"`` or ``"poisson"`` arrivals.
 
         Returns:
-            The :class:`LoadResult` (latencies in µs).
+            The :class:`LoadResult` (latencies in µs); in a dry run
+            :meth:`~meshlab.load.result.LoadResult.not_measured`.
 
         Raises:
             ConfigError: a bad load option (names the field), or ``jobs`` on an env without
@@ -130,7 +141,7 @@ class Run:
                 result = run_load_jobs(self.env, from_pod or self.client, spec, out_path)
             else:
                 result = run_load(shell, spec, out_path)
-            rec["output"] = f"{result.requests} requests, {result.tps:.1f} TPS"
+            rec["output"] = result.summary()
         self.journal.add_load(name, result.to_dict())
         return result
 
@@ -156,7 +167,7 @@ class Run:
                 handle.stop()
                 raise
             result = handle.wait()
-            rec["output"] = f"{result.requests} requests, {result.tps:.1f} TPS"
+            rec["output"] = result.summary()
         self.journal.add_load(name, result.to_dict())
 
     def fault(self, fault: Fault, max_duration_s: float | None = None) -> Any:
@@ -202,18 +213,6 @@ class Run:
     def names(self) -> LabNames:
         """The lab's names from its topology: pods, namespace, FQDNs, Envoy cluster names."""
         return LabNames(self.env)
-
-    def pod(self, name: str) -> PodInfo:
-        """A pod of the lab by name or workload (``env.pod``)."""
-        return self.env.pod(name)
-
-    def shell(self, pod: str) -> Shell:
-        """A shell in ``pod``'s network namespace (``env.pod_shell``)."""
-        return self.env.pod_shell(pod)
-
-    def sidecar_admin(self, pod: str, path: str) -> str:
-        """GET ``path`` from ``pod``'s sidecar admin API (:15000); the body."""
-        return self.env.sidecar_admin(pod, path)
 
     def collect_sidecars(self) -> dict[str, Any]:
         """Read every sidecar's new access-log lines into ``journal["sidecars"]``.
@@ -320,18 +319,17 @@ class Run:
         return record(self.journal, client or self.env.prometheus(), self.started_epoch_s,
                       time.time())
 
-    def records(self, pod: str) -> list[dict[str, Any]]:
-        """The pod sidecar's access-log records written during this run."""
-        return parse_lines(self.env.access_log_lines(pod)[self._log_marks.get(pod, 0):])
-
     def check(self, *checks: Check) -> list[Verdict]:
-        """Refresh sidecar data, evaluate every check and journal the verdicts.
+        """Refresh sidecar data, evaluate every check and journal the verdicts (in a dry run:
+        journal each as not evaluated, :func:`~meshlab.checks.base.record_not_evaluated`).
 
         Raises:
             SystemUnderTestError: one or more checks failed (an AssertionError listing each).
         """
         self.collect_sidecars()
         try:
+            if self.dry_run:
+                return record_not_evaluated(self.journal.data, checks)
             return assert_all(self.journal.data, checks)
         finally:
             self.journal.save()

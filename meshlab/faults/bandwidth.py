@@ -43,7 +43,7 @@ from meshlab.faults.qdisc import (
     peer_network,
     remove_ifb_redirect,
 )
-from meshlab.faults.targets import param_error, require_target, target_shell
+from meshlab.faults.targets import listing_shows, param_error, require_target, target_shell
 
 NAME = "bandwidth"
 DIRECTIONS = ("egress", "ingress", "both")
@@ -190,10 +190,10 @@ class Bandwidth:
         """Remove this fault's qdiscs and IFB device (idempotent)."""
         shell = target_shell(env, self.target, NAME)
         done = []
-        root = shell.run(["tc", "qdisc", "show", "dev", self.device, "root"], check=False)
-        if root.ok and self._ours(root.stdout):
+        if listing_shows(shell, ["tc", "qdisc", "show", "dev", self.device, "root"], self._ours,
+                         made=self.direction != "ingress"):
             shell.run(["tc", "qdisc", "del", "dev", self.device, "root"])
             done.append("root qdisc")
-        if remove_ifb_redirect(shell, self.device, self.ifb):
+        if remove_ifb_redirect(shell, self.device, self.ifb, made=self.direction != "egress"):
             done.append(f"ingress redirect and {self.ifb}")
         return f"{shell.name}: removed {', '.join(done) or 'nothing (not active)'}"

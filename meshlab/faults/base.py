@@ -20,6 +20,7 @@ from typing import Any
 from meshlab.envs.base import Env
 from meshlab.envs.ledger import LedgerEntry, fault_params
 from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S, Fault
+from meshlab.missing import dry_run_active
 
 
 @contextmanager
@@ -37,9 +38,14 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _open_entry(fault: Fault, env: Env, max_duration_s: float | None) -> Any:
+    """The fault's ledger entry and deadman; none for a test double (no ``spec()``) or in a
+    suite's dry run (:func:`meshlab.missing.dry_run_scope`: the fault only prints, nothing is
+    left to revert)."""
     limit = float(max_duration_s or getattr(fault, "max_duration_s", None)
                   or DEFAULT_MAX_DURATION_S)
-    return LedgerEntry.create(env, fault, limit) if isinstance(env, Env) else None
+    if not isinstance(env, Env) or dry_run_active():
+        return None
+    return LedgerEntry.create(env, fault, limit)
 
 
 def _mark_active(fault: Fault, entry: Any) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from meshlab.envs.base import Env
 from meshlab.errors import ConfigError
 from meshlab.faults.targets import param_error, require_target, target_shell
+from meshlab.missing import dry_run_active, is_missing, not_measured
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 # conntrack(8) --state names for TCP (conntrack-tools, src/conntrack.c tcp_states)
@@ -44,7 +45,8 @@ class ConntrackDelete:
         orig_dst: the original destination address (e.g. a ClusterIP, before DNAT/REDIRECT).
         orig_port: the original destination port.
         state: conntrack state (tcp only), e.g. ``CLOSE_WAIT``.
-        deleted: filled by inject: how many entries were removed.
+        deleted: filled by inject: how many entries were removed (a dry run's shell reads
+            no count: None, a :class:`~meshlab.missing.Missing` in a suite's dry run).
 
     Raises:
         ConfigError: a bad parameter (the message names the field).
@@ -65,7 +67,7 @@ class ConntrackDelete:
         require_target(self.name, self.target)
         if self.protocol not in PROTOCOLS:
             raise bad("protocol", f"{self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-        if self.orig_dst is not None:
+        if self.orig_dst is not None and not is_missing(self.orig_dst):  # a dry run's: unknown
             try:
                 ipaddress.ip_address(self.orig_dst)
             except ValueError:
@@ -90,7 +92,7 @@ class ConntrackDelete:
         return argv
 
     def _selector(self) -> str:
-        return " ".join(self.delete_argv()[2:])
+        return " ".join(str(arg) for arg in self.delete_argv()[2:])  # a dry run's: a label
 
     def inject(self, env: Env) -> str:
         """Delete the matching entries.
@@ -100,6 +102,10 @@ class ConntrackDelete:
         """
         shell = target_shell(env, self.target, self.name)
         res = shell.run(self.delete_argv(), check=False)
+        if getattr(shell, "dry_run", False):
+            self.deleted = not_measured(f"entries deleted by {self._selector()}") \
+                if dry_run_active() else None  # type: ignore[assignment]
+            return f"{shell.name}: conntrack entries deleted (dry run) ({self._selector()})"
         found = _DELETED.search(res.stderr + res.stdout)
         if not found:  # exit 1 with "0 flow entries" is fine; anything else is not
             shell.run(self.delete_argv())

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.envs.base import ClusterDns, Env
-from meshlab.errors import ConfigError
+from meshlab.errors import Unsupported
 from meshlab.faults import dns_chaos
 from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S
 from meshlab.faults.targets import param_error
@@ -97,7 +97,7 @@ class DnsError:
         if env.name == "kube":
             return dns_chaos.apply(env, self.fault_id, self.patterns, self.action,
                                    float(self.probability_pct), self.max_duration_s)
-        raise ConfigError(f"{NAME}: the {env.name} env has no cluster DNS to fault")
+        raise Unsupported(f"{NAME}: the {env.name} env has no cluster DNS to fault")
 
     def revert(self, env: Env) -> str:
         """Stop failing them (idempotent)."""

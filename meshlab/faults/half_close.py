@@ -120,20 +120,25 @@ class HalfClose:
         """Scale CLOSE_WAIT in the target netns (saving the old value once), then signal the
         upstream app.
 
+        A dry run's shell (``dry_run``) reads nothing: the value saved is the placeholder
+        ``<value read by sysctl -n>`` (its revert prints it so) and no process is found.
+
         Raises:
             LabError: the sysctl is missing (no conntrack in the netns) or no app process found.
         """
         shell = env.pod_shell(self.target)
+        dry = getattr(shell, "dry_run", False)
         if CLOSE_WAIT_SYSCTL not in self.saved:  # a second inject must not save the scaled value
             res = shell.run(["sysctl", "-n", CLOSE_WAIT_SYSCTL], check=False)
             if res.returncode != 0:
                 raise LabError(f"{shell.name}: cannot read {CLOSE_WAIT_SYSCTL} (is nf_conntrack "
                                f"loaded?): {res.stderr.strip()}")
-            self.saved[CLOSE_WAIT_SYSCTL] = res.stdout.strip()
+            self.saved[CLOSE_WAIT_SYSCTL] = res.stdout.strip() if not dry else \
+                "<value read by sysctl -n>"
         shell.run(["sysctl", "-w", f"{CLOSE_WAIT_SYSCTL}={self.close_wait_timeout_s}"])
         up = env.pod_shell(self.upstream)
         self.signalled = signal_app(up, self.app_match, self.signame)
-        if not self.signalled:
+        if not self.signalled and not dry:
             raise LabError(f"{up.name}: no process matching {self.app_match!r} to signal")
         return (f"{shell.name}: {CLOSE_WAIT_SYSCTL} {self.saved[CLOSE_WAIT_SYSCTL]} -> "
                 f"{self.close_wait_timeout_s}; {up.name}: SIG{self.signame} to "

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshlab.envs.base import Env, RouteFaults
-from meshlab.errors import ConfigError
+from meshlab.errors import ConfigError, Unsupported
 from meshlab.faults.targets import capable, param_error
 
 NAME = "http-fault"
@@ -91,9 +91,9 @@ class HttpFault:
                 abort_pct=self.abort_pct,
                 delay_s=None if self.delay_ms is None else self.delay_ms / 1000,
                 delay_pct=self.delay_pct)
-        except ConfigError as exc:
-            raise ConfigError(f"{NAME}: {exc}") if not str(exc).startswith(NAME) else exc \
-                from None
+        except ConfigError as exc:  # named after the fault; a refusal stays Unsupported
+            kind = Unsupported if isinstance(exc, Unsupported) else ConfigError
+            raise kind(f"{NAME}: {exc}") if not str(exc).startswith(NAME) else exc from None
 
     def revert(self, env: Env) -> str:
         """Push the routes without the fault (idempotent)."""

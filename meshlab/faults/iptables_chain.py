@@ -10,6 +10,7 @@ deadman does — and never another fault's or kube-proxy's. The chain is named
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshlab.envs.base import Shell
@@ -60,8 +61,14 @@ class FaultChain:
             shell.run(["iptables", "-I", hook[0], "1", *hook[1:], *self.tag, "-j", self.chain])
         return True
 
-    def remove(self, shell: Shell) -> str:
+    def remove(self, shell: Shell, hooks: Sequence[list[str]] = ()) -> str:
         """Delete every hook rule carrying the comment, then the chain (idempotent).
+
+        Args:
+            shell: where the chain is.
+            hooks: the hooks :meth:`create` inserts for this fault (``[builtin, match…]``); a
+                dry run's shell (``shell.dry_run``) lists nothing, so their deletes are printed
+                as they would run. A real run finds the rules by their comment instead.
 
         Returns:
             One line: what was removed in which netns.
@@ -74,6 +81,11 @@ class FaultChain:
                 if args[:2] == ["-A", hook] and self.comment in args:
                     shell.run(["iptables", "-D", *args[1:]])
                     removed += 1
+        if getattr(shell, "dry_run", False):
+            for hook in hooks:
+                shell.run(["iptables", "-D", hook[0], *hook[1:], *self.tag, "-j", self.chain],
+                          check=False)
+                removed += 1
         # flush and delete without asking first (an absent chain just fails), so a dry run
         # prints the removal too
         shell.run(["iptables", "-F", self.chain], check=False)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.envs.base import STATE_ROOT, Env, LocalNamespaces, Shell
-from meshlab.errors import CommandError, ConfigError, LabError
+from meshlab.errors import CommandError, ConfigError, LabError, Unsupported
 from meshlab.faults.iptables_chain import FaultChain
 from meshlab.faults.netem_agent import SKIP_MARK
 from meshlab.faults.qdisc import (
@@ -45,7 +45,7 @@ from meshlab.faults.qdisc import (
     peer_network,
     remove_ifb_redirect,
 )
-from meshlab.faults.targets import param_error, require_target, target_shell
+from meshlab.faults.targets import listing_shows, param_error, require_target, target_shell
 from meshlab.polling import PollTimeout, wait_until
 
 NAME = "network-delay"
@@ -225,7 +225,7 @@ class NetworkDelay:
 
     def _inject_nfqueue(self, env: Env, shell: Shell, is_node: bool, peer: str | None) -> None:
         if not isinstance(env, LocalNamespaces):
-            raise ConfigError(f"{NAME}: backend: nfqueue runs its agent on the local lab only; "
+            raise Unsupported(f"{NAME}: backend: nfqueue runs its agent on the local lab only; "
                               f"this env needs netem (backend=netem)")
         self._start_agent(env, shell)
         self.chain.create(shell, self.nfqueue_rules(peer), self.nfqueue_hooks(is_node))
@@ -279,11 +279,12 @@ class NetworkDelay:
 
     def _revert_netem(self, shell: Shell) -> list[str]:
         done = []
-        root = shell.run(["tc", "qdisc", "show", "dev", "eth0", "root"], check=False)
-        if root.ok and ("qdisc netem 1:" in root.stdout or "qdisc htb 1:" in root.stdout):
+        if listing_shows(shell, ["tc", "qdisc", "show", "dev", "eth0", "root"],
+                         lambda root: "qdisc netem 1:" in root or "qdisc htb 1:" in root,
+                         made=self.direction != "ingress"):
             shell.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
             done.append("root qdisc")
-        if remove_ifb_redirect(shell, "eth0", self.ifb):
+        if remove_ifb_redirect(shell, "eth0", self.ifb, made=self.direction != "egress"):
             done.append(self.ifb)
         return done
 

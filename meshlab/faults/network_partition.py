@@ -170,9 +170,9 @@ class NetworkPartition:
         for side in ("side_a", "side_b"):
             for name in getattr(self, side):
                 try:
-                    shell = self._resolve(env, name, side)[0]
+                    shell, _, is_node = self._resolve(env, name, side)
                 except (ConfigError, LabError) as exc:
                     lines.append(f"{name}: nothing to revert ({exc})")
                     continue
-                lines.append(self.chain.remove(shell))
+                lines.append(self.chain.remove(shell, self.hooks(is_node)))
         return "; ".join(lines)

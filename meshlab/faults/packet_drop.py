@@ -279,4 +279,4 @@ class PacketDrop:
     def revert(self, env: Env) -> str:
         """Delete every rule carrying this fault's comment, then its chain (idempotent; a
         namespace that no longer exists has nothing to revert)."""
-        return self._chain.remove(self._shell(env))
+        return self._chain.remove(self._shell(env), self.hook_rules(self._pod(env) is None))

@@ -15,7 +15,7 @@ import ipaddress
 
 from meshlab.envs.base import Env, Shell
 from meshlab.errors import ConfigError
-from meshlab.faults.targets import param_error
+from meshlab.faults.targets import listing_shows, param_error
 
 #: The filtered class's own rate: far above any veth, so only its child qdisc limits it.
 OPEN_RATE = "100gbit"
@@ -31,12 +31,12 @@ def ifb_redirect(device: str, ifb: str) -> list[list[str]]:
              "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb]]
 
 
-def remove_ifb_redirect(shell: Shell, device: str, ifb: str) -> bool:
+def remove_ifb_redirect(shell: Shell, device: str, ifb: str, made: bool = True) -> bool:
     """Undo :func:`ifb_redirect`: the ingress qdisc only if its filter redirects to ``ifb``
-    (never another fault's), then ``ifb`` (deleted without asking first, so a dry run prints
-    it). Returns whether ``ifb`` existed."""
-    filters = shell.run(["tc", "filter", "show", "dev", device, "ingress"], check=False)
-    if filters.ok and ifb in filters.stdout:
+    (never another fault's; a dry run deletes it when the fault ``made`` it), then ``ifb``
+    (deleted without asking first, so a dry run prints it). Returns whether ``ifb`` existed."""
+    if listing_shows(shell, ["tc", "filter", "show", "dev", device, "ingress"],
+                     lambda filters: ifb in filters, made):
         shell.run(["tc", "qdisc", "del", "dev", device, "ingress"], check=False)
     return shell.run(["ip", "link", "del", ifb], check=False).ok
 

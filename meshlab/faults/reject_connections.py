@@ -37,17 +37,20 @@ class RejectConnections:
                 "-j", "REJECT", "--reject-with", "tcp-reset"]
 
     def inject(self, env: Env) -> str:
-        """Insert the REJECT rule (once; a second inject is a no-op)."""
+        """Insert the REJECT rule (once; a second inject is a no-op; a dry run's shell, where
+        the ``-C`` check "succeeds", prints the insert)."""
         shell = env.pod_shell(self.target)
-        if shell.run(["iptables", "-C", *self._rule()], check=False).ok:
+        if shell.run(["iptables", "-C", *self._rule()], check=False).ok and \
+                not getattr(shell, "dry_run", False):
             return f"already active on {shell.name}:{self.port}"
         shell.run(["iptables", "-I", *self._rule()])
         return f"{shell.name}: TCP to port {self.port} gets RST"
 
     def revert(self, env: Env) -> str:
-        """Delete every copy of the rule (idempotent)."""
+        """Delete every copy of the rule (idempotent; a dry run's shell, where every delete
+        "succeeds", prints one)."""
         shell = env.pod_shell(self.target)
-        removed = 0
-        while shell.run(["iptables", "-D", *self._rule()], check=False).ok and removed < 10:
+        removed, most = 0, 0 if getattr(shell, "dry_run", False) else 10
+        while shell.run(["iptables", "-D", *self._rule()], check=False).ok and removed < most:
             removed += 1
         return f"{shell.name}: removed {removed} rule(s)"

@@ -7,10 +7,11 @@ it in the pod's netns through a debug container with NET_ADMIN (e.g. ``kubectl d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from meshlab.envs.base import Env
-from meshlab.errors import ConfigError
+from meshlab.errors import ConfigError, Unsupported
 
 T = TypeVar("T")
 
@@ -35,6 +36,18 @@ def target_shell(env: Env, target: str, fault: str) -> Any:
     except ConfigError:
         raise ConfigError(f"{fault}: target: {target!r} is neither a pod nor a node "
                           f"of the lab") from None
+
+
+def listing_shows(shell: Any, argv: list[str], mine: Callable[[str], bool],
+                  made: bool = True) -> bool:
+    """Run a listing (e.g. ``tc qdisc show dev eth0 root``) and tell whether it shows what a
+    revert deletes (``mine(stdout)``). A dry run's shell (``shell.dry_run``) lists nothing: it
+    counts as showing it when the fault's inject ``made`` it, so the revert prints the delete
+    it would run."""
+    res = shell.run(argv, check=False)
+    if getattr(shell, "dry_run", False):
+        return made
+    return res.ok and mine(res.stdout)
 
 
 def param_error(fault: str, field: str, why: str) -> ConfigError:
@@ -63,8 +76,8 @@ def capable(env: Env, capability: type[T], fault: str, needs: str) -> T:
         needs: what the fault needs and the env lacks, e.g. ``"cannot kill pods (…)"``.
 
     Raises:
-        ConfigError: ``<fault>: the <env> env <needs>``.
+        Unsupported: ``<fault>: the <env> env <needs>`` (a :class:`ConfigError`).
     """
     if not isinstance(env, capability):
-        raise ConfigError(f"{fault}: the {env.name} env {needs}")
+        raise Unsupported(f"{fault}: the {env.name} env {needs}")
     return env

@@ -26,15 +26,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-
 from meshlab.envs.base import Shell
 from meshlab.errors import LabError
-from meshlab.load.hdr import decode
+from meshlab.load.result import LoadResult, SeriesPoint
 from meshlab.load.result_file import ResultFile
 from meshlab.load.spec import MAX_DURATION_S, MAX_USERS, LoadSpec
 
@@ -75,162 +72,6 @@ def runner_argv(spec: LoadSpec, out_path: Path | str, python: str = sys.executab
         argv += ["--mode", spec.mode, "--distribution", spec.distribution, "--connections",
                  str(spec.connections), "--seed", str(spec.seed)]
     return argv
-
-
-@dataclass
-class SeriesPoint:
-    """One second of a load run, bucketed by request completion time.
-
-    Attributes:
-        t_s: seconds since ``start_epoch_s`` (0, 1, 2, ...).
-        requests: requests completed in this second.
-        errors: of those, non-2xx/3xx or without response.
-        status_counts: requests per status (string key, ``"0"`` = no response).
-        p50_us: median latency in µs, None without requests (likewise the others).
-        p90_us: 90th percentile latency in µs.
-        p99_us: 99th percentile latency in µs.
-        max_us: largest latency in µs.
-        hdr: base64 HdrHistogram of this second's latencies in µs (:mod:`meshlab.load.hdr`),
-            None without requests or in results written before it was recorded.
-        p50_uncorrected_us: open loop: median latency from the actual send, µs (likewise
-            ``p90_``/``p99_``/``max_uncorrected_us`` and ``hdr_uncorrected``); None otherwise.
-        late: open loop: requests completed in this second that were sent late.
-        skipped: open loop: requests intended in this second and never sent.
-    """
-
-    t_s: int
-    requests: int
-    errors: int
-    status_counts: dict[str, int]
-    p50_us: int | None
-    p90_us: int | None
-    p99_us: int | None
-    max_us: int | None
-    hdr: str | None = None
-    p50_uncorrected_us: int | None = None
-    p90_uncorrected_us: int | None = None
-    p99_uncorrected_us: int | None = None
-    max_uncorrected_us: int | None = None
-    hdr_uncorrected: str | None = None
-    late: int | None = None
-    skipped: int | None = None
-
-
-OPEN_LOOP_KEYS = frozenset((
-    "distribution", "connections", "latency_uncorrected_us", "hdr_uncorrected", "late",
-    "skipped", "late_threshold_us", "p50_uncorrected_us", "p90_uncorrected_us",
-    "p99_uncorrected_us", "max_uncorrected_us"))
-"""Result and series keys only open-loop results have (CONTRACTS.md §2); :meth:`LoadResult.
-to_dict` leaves them out when they are None (a closed-loop result)."""
-
-
-def _without_unset(data: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in data.items()
-            if value is not None or key not in OPEN_LOOP_KEYS}
-
-
-@dataclass
-class LoadResult:
-    """A load run's outcome: the fields of CONTRACTS.md §2 plus the journal ``name``.
-
-    Attributes:
-        tool: ``"locust"`` (closed loop) or ``"meshlab"`` (open loop).
-        mode: ``"closed-loop"`` (a user sends its next request after the previous finished)
-            or ``"open-loop"`` (requests started on a schedule; ``latency_us``, ``hdr`` and the
-            series' percentiles are then corrected: measured from each intended start).
-        target_url: the URL requested.
-        users: concurrent users.
-        rate_per_s: requested aggregate rate in requests/s, None for unthrottled.
-        duration_s: planned duration in seconds (the actual one is :attr:`elapsed_s`).
-        start_epoch_s: wall-clock start, Unix seconds.
-        end_epoch_s: wall-clock end, Unix seconds.
-        requests: completed requests (including errors).
-        errors: requests with a non-2xx/3xx status or without response.
-        status_counts: requests per status (``"0"`` = no response: connect error, timeout).
-        tps: requests per second of actual run time.
-        error_rate: errors / requests (0.0 without requests).
-        latency_us: ``min, mean, p50, p90, p99, p999, max`` in µs (None without requests).
-        hdr: base64 HdrHistogram of all latencies in µs (see :mod:`meshlab.load.hdr`).
-        series: one :class:`SeriesPoint` per second.
-        processes: runner processes whose results were merged into this one
-            (:mod:`meshlab.load.merge`); 1 in results written before it was recorded.
-        distribution: open loop: ``"constant"`` or ``"poisson"`` (None for closed loop, like
-            the following fields).
-        connections: open loop: the connection pool size.
-        latency_uncorrected_us: open loop: as ``latency_us``, measured from the actual send.
-        hdr_uncorrected: open loop: base64 HdrHistogram of those latencies, µs.
-        late: open loop: requests sent more than ``late_threshold_us`` after their intended
-            start.
-        skipped: open loop: scheduled requests never sent.
-        late_threshold_us: open loop: the lateness threshold, µs.
-        name: the spec's name (not part of the runner's file; included in :meth:`to_dict`).
-    """
-
-    tool: str
-    mode: str
-    target_url: str
-    users: int
-    rate_per_s: float | None
-    duration_s: float
-    start_epoch_s: float
-    end_epoch_s: float
-    requests: int
-    errors: int
-    status_counts: dict[str, int]
-    tps: float
-    error_rate: float
-    latency_us: dict[str, float | None]
-    hdr: str
-    series: list[SeriesPoint] = field(default_factory=list)
-    distribution: str | None = None
-    connections: int | None = None
-    latency_uncorrected_us: dict[str, float | None] | None = None
-    hdr_uncorrected: str | None = None
-    late: int | None = None
-    skipped: int | None = None
-    late_threshold_us: int | None = None
-    processes: int = 1
-    name: str = ""
-
-    def __repr__(self) -> str:
-        return (f"LoadResult(name={self.name!r}, requests={self.requests}, "
-                f"errors={self.errors}, tps={self.tps:.1f}, p99_us={self.latency_us.get('p99')})")
-
-    @property
-    def elapsed_s(self) -> float:
-        """Actual run time in seconds (``end_epoch_s - start_epoch_s``)."""
-        return self.end_epoch_s - self.start_epoch_s
-
-    def histogram(self) -> HdrHistogram:
-        """The decoded latency histogram (µs); merge several with :func:`meshlab.load.hdr.merge`."""
-        return decode(self.hdr)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: the §2 fields, preceded by ``name`` when it is set (journal form)."""
-        data = _without_unset(asdict(self))
-        data["series"] = [_without_unset(point) for point in data["series"]]
-        name = data.pop("name")
-        return {"name": name, **data} if name else data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], name: str = "") -> LoadResult:
-        """Build a result from the §2 JSON (as written by the runner or stored in a journal).
-
-        Args:
-            data: the decoded JSON object.
-            name: journal name, used when ``data`` has no ``name``.
-
-        Raises:
-            LabError: a field is missing or malformed.
-        """
-        try:
-            series = [SeriesPoint(**point) for point in data["series"]]
-            kwargs = {key: data[key] for key, spec in cls.__dataclass_fields__.items()
-                      if key not in ("series", "name")
-                      and (key in data or spec.default is MISSING)}
-        except (KeyError, TypeError) as exc:
-            raise LabError(f"malformed load result: missing or bad field {exc}") from exc
-        return cls(**kwargs, series=series, name=data.get("name") or name)
 
 
 def read_result(path: Path, name: str = "") -> LoadResult:
@@ -287,7 +128,7 @@ def run_runner(shell: Shell, spec: LoadSpec, out_path: Path,
             shell's ``runner_python``, else ``sys.executable``.
 
     Returns:
-        The parsed :class:`LoadResult`.
+        The parsed :class:`LoadResult` (:meth:`LoadResult.not_measured` in a dry run).
 
     Raises:
         LabError: the runner exited non-zero, timed out (``duration_s + 30`` s) or wrote no
@@ -300,7 +141,8 @@ def run_runner(shell: Shell, spec: LoadSpec, out_path: Path,
         out.discard()
         raise LabError(f"load {spec.name!r} failed (exit {result.returncode}) on {shell.name}: "
                        f"{_tail(result.stderr)}")
-    return read_result(out.fetch(), name=spec.name)
+    path = out.fetch()
+    return LoadResult.not_measured(spec) if path is None else read_result(path, name=spec.name)
 
 
 class LoadHandle:
@@ -342,15 +184,22 @@ class LoadHandle:
         Args:
             timeout_s: seconds to wait; default: until ``duration_s + 30`` s after the start.
 
+        Returns:
+            The result (:meth:`LoadResult.not_measured` in a dry run).
+
         Raises:
             LabError: the runner did not finish in time (it is killed), exited non-zero or
                 wrote no valid result.
         """
-        return LoadResult.from_dict(self.wait_data(timeout_s), name=self.spec.name)
+        data = self.wait_data(timeout_s)
+        if data is None:
+            return LoadResult.not_measured(self.spec)
+        return LoadResult.from_dict(data, name=self.spec.name)
 
-    def wait_data(self, timeout_s: float | None = None) -> dict[str, Any]:
+    def wait_data(self, timeout_s: float | None = None) -> dict[str, Any] | None:
         """As :meth:`wait`, but return the result as the runner wrote it (the decoded JSON
-        object, see :func:`read_result_data`; its fields are not checked)."""
+        object, see :func:`read_result_data`; its fields are not checked), None in a dry run
+        (not measured)."""
         if timeout_s is None:
             timeout_s = max(0.0, self._deadline_s - time.monotonic())
         try:
@@ -365,7 +214,8 @@ class LoadHandle:
             self.result_file.discard()
             raise LabError(f"load {self.spec.name!r} failed (exit {returncode}): "
                            f"{_tail(self._stderr())}")
-        return read_result_data(self.result_file.fetch())
+        path = self.result_file.fetch()
+        return None if path is None else read_result_data(path)
 
     def stop(self, grace_s: float = 10.0) -> LoadResult:
         """Stop the load early (SIGTERM); the runner writes what it recorded so far.

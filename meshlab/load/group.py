@@ -120,7 +120,8 @@ class LoadGroup:
                 s after the start.
 
         Returns:
-            The merged :class:`~meshlab.load.driver.LoadResult` (``processes`` = N).
+            The merged :class:`~meshlab.load.driver.LoadResult` (``processes`` = N);
+            :meth:`~meshlab.load.result.LoadResult.not_measured` in a dry run.
 
         Raises:
             LabError: a process did not finish in time (it is killed), failed or wrote no
@@ -139,8 +140,11 @@ class LoadGroup:
         for index in order:
             handle = self.handles[index]
             try:
-                parts[index] = handle.wait_data(timeout_s=max(0.0, deadline_s - time.monotonic()))
-                LoadResult.from_dict(parts[index])  # a malformed part fails here, not in merge
+                data = handle.wait_data(timeout_s=max(0.0, deadline_s - time.monotonic()))
+                if data is None:  # a dry run: nothing was measured
+                    return LoadResult.not_measured(self.spec)
+                parts[index] = data
+                LoadResult.from_dict(data)  # a malformed part fails here, not in merge
             except MeshlabError as exc:
                 _stop_running(self.handles, "after a sibling failed")
                 raise LabError(f"load {self.spec.name!r}: process {index} of "

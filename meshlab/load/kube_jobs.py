@@ -43,6 +43,7 @@ from meshlab.load.group import part_path, split_spec
 from meshlab.load.locust_runner import write_json_atomic as write_json
 from meshlab.load.merge import merge_results
 from meshlab.load.spec import LoadSpec
+from meshlab.missing import dry_run_active
 from meshlab.polling import PollTimeout, wait_until
 
 WORKER_CONTAINER = "load-worker"
@@ -162,9 +163,14 @@ class JobLoad:
     def run(self) -> LoadResult:
         """Create the Jobs, wait for them, collect and merge their results, delete the Jobs.
 
+        Returns:
+            The merged result; in a dry run inside :func:`meshlab.missing.dry_run_scope`,
+            :meth:`~meshlab.load.result.LoadResult.not_measured` after printing.
+
         Raises:
             LabError: a worker failed or did not finish within its deadline (its log or its
-                pod's reason is named); in a dry run, after printing, since nothing ran.
+                pod's reason is named); in a dry run outside a dry-run scope, after printing,
+                since nothing ran.
         """
         ns = self.settings.namespace
         self.out_path.unlink(missing_ok=True)
@@ -173,6 +179,8 @@ class JobLoad:
                 self.api.apply(ns, job)
             if self.api.dry_run:
                 self._print_rest()
+                if dry_run_active():
+                    return LoadResult.not_measured(self.spec)
                 raise LabError(f"load {self.spec.name!r}: dry run: the {len(self.jobs)} worker "
                                "Jobs were printed, no result")
             parts = self._collect(self._wait())
@@ -253,8 +261,8 @@ def run_load_jobs(env: LoadJobs, client: str, spec: LoadSpec, out_path: Path) ->
     Raises:
         GuardrailError: the workers would take the lab past ``max_pods``, or the client's
             node is not opted in; checked before any Job is created.
-        LabError: a worker failed or overran (its log or reason named); always in a dry run,
-            after printing the Jobs.
+        LabError: a worker failed or overran (its log or reason named); in a dry run outside
+            a dry-run scope, after printing the Jobs (inside one: a not-measured result).
     """
     at = env.job_placement(client, spec.processes, f"the workers of load {spec.name!r}")
     return JobLoad(at.api, at.settings, at.lab, at.client, spec, out_path, at.poll_s).run()

@@ -5,7 +5,8 @@ The runner (:mod:`meshlab.load.locust_runner`) writes its result JSON (CONTRACTS
 path itself. On a cluster it runs in the client pod, whose filesystem is not this machine's:
 its Shell says so with ``shares_files = False`` (:class:`meshlab.envs.base.Shell`), the runner
 then writes a pod-local ``/tmp/meshlab-load-<name>-<random>.json``, and :class:`ResultFile`
-fetches it with ``cat`` through the same Shell and removes it in the pod (``rm -f``).
+fetches it with ``cat`` through the same Shell and removes it in the pod (``rm -f``). In a dry
+run the ``cat`` and the ``rm`` are printed and the file is empty: the result is not measured.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from meshlab.envs.base import Shell
 from meshlab.errors import LabError, MeshlabError
+from meshlab.missing import dry_run_active
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,13 @@ class ResultFile:
         """The ``--out`` path the runner is given."""
         return self.remote or str(self.local)
 
-    def fetch(self) -> Path:
+    def fetch(self) -> Path | None:
         """The local result file, fetched first (once) when the runner wrote a pod-local one,
         which is then removed.
 
         Returns:
-            :attr:`local`.
+            :attr:`local`; None in a dry run (:func:`meshlab.missing.dry_run_active`), where
+            the ``cat`` printed and answered nothing: the result was not measured.
 
         Raises:
             LabError: the pod-local file could not be read (its ``cat`` error named) or is
@@ -76,6 +79,8 @@ class ResultFile:
                                      timeout_s=FETCH_TIMEOUT_S)
             finally:
                 self.discard()
+            if got.ok and not got.stdout.strip() and dry_run_active():
+                return None
             if not got.ok or not got.stdout.strip():
                 why = got.stderr.strip()[-_STDERR_TAIL_CHARS:] if not got.ok else "empty file"
                 raise LabError(f"load {self.name!r}: cannot fetch its result {self.runner_path} "

@@ -38,7 +38,7 @@ import platform
 import socket
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from meshlab.envs.local.netns import NetnsShell
@@ -46,6 +46,7 @@ from meshlab.envs.local.netns_socket import netns_socket
 from meshlab.envs.local.veth_pair import VethPair, veth_pair
 from meshlab.errors import ConfigError, LabError
 from meshlab.faults.conntrack_delete import ConntrackDelete
+from meshlab.missing import dry_run_active, is_missing, not_measured
 from meshlab.polling import wait_until
 from meshlab.probes.sniff import Segment, TcpSniffer
 
@@ -102,6 +103,22 @@ class ChallengeAckResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields plus ``consistent``."""
         return {**asdict(self), "consistent": self.consistent}
+
+    def summary(self) -> str:
+        """One line for a run's notes: the kernel, what conntrack does with the RST and the
+        outcome it predicts (a dry run's: that the probe did not run)."""
+        if is_missing(self.predicts):
+            return "challenge-ack probe: not run (dry run: nothing measured)"
+        return (f"kernel {self.kernel}: conntrack {'marks' if self.rst_invalid else 'accepts'} "
+                f"the RST answering a challenge ACK ({'INVALID' if self.rst_invalid else 'valid'})"
+                f" → expected outcome {self.predicts} (probe connect {self.connect_s:.3f} s)")
+
+    @classmethod
+    def not_measured(cls) -> ChallengeAckResult:
+        """A dry run's result: every field a :class:`~meshlab.missing.Missing`
+        (``challenge-ack probe <field>``), no evidence."""
+        return cls(**{f.name: not_measured(f"challenge-ack probe {f.name}")
+                      for f in fields(cls) if f.name != "evidence"})
 
 
 def _tcp_state(sock: socket.socket) -> str:
@@ -196,7 +213,8 @@ def probe_challenge_ack(prefix: str = "ml-probe", client_port: int = 43210,
         connect_timeout_s: timeout of the reusing ``connect()``, seconds.
 
     Returns:
-        The :class:`ChallengeAckResult`.
+        The :class:`ChallengeAckResult`; in a dry run (:func:`meshlab.missing.dry_run_scope`)
+        :meth:`ChallengeAckResult.not_measured`, and nothing is built.
 
     Raises:
         ConfigError: a bad argument.
@@ -209,6 +227,8 @@ def probe_challenge_ack(prefix: str = "ml-probe", client_port: int = 43210,
     if not 0.5 <= connect_timeout_s <= 30:
         raise ConfigError(f"challenge-ack probe: connect_timeout_s: {connect_timeout_s} "
                           "not in 0.5-30")
+    if dry_run_active():  # a dry run builds nothing, on the cluster or on this machine
+        return ChallengeAckResult.not_measured()
     pair = VethPair(f"{prefix}-{os.getpid()}-a", f"{prefix}-{os.getpid()}-b", CLIENT_IP,
                     SERVER_IP)
     with veth_pair(pair, capture=False):

@@ -178,9 +178,10 @@ _JOURNAL = _obj({
     "notes": _optional(_list(_string)),
     "collectors": _optional(_COLLECTORS),
     "prometheus": _optional(_PROMETHEUS),
+    # passed: null when the check was not evaluated (a dry run measured nothing)
     "verdicts": _optional(_list(_obj({"check": _string, "subject": _str, "expected": _str,
-                                      "observed": _str, "passed": _boolean, "message": _str},
-                                     required=("check", "passed")))),
+                                      "observed": _str, "passed": _optional(_boolean),
+                                      "message": _str}, required=("check",)))),
 }, required=("schema", "run_id", "status"))
 
 

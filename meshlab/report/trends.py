@@ -34,9 +34,10 @@ def load_elapsed_s(load: dict[str, Any]) -> Any:
 
 
 def run_numbers(journal: dict[str, Any]) -> tuple[float | None, float | None]:
-    """``(tps, p99_us)`` over every load of the run; None without loads/latencies."""
-    loads = journal.get("loads") or []
-    requests = sum(load.get("requests") or 0 for load in loads)
+    """``(tps, p99_us)`` over every load of the run; None without loads/latencies (a dry
+    run's loads measured nothing: their ``requests`` are null)."""
+    loads = [load for load in journal.get("loads") or [] if load.get("requests") is not None]
+    requests = sum(load["requests"] for load in loads)
     elapsed_s = sum(load_elapsed_s(load) or 0.0 for load in loads)
     tps = requests / elapsed_s if loads and elapsed_s > 0 else None
     encoded = [load.get("hdr") for load in loads if load.get("requests")]

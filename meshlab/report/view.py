@@ -101,6 +101,11 @@ def banner(journal: dict[str, Any]) -> dict[str, str]:
                         "may be missing.",
                "skipped": "The test was skipped (pytest.skip, or a dry run); sections show "
                           "what ran before."}
+    if status == "skipped" and (journal.get("env") or {}).get("dry_run"):
+        return {"kind": status, "title": "DRY RUN — SKIPPED",
+                "detail": "A dry run: every manifest and command was printed, nothing was sent "
+                          "or measured, so the loads and observations are empty and the checks "
+                          "were not evaluated."}
     return {"kind": status, "title": status.upper(), "detail": details[status]}
 
 
@@ -242,8 +247,13 @@ def topology_view(topology: dict[str, Any]) -> dict[str, Any]:
 
 
 def verdict_rows(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Verdicts with every column present (missing text becomes "–")."""
-    return [{"check": v["check"], "passed": v["passed"], "subject": v.get("subject") or "–",
+    """Verdicts with every column present (missing text becomes "–"); ``result`` is
+    ``PASS``, ``FAIL`` or ``NOT EVALUATED`` (``passed`` null: a dry run), ``badge`` its CSS
+    class."""
+    return [{"check": v["check"], "passed": v.get("passed"),
+             "result": {True: "PASS", False: "FAIL"}.get(v.get("passed"), "NOT EVALUATED"),
+             "badge": {True: "pass", False: "fail"}.get(v.get("passed"), "plain"),
+             "subject": v.get("subject") or "–",
              "expected": v.get("expected") or "–", "observed": v.get("observed") or "–",
              "message": v.get("message") or ""} for v in verdicts]
 
@@ -349,7 +359,8 @@ def build_view(journal: dict[str, Any], run_dir: Path | None = None) -> dict[str
         "verdicts": None if verdicts is None else verdict_rows(verdicts),
         "observations": observation_rows(journal.get("observations") or {}),
         "notes": [str(n) for n in journal.get("notes") or []],
-        "verdicts_failed": sum(1 for v in verdicts or [] if not v["passed"]),
+        "verdicts_failed": sum(1 for v in verdicts or [] if v.get("passed") is False),
+        "verdicts_not_evaluated": sum(1 for v in verdicts or [] if v.get("passed") is None),
         "flags": None if sidecars is None else flag_rows(sidecars),
         "flag_meanings": FLAG_MEANINGS,
         "hops": hop_view(journal),

@@ -6,9 +6,14 @@ holding the manifest's YAML, every command as its ``kubectl`` (exec, debug, logs
 ``ssh`` equivalent, one per line. Nothing is sent; the answers are plausible and empty so a
 suite proceeds as far as it can: the namespace and objects it "created" exist in memory, each
 workload's pods are listed Ready (``<workload>-<ordinal>``, on the node the placement chose,
-with an ``istio-proxy`` container where Istio would inject one), exec exits 0 with no output
-(a background exec "ends at once"), logs and admin bodies are empty, nodes are listed as none
-(the node opt-in label check is then skipped, and said so).
+with an ``istio-proxy`` container where Istio would inject one, their IP a placeholder
+``<pod> IP`` in angle brackets: none is allocated), exec exits 0 with no output
+(a background exec "ends at once"), logs and admin bodies are empty, the nodes listed are
+those the applied pods were placed on, without labels (the node opt-in label check is skipped,
+and said so) and with placeholder addresses (``<node> IP``, ``<node> pod CIDR`` in angle
+brackets). Lines are written whole, also
+from the collectors' threads; an argument a suite built from an unmeasured value (a
+:class:`~meshlab.missing.Missing`) prints as its label.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import copy
 import json
 import shlex
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,6 +43,11 @@ def _injected(ns_labels: dict[str, str], template: dict[str, Any]) -> bool:
                                              (meta.get("labels") or {}).get(
                                                  "sidecar.istio.io/inject", ""))
     return ns_labels.get("istio-injection") == "enabled" and str(opt).lower() != "false"
+
+
+def _join(argv: list[Any]) -> str:
+    """``shlex.join`` of ``argv``, each argument as its ``str`` (an unmeasured one: its label)."""
+    return shlex.join(str(arg) for arg in argv)
 
 
 def _node_of(spec: dict[str, Any]) -> str:
@@ -67,13 +78,16 @@ class DryRunApi:
         self.namespaces: dict[str, dict[str, str]] = {}
         self.objects: dict[str, list[dict[str, Any]]] = {}
         self.pods: dict[str, dict[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DryRunApi(namespaces={sorted(self.namespaces)})"
 
     def say(self, line: str) -> None:
-        """Print one line (a command or a ``#`` comment) and flush."""
-        print(line, file=self.out, flush=True)
+        """Print one line (a command or a ``#`` comment) in one write, and flush."""
+        with self._lock:
+            self.out.write(f"{line}\n")
+            self.out.flush()
 
     def announce(self, line: str) -> None:
         """A step the env takes without an API call (printed as a comment)."""
@@ -153,13 +167,18 @@ class DryRunApi:
                              "labels": dict((template.get("metadata") or {}).get("labels") or {}),
                              "ownerReferences": [{"kind": wl["kind"], "name": name}]},
                 "spec": {"nodeName": _node_of(template["spec"]), "containers": containers},
-                "status": {"phase": "Running", "podIP": "",
+                "status": {"phase": "Running", "podIP": f"<{name}-{i} IP>",
                            "conditions": [{"type": "Ready", "status": "True"}]}}
 
     # reads -----------------------------------------------------------------------------
     def list_nodes(self) -> list[dict[str, Any]]:
-        """No nodes: a dry run does not ask the cluster."""
-        return []
+        """The nodes the applied pods were placed on (a dry run does not ask the cluster):
+        no labels, placeholder addresses."""
+        names = sorted({p["spec"]["nodeName"] for pods in self.pods.values()
+                        for p in pods.values() if p["spec"].get("nodeName")})
+        return [{"metadata": {"name": n, "labels": {}}, "spec": {"podCIDR": f"<{n} pod CIDR>"},
+                 "status": {"addresses": [{"type": "InternalIP", "address": f"<{n} IP>"}]}}
+                for n in names]
 
     def list_pods(self, namespace: str) -> list[dict[str, Any]]:
         """The pods of the workloads applied in this dry run (Ready)."""
@@ -177,9 +196,14 @@ class DryRunApi:
             raise LabError(f"dry-run: no pod {namespace}/{name} was applied") from None
 
     def list_services(self, namespace: str) -> list[dict[str, Any]]:
-        """The Services applied in this dry run (no ClusterIP allocated)."""
-        return [copy.deepcopy(o) for o in self.objects.get(namespace, [])
-                if o.get("kind") == "Service"]
+        """The Services applied in this dry run; none has a ClusterIP allocated, so one that
+        names none gets the placeholder ``<service> ClusterIP`` (in angle brackets)."""
+        services = [copy.deepcopy(o) for o in self.objects.get(namespace, [])
+                    if o.get("kind") == "Service"]
+        for svc in services:
+            spec = svc.setdefault("spec", {})
+            spec.setdefault("clusterIP", f"<{svc['metadata']['name']} ClusterIP>")
+        return services
 
     def list_events(self, namespace: str, name: str | None = None) -> list[dict[str, Any]]:
         """No events."""
@@ -222,13 +246,13 @@ class DryRunApi:
         """Print the ``kubectl exec`` line; the command "exits 0" without output."""
         shown = kubectl_exec_argv(namespace, pod, container, argv)
         stdin = "" if input_text is None else f" <<'EOF'\n{input_text.rstrip()}\nEOF"
-        self.say(shlex.join(shown) + stdin)
+        self.say(_join(shown) + stdin)
         return CommandResult(argv=shown, returncode=0, stdout="", stderr="")
 
     def exec_stream(self, namespace: str, pod: str, container: str, argv: list[str]) -> Any:
         """Print the ``kubectl exec`` line of a background command; it "ends at once", exit 0,
         without output."""
-        self.say(shlex.join(kubectl_exec_argv(namespace, pod, container, argv)))
+        self.say(_join(kubectl_exec_argv(namespace, pod, container, argv)))
         return FinishedStream()
 
     def port_forward_http(self, namespace: str, pod: str, port: int, method: str, path: str, *,
@@ -248,6 +272,8 @@ class PrintShell:
         node: the cluster node.
     """
 
+    dry_run = True
+
     def __init__(self, api: DryRunApi, ssh: SshConfig, node: str) -> None:
         self.api, self.ssh, self.node, self.name = api, ssh, node, node
         self.prefix = ["ssh", f"{ssh.user}@{ssh.host(node)}"]
@@ -259,7 +285,7 @@ class PrintShell:
             input_text: str | None = None) -> CommandResult:
         """Print the ssh line; "exit 0", no output."""
         shown = [*self.prefix, *argv]
-        self.api.say(shlex.join(shown))
+        self.api.say(_join(shown))
         return CommandResult(argv=shown, returncode=0, stdout="", stderr="")
 
     def popen(self, argv: list[str], *, stdout: Path | None = None, stderr: Path | None = None,

@@ -162,6 +162,11 @@ class KubePodShell:
     def __repr__(self) -> str:
         return f"KubePodShell(pod={self.namespace}/{self.pod}, app={self.app!r})"
 
+    @property
+    def dry_run(self) -> bool:
+        """Whether commands are only printed (they "exit 0" with no output)."""
+        return bool(self.api.dry_run)
+
     def container_for(self, argv: list[str]) -> str:
         """The container ``argv`` runs in (debug for :data:`DEBUG_TOOLS`, else the app's)."""
         if argv and Path(argv[0]).name in DEBUG_TOOLS:
@@ -215,6 +220,11 @@ class NsenterShell:
 
     def __repr__(self) -> str:
         return f"NsenterShell(inner={self.inner!r})"
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether the inner transport only prints (the dry run's)."""
+        return bool(getattr(self.inner, "dry_run", False))
 
     def run(self, argv: list[str], *, check: bool = True, timeout_s: float = 60.0,
             input_text: str | None = None) -> CommandResult:
