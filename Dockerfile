@@ -8,21 +8,55 @@
 #                                                                     # server (keepalive-race)
 # The runner is the last stage, so a plain build gives it. Map the lab's meshlab-only images to
 # the pushed ones with the kube settings' image_map (docs/KUBE.md).
-FROM debian:12-slim AS base
+#
+# Offline / air-gapped builds (no image registry, no network in the build): two build args.
+#   BASE=<local image> that already holds OS_PACKAGES below (the apt step is then skipped), and
+#   PIP_FIND_LINKS=/tmp/wheelhouse: pip installs from build/wheelhouse only (--no-index).
+# scripts/build-image.sh does it all: the base from Debian's mmdebstrap (`podman import`), the
+# wheelhouse from `pip wheel` on a bookworm host, `podman build --isolation chroot`, and a check
+# of the image (docs/KUBE.md):
+#
+#   podman build --build-arg BASE=localhost/meshlab-base:bookworm \
+#                --build-arg PIP_FIND_LINKS=/tmp/wheelhouse -t meshlab:TAG .
+ARG BASE=debian:12-slim
+
+# Debian's Python and what the installed packages load at run time (libnetfilter-queue1: the
+# NetfilterQueue bindings; passwd: useradd below).
+FROM ${BASE} AS os
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ARG OS_PACKAGES="python3 python3-venv ca-certificates passwd libnetfilter-queue1"
+RUN dpkg -s $OS_PACKAGES >/dev/null 2>&1 \
+ || { apt-get update \
+      && apt-get install -y --no-install-recommends $OS_PACKAGES \
+      && rm -rf /var/lib/apt/lists/*; }
+
+# The venv, in a stage of its own: compilers and wheels stay out of the images.
+FROM os AS venv
+# Empty: pip installs from PyPI, where NetfilterQueue has no wheel, so a compiler is installed
+# for it. /tmp/wheelhouse: pip installs only from build/wheelhouse, copied there (pip reads the
+# PIP_FIND_LINKS variable itself). The glob copies build/wheelhouse when there is one, and only
+# README.md otherwise, so that a registry build needs no build/ folder.
+ARG PIP_FIND_LINKS=
+COPY README.md build/wheelhous[e] /tmp/wheelhouse/
+RUN [ -n "$PIP_FIND_LINKS" ] || { apt-get update \
+      && apt-get install -y --no-install-recommends \
+           gcc libc6-dev python3-dev libnetfilter-queue-dev \
+      && rm -rf /var/lib/apt/lists/*; }
 WORKDIR /opt/meshlab
 COPY pyproject.toml README.md ./
 COPY meshlab ./meshlab
 RUN python3 -m venv .venv \
- && .venv/bin/python -m pip install -q --upgrade pip \
- && .venv/bin/python -m pip install -q -e . \
- && .venv/bin/python -c "import meshlab"
+ && .venv/bin/python -m pip install -q ${PIP_FIND_LINKS:+--no-index} --upgrade pip \
+ && .venv/bin/python -m pip install -q ${PIP_FIND_LINKS:+--no-index} -e . \
+ && .venv/bin/python -c "import meshlab, netfilterqueue" \
+ && .venv/bin/python -m compileall -q meshlab
+
+FROM os AS base
+COPY --from=venv /opt/meshlab /opt/meshlab
+WORKDIR /opt/meshlab
 COPY manifests ./manifests
 COPY suites ./suites
 ENV PATH=/opt/meshlab/.venv/bin:$PATH
