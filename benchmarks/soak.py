@@ -1,0 +1,290 @@
+"""Soak: 30 minutes of open-loop load through the 4-hop chain with every observer on.
+
+``.venv/bin/python benchmarks/soak.py [--minutes 30] [--rate auto|N] [--warmup-min 2]`` (root).
+Writes ``benchmarks/results/soak-<date>.json`` and ``benchmarks/results/soak-latest.md``.
+
+The chain is :mod:`lab_floor`'s (netshoot → L1 sidecar → L1 app ``-M`` → L1 sidecar → L2 sidecar
+→ L2 app), with the lab's Prometheus and the collectors at 1 s, as a suite runs them. The load is
+one open-loop run (constant arrivals over 16 keep-alive connections, latency from each request's
+intended start) for the whole soak; its per-second HDR histograms are merged into minutes after
+the run. Once a minute a sampler thread records, for every pod, the RSS (kB) and open fds of its
+sidecar (the uid-1337 processes) and of its app (the rest), and the conntrack entries of every
+lab namespace (``conntrack -C``, pods and nodes).
+
+Rate: the issue's 1000 rps when the chain's measured maximum (the TPS of a 15 s open-loop run
+offered 2000 rps over the same 16 connections, before the soak) leaves 25 % headroom above it;
+otherwise 50 % of the measured maximum, and
+the report says so: a chain run at its limit only measures its queue.
+
+Pass (after the warm-up minutes): 0 errors; every process group's RSS at the last minute < 5 %
+above its RSS at the end of the warm-up; no fd growth (the median fd count of the last third of
+the samples not above that of the first third); p99 drift ≤ 20 %: the median of the last third of
+the minutes' p99 against the median of the first third. The client pod's processes are the load
+generator (it keeps every second's histogram for the whole run): reported, not judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import bench_run, machine_info, verdict, write_results
+from _procs import rss_kb
+
+from meshlab.envs.local.lab import LocalEnv
+from meshlab.envs.local.netns import netns_pids
+from meshlab.experiment import Run
+from meshlab.journal import RunJournal
+from meshlab.load import hdr
+
+URL = "http://fortio-server:8070/echo?size=100"
+CONNECTIONS = 16
+ISSUE_RATE = 1000
+CLIENT_POD = "netshoot"  # its processes are the load generator's: reported, not judged
+HEADROOM = 1.25  # the issue's rate is used when the measured max is at least this much above
+TARGETS = {"errors": 0, "rss_growth_pct": 5.0, "fd_growth": 0, "p99_drift_pct": 20.0}
+
+
+def _uid(pid: int) -> str:
+    try:
+        return next(ln.split()[1] for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if ln.startswith("Uid:"))
+    except (OSError, StopIteration):
+        return ""
+
+
+def _fds(pid: int) -> int:
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return 0
+
+
+def sample(env: LocalEnv) -> dict[str, Any]:
+    """One minute's sample: ``{"procs": {"<pod>/sidecar"|"<pod>/app": {"rss_kb", "fds",
+    "pids"}}, "conntrack": {"<kind>/<name>": entries}}``."""
+    procs: dict[str, dict[str, int]] = {}
+    conntrack: dict[str, int] = {}
+    for pod in env.pods():
+        for pid in netns_pids(env.netns_of("pod", pod.name)):
+            role = ("sidecar" if _uid(pid) == "1337" else
+                    "client" if pod.name.startswith(CLIENT_POD) else "app")
+            rec = procs.setdefault(f"{pod.name}/{role}", {"rss_kb": 0, "fds": 0, "pids": 0})
+            rec["rss_kb"] += rss_kb(pid)
+            rec["fds"] += _fds(pid)
+            rec["pids"] += 1
+        res = env.pod_shell(pod.name).run(["conntrack", "-C"], check=False)
+        conntrack[f"pod/{pod.name}"] = int(res.stdout.strip() or 0) if res.ok else -1
+    for node in env.plan.nodes:
+        res = env.node_shell(node).run(["conntrack", "-C"], check=False)
+        conntrack[f"node/{node}"] = int(res.stdout.strip() or 0) if res.ok else -1
+    return {"procs": procs, "conntrack": conntrack}
+
+
+class MinuteSampler(threading.Thread):
+    """Calls :func:`sample` at 0, 60, 120 … s after :meth:`start` until :meth:`stop`; each
+    record carries ``minute`` and ``t_s``."""
+
+    def __init__(self, env: LocalEnv) -> None:
+        super().__init__(daemon=True, name="soak-sampler")
+        self.env, self.records, self._halt = env, [], threading.Event()
+        self.t0 = 0.0
+
+    def run(self) -> None:
+        self.t0 = time.monotonic()
+        minute = 0
+        while not self._halt.is_set():
+            rec = sample(self.env)
+            rec.update(minute=minute, t_s=round(time.monotonic() - self.t0, 1))
+            self.records.append(rec)
+            minute += 1
+            self._halt.wait(max(0.0, self.t0 + 60 * minute - time.monotonic()))
+
+    def stop(self) -> None:
+        """Stop after the current sample and wait for the thread."""
+        self._halt.set()
+        self.join(timeout=60)
+
+
+def per_minute(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The load's per-second points merged into minutes: ``[{"minute", "requests", "errors",
+    "p50_ms", "p99_ms", "max_ms"}]`` (exact: the seconds' HDR histograms are added)."""
+    out = []
+    for m in range((max((p["t_s"] for p in series), default=-1) // 60) + 1):
+        points = [p for p in series if p["t_s"] // 60 == m]
+        merged = hdr.merge(p["hdr"] for p in points if p.get("hdr"))
+        pct = hdr.percentiles(merged)
+        out.append({"minute": m, "requests": sum(p["requests"] for p in points),
+                    "errors": sum(p["errors"] for p in points),
+                    **{f"{k}_ms": None if pct.get(k) is None else round(pct[k] / 1000, 3)
+                       for k in ("p50", "p99", "max")}})
+    return out
+
+
+def _thirds(values: list[float]) -> tuple[float, float] | None:
+    """Medians of the first and the last third of ``values`` (None: fewer than 3)."""
+    third = len(values) // 3
+    if third == 0:
+        return None
+    return statistics.median(values[:third]), statistics.median(values[-third:])
+
+
+def growth(samples: list[dict[str, Any]], warmup_min: int) -> dict[str, dict[str, Any]]:
+    """Per process group: RSS at the end of the warm-up and at the last sample with the growth
+    in %, and the fd count's median over the first and the last third of the samples after the
+    warm-up with their difference (a connection opened or closed at one sample is not a
+    trend)."""
+    after = [s for s in samples if s["minute"] >= warmup_min] or samples
+    base, last = after[0], after[-1]
+    out = {}
+    for key, b in base["procs"].items():
+        e = last["procs"].get(key, {"rss_kb": 0, "fds": 0})
+        fds = _thirds([s["procs"].get(key, {}).get("fds", 0) for s in after])
+        f0, f1 = fds or (b["fds"], e["fds"])
+        out[key] = {"rss_kb_warm": b["rss_kb"], "rss_kb_end": e["rss_kb"],
+                    "rss_growth_pct": round(100.0 * (e["rss_kb"] - b["rss_kb"])
+                                            / max(b["rss_kb"], 1), 2),
+                    "fds_warm": f0, "fds_end": f1, "fd_growth": f1 - f0,
+                    "judged": not key.endswith("/client")}
+    return out
+
+
+def p99_drift_pct(minutes: list[dict[str, Any]], warmup_min: int) -> float | None:
+    """Median p99 of the last third of the post-warm-up minutes against the first third, %."""
+    thirds = _thirds([m["p99_ms"] for m in minutes[warmup_min:] if m["p99_ms"] is not None
+                      and m["requests"] > 0])
+    if thirds is None:
+        return None
+    return round(100.0 * (thirds[1] - thirds[0]) / thirds[0], 1)
+
+
+def summarise(doc: dict[str, Any]) -> dict[str, Any]:
+    """Growth per process group, p99 drift and the target verdicts."""
+    warm = doc["settings"]["warmup_min"]
+    grow = growth(doc["samples"], warm)
+    drift = p99_drift_pct(doc["minutes"], warm)
+    judged = [g for g in grow.values() if g["judged"]]
+    return {"growth": grow, "p99_drift_pct": drift, "targets": {
+        "errors": verdict(doc["load"]["errors"], TARGETS["errors"]),
+        "rss_growth_pct": verdict(max(g["rss_growth_pct"] for g in judged),
+                                  TARGETS["rss_growth_pct"]),
+        "fd_growth": verdict(max(g["fd_growth"] for g in judged), TARGETS["fd_growth"]),
+        "p99_drift_pct": verdict(None if drift is None else abs(drift),
+                                 TARGETS["p99_drift_pct"])}}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The human summary written to ``soak-latest.md``."""
+    st, s, m = doc["settings"], doc["summary"], doc["machine"]
+    lines = [f"# Soak ({doc['started']})", "",
+             f"Machine: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}.",
+             (f"Chain: netshoot → L1 sidecar → L1 app (-M) → L1 sidecar → L2 sidecar → L2 app; "
+              f"`{URL}`, open loop, {CONNECTIONS} connections, **{st['rate_per_s']} rps for "
+              f"{st['minutes']} min**, Prometheus and collectors (1 s) on. {st['rate_reason']}"),
+             "", (f"Load: {doc['load']['requests']} requests, {doc['load']['errors']} errors, "
+             f"{doc['load']['tps']} TPS, late {doc['load'].get('late')}, skipped "
+             f"{doc['load'].get('skipped')}."), "",
+             "| minute | requests | errors | p50 ms | p99 ms | max ms | conntrack (all ns) | "
+             + " | ".join(f"{k} RSS MB / fds" for k in sorted(doc["samples"][0]["procs"]))
+             + " |", "|---" * (7 + len(doc["samples"][0]["procs"])) + "|"]
+    by_min = {x["minute"]: x for x in doc["samples"]}
+    for row in doc["minutes"]:
+        smp = by_min.get(row["minute"] + 1) or {}  # the sample taken at the minute's end
+        ct = sum(v for v in smp.get("conntrack", {}).values() if v >= 0) if smp else "-"
+        procs = smp.get("procs", {})
+        cells = [f"{procs[k]['rss_kb'] / 1024:.1f} / {procs[k]['fds']}" if k in procs else "-"
+                 for k in sorted(doc["samples"][0]["procs"])]
+        lines.append(f"| {row['minute'] + 1} | {row['requests']} | {row['errors']} | "
+                     f"{row['p50_ms']} | {row['p99_ms']} | {row['max_ms']} | {ct} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", f"Growth from the end of minute {st['warmup_min']} to the end:", "",
+              ("| process group | RSS MB warm → end | RSS growth % "
+              "| fds (medians, first → last third) |"),
+              "|---|---|---|---|"]
+    for key, g in s["growth"].items():
+        lines.append(f"| {key} | {g['rss_kb_warm'] / 1024:.1f} → {g['rss_kb_end'] / 1024:.1f} "
+                     f"| {g['rss_growth_pct']} | {g['fds_warm']} → {g['fds_end']} |")
+    lines += ["", (f"p99 drift (median of the last third vs the first third of the minutes "
+              f"after the warm-up): {s['p99_drift_pct']} %"), "",
+              "| target | value | goal | met |", "|---|---|---|---|"]
+    for name, v in s["targets"].items():
+        goal = "= 0" if name in ("errors",) else f"≤ {v['target']}"
+        lines.append(f"| {name} | {v['value']} | {goal} | {'yes' if v['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def choose_rate(run: Run, requested: str) -> tuple[int, dict[str, Any], str]:
+    """The soak's rate, the max measurement (or {}) and the sentence saying why."""
+    if requested != "auto":
+        return int(requested), {}, f"Rate given on the command line ({requested} rps)."
+    res = run.load("max", URL, users=CONNECTIONS, rate_per_s=ISSUE_RATE * 2.0, duration_s=15,
+                   mode="open-loop", connections=CONNECTIONS)
+    measured = {"tps": round(res.tps, 1), "errors": res.errors,
+                "p99_ms": round((res.latency_us.get("p99") or 0) / 1000, 3)}
+    how = f"open loop offered {2 * ISSUE_RATE} rps, {CONNECTIONS} connections, 15 s"
+    if res.tps >= ISSUE_RATE * HEADROOM:
+        return ISSUE_RATE, measured, (f"Measured max {measured['tps']} TPS ({how}): the "
+                                      f"issue's {ISSUE_RATE} rps.")
+    rate = int(res.tps * 0.5)
+    return rate, measured, (f"The chain cannot sustain {ISSUE_RATE} rps here: its measured max "
+                            f"is {measured['tps']} TPS ({how}), "
+                            f"so the soak runs at 50 % of it.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit 0 when the soak completed (targets met or not)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=int, default=30)
+    ap.add_argument("--rate", default="auto", help="requests/s, or auto (see the docstring)")
+    ap.add_argument("--warmup-min", type=int, default=2)
+    ap.add_argument("--lab", default="soak")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    with bench_run("mlsoak-") as (started, _work), \
+            tempfile.TemporaryDirectory(prefix="mlsoak-reports-") as reports:
+        env = LocalEnv(lab=args.lab)
+        env.up()
+        try:
+            env.start_prometheus()
+            run = Run(env, RunJournal(Path(reports), "soak"), client="netshoot")
+            run.start_collectors(1.0)
+            rate, measured, reason = choose_rate(run, args.rate)
+            print(f"soak.py: {reason} {args.minutes} min at {rate} rps …", file=sys.stderr)
+            sampler = MinuteSampler(env)
+            try:
+                with run.background_load("soak", URL, users=CONNECTIONS, rate_per_s=rate,
+                                         duration_s=60.0 * args.minutes, mode="open-loop",
+                                         connections=CONNECTIONS, timeout_s=10.0):
+                    sampler.start()
+            finally:
+                sampler.stop()
+                run.stop_collectors()
+                run.finish("passed")
+            load = run.journal.data["loads"][-1]  # the soak's, journaled as the block ended
+        finally:
+            env.down()
+    doc: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"), "machine": machine_info(),
+        "settings": {"minutes": args.minutes, "rate_per_s": rate, "rate_reason": reason,
+                     "warmup_min": args.warmup_min, "url": URL, "connections": CONNECTIONS},
+        "max_measured": measured,
+        "load": {k: load.get(k) for k in ("requests", "errors", "tps", "status_counts",
+                                           "latency_us", "late", "skipped")},
+        "minutes": per_minute(load["series"]), "samples": sampler.records}
+    doc["load"]["tps"] = round(doc["load"]["tps"], 1)
+    doc["summary"] = summarise(doc)
+    write_results(args.out, "soak", started, doc, markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
