@@ -29,6 +29,7 @@ trap 'kill "$STRESS" 2>/dev/null || true' EXIT
 
 for i in $(seq 1 "$RUNS"); do
     clone="$(mktemp -d /tmp/meshlab-stress-clone.XXXXXX)"
+    chmod 755 "$clone"  # mktemp makes it 0700: the sidecars (uid 1337) run from its venv
     git clone -q "$REPO" "$clone"
     start=$(date +%s)
     rc=0
