@@ -113,6 +113,14 @@ def test_broken_manifest_builds_nothing(tmp_path, lab_leftovers):
     assert lab_leftovers("bad") == {}
 
 
+# pytest with Python's Ctrl-C handler: a runner started in the background by a non-interactive
+# shell (``nohup … &``, some CI jobs) inherits SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler; the suite's runner gets the handler a terminal's Ctrl-C would find.
+_PYTEST_WITH_CTRL_C = ("import signal, sys, pytest; "
+                       "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "sys.exit(pytest.main(sys.argv[1:]))")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_suite_tears_down_and_keeps_partial_results(tmp_path, lab_leftovers, sig):
     """Ctrl-C (or SIGTERM) in the middle of a suite: the lab is torn down and the run still
@@ -120,7 +128,7 @@ def test_interrupted_suite_tears_down_and_keeps_partial_results(tmp_path, lab_le
     lab = "sig"
     reports = tmp_path / "reports"
     suite = Path(__file__).resolve().parents[2] / "suites" / "test_baseline.py"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", str(suite), "-p",
+    proc = subprocess.Popen([sys.executable, "-c", _PYTEST_WITH_CTRL_C, "-q", str(suite), "-p",
                              "no:cacheprovider", f"--meshlab-lab={lab}",
                              f"--meshlab-reports={reports}"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
