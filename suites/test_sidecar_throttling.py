@@ -28,6 +28,10 @@ URL = f"http://{L1}:8070/echo"
 RATE_PER_S = 80
 HEADROOM = 1.25  # the limit over the baseline's average need
 DURATION_S = 6
+# Unthrottled, p99 stays near the baseline's (ratio ~1; the no-limit check below). Throttled it
+# measured 4.6x on a quiet machine, and 1.92x once beside `stress-ng --cpu 1` (the busy core
+# already lifts the baseline's p99): 1.5 keeps the check able to fail without flaking.
+P99_RATIO_MIN = 1.5
 
 
 def _load(run: Run, name: str) -> dict[str, float]:
@@ -64,7 +68,8 @@ def test_a_sidecar_cpu_limit_near_its_need_throttles_the_tail_and_removing_it_re
         pod=l1)
     meshlab_run.check(
         StatAtLeast("throttling", "nr_throttled", 5, label="L1 sidecar throttled periods"),
-        StatAtLeast("throttling", "p99_ratio", 2.0, label="p99 under the limit / baseline p99"),
+        StatAtLeast("throttling", "p99_ratio", P99_RATIO_MIN,
+                    label="p99 under the limit / baseline p99"),
         StatAtLeast("throttling", "tail_over_median_rise", 2.0,
                     label="p99 rise / p50 rise (ms per ms)"),
         StatAtMost("throttling", "no_limit_p99_ms", 2 * base["p99_ms"] + 5,
