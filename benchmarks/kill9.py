@@ -21,6 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "reliability"))
+sys.path.insert(0, str(HERE.parent / "tests"))  # lab_scan, which the harness imports
 
 from _common import bench_run, machine_info, write_results
 from kill9_harness import PHASES, baseline_passes, trial

@@ -3,11 +3,10 @@ tests that build real labs (host-namespace snapshots, lab leftovers)."""
 
 import contextlib
 import importlib
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from lab_scan import lab_leftovers
 
 from meshlab.envs.base import run_argv
 
@@ -22,31 +21,6 @@ def host_network_snapshot() -> str:
     """The host namespace's addresses, routes and rule set (must never change)."""
     return "\n".join(run_argv(argv).stdout for argv in (["ip", "-o", "addr"], ["ip", "route"],
                                                         ["ip", "rule"]))
-
-
-def lab_leftovers(lab: str) -> dict:
-    """Everything of lab ``lab`` still on the machine: netns, /etc/netns dirs, processes,
-    container cgroups."""
-    prefix = f"ml-{lab}-"
-    netns = [n for n in (Path("/run/netns").iterdir() if Path("/run/netns").exists() else [])
-             if n.name.startswith(prefix)]
-    etc = [d for d in (Path("/etc/netns").iterdir() if Path("/etc/netns").exists() else [])
-           if d.name.startswith(prefix)]
-    procs = subprocess.run(["pgrep", "-f", f"/run/meshlab/{lab}/"], capture_output=True,
-                           text=True, check=False).stdout.split()
-    cgroups = [str(d) for d in _lab_cgroup_dirs(lab) if d.exists()]
-    return {k: v for k, v in {"netns": netns, "etc": etc, "procs": procs,
-                              "cgroups": cgroups}.items() if v}
-
-
-def _lab_cgroup_dirs(lab: str) -> list[Path]:
-    from meshlab.envs.local.cgroups import Cgroups
-    from meshlab.errors import LabError
-
-    try:
-        return list(Cgroups().dirs(Cgroups.rel(lab)).values())
-    except LabError:
-        return []
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ deadmen, the lab's pods and kubelet loop — lives on, as after a real ``kill -9
 ``meshlab down --lab <lab>`` and lists what is left, against a snapshot of the host taken before
 the trial:
 
-- the lab's network namespaces (``ip netns``) and ``/etc/netns`` folders;
-- the lab's state folder, cgroups (``meshlab/<lab>`` under every controller, v1 or v2) and fault
-  ledger entries (any entry left is a fault still marked active);
+- what every lab test checks after ``down`` (``tests/lab_scan.py``): the lab's network
+  namespaces and ``/etc/netns`` folders, its state folder, cgroups (``meshlab/<lab>`` under any
+  parent, v1 or v2) and fault ledger entries (any entry left is a fault still marked active);
 - processes started since the snapshot that belong to the lab: inside one of its namespaces
   (pods, sidecars, load runners, dnsmasq, Prometheus) or naming its state, ledger or netns in
   their arguments (fault deadmen, the kubelet loop);
@@ -50,7 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshlab.envs.ledger import ledger_dir
+from lab_scan import lab_leftovers, leftover_lines
+
 from meshlab.envs.local.plan import lab_prefix
 from meshlab.envs.local.state import LabState
 from meshlab.polling import wait_until
@@ -136,24 +137,12 @@ def leftovers(lab: str, before: dict[str, Any], inodes: set[int]) -> list[str]:
     """Everything of ``lab`` still there, and every change to the host netns since ``before``
     (:func:`host_snapshot`): one line each; empty when clean. ``inodes``: the lab's netns
     inodes while it ran (:func:`lab_netns_inodes`)."""
-    left = []
-    prefix = lab_prefix(lab)
-    left += [f"netns {n}" for n in _out(["ip", "netns", "list"]).split() if n.startswith(prefix)]
-    etc = Path("/etc/netns")
-    if etc.is_dir():
-        left += [f"/etc/netns/{p.name}" for p in etc.iterdir() if p.name.startswith(prefix)]
-    if LabState.dir_for(lab).exists():
-        left.append(f"state folder {LabState.dir_for(lab)}")
-    for root in Path("/sys/fs/cgroup").glob("**/meshlab"):
-        if (root / lab).exists():
-            left.append(f"cgroup {root / lab}")
-    ledger = ledger_dir("local", lab)
-    if ledger.is_dir():
-        left += [f"ledger entry {p.name}: {json.loads(p.read_text() or '{}').get('status')}"
-                 for p in ledger.glob("*.json")]
+    found = lab_leftovers(lab)
+    left = leftover_lines(found)
+    listed = {int(line.split()[0]) for line in found.get("procs", [])}
     for pid in sorted(_pids() - before["pids"]):
         cmd = _lab_process(pid, lab, inodes)
-        if cmd is not None and pid != os.getpid():
+        if cmd is not None and pid != os.getpid() and pid not in listed:
             left.append(f"process {pid}: {cmd[:120]}")
     now = host_snapshot()
     if _strip_iptables(now["iptables"]) != _strip_iptables(before["iptables"]):
