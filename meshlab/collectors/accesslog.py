@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meshlab.envs.base import Env, PodLogFiles
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import PodLogFiles
 
 #: Field shapes after the request line: W = bare word, Q = double-quoted (may hold spaces).
 _SHAPES = "WWWWQWWWWQQQQQWWWWWW"

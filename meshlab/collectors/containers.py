@@ -1,5 +1,5 @@
 """The ``containers`` series: each pod's containers' CPU use, CFS throttling and memory, from
-the env's container cgroups (:class:`~meshlab.envs.base.Containers`; the local lab's
+the env's container cgroups (:class:`~meshlab.envs.capabilities.Containers`; the local lab's
 ``cpuacct``/``cpu.stat``/``memory`` files).
 
 One line per pod and tick: ``{"containers": {container: {"cpu_usage_us", "nr_periods",
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshlab.envs.base import Containers
+from meshlab.envs.capabilities import Containers
 
 
 class ContainersTarget:
     """A sampler target: one pod's container cgroups per read.
 
     Args:
-        env: an env with the :class:`~meshlab.envs.base.Containers` capability.
+        env: an env with the :class:`~meshlab.envs.capabilities.Containers` capability.
         pod: the pod (the series' ``target``).
     """
 

@@ -5,11 +5,11 @@ Targets (docs/CONTRACTS.md §5): each meshed pod's sidecar ``/stats``
 (:class:`~meshlab.collectors.accesslog.AccessLogTarget`), each pod's sockets
 (:class:`~meshlab.collectors.sockets.SocketsTarget`), the conntrack table of every pod and
 node network namespace (:class:`~meshlab.collectors.conntrack.ConntrackTarget`), and, on an env
-with container cgroups (:class:`~meshlab.envs.base.Containers`), each pod's containers' CPU,
+with container cgroups (:class:`~meshlab.envs.capabilities.Containers`), each pod's containers' CPU,
 throttling and memory (:class:`~meshlab.collectors.containers.ContainersTarget`), and, on an env
-with a cluster DNS it counts (:class:`~meshlab.envs.base.ClusterDns`), each pod's kube-dns
+with a cluster DNS it counts (:class:`~meshlab.envs.capabilities.ClusterDns`), each pod's kube-dns
 queries (:class:`~meshlab.collectors.dns.DnsQueriesTarget`). On an env whose
-namespaces are on this machine (:class:`~meshlab.envs.base.LocalNamespaces`: the local lab)
+namespaces are on this machine (:class:`~meshlab.envs.capabilities.LocalNamespaces`: the local lab)
 sockets and conntrack are read over netlink sockets kept open inside each namespace
 (:mod:`~meshlab.collectors.sock_diag`, :mod:`~meshlab.collectors.ctnetlink`); elsewhere (kube)
 ``ss`` / ``conntrack`` run through the env's shells. A target is
@@ -45,7 +45,8 @@ from meshlab.collectors.dns import DnsQueriesTarget
 from meshlab.collectors.envoy_stats import EnvoyStatsTarget
 from meshlab.collectors.sock_diag import SockDiagReader
 from meshlab.collectors.sockets import SocketReader, SocketsTarget, SsReader
-from meshlab.envs.base import ClusterDns, Containers, Env, LocalNamespaces
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import ClusterDns, Containers, LocalNamespaces
 from meshlab.envs.idle import make_thread_idle
 from meshlab.errors import ConfigError, MeshlabError
 
@@ -70,7 +71,7 @@ def kernel_readers(env: Env, kind: str, name: str) -> tuple[SocketReader, Conntr
     """The socket and conntrack readers of pod or node ``name`` (``kind`` ``pod``|``node``).
 
     Netlink readers inside the namespace when the env has its namespaces on this machine
-    (:class:`~meshlab.envs.base.LocalNamespaces`, ``netns_of(kind, name)``; its
+    (:class:`~meshlab.envs.capabilities.LocalNamespaces`, ``netns_of(kind, name)``; its
     ``kernel_reads`` is ``netlink``), else ``ss`` / ``conntrack -L`` through ``env.pod_shell`` /
     ``env.node_shell``.
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshlab.envs.base import Env, Fingerprinting, FreshPods, ManagedPrometheus
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import Fingerprinting, FreshPods, ManagedPrometheus
 from meshlab.envs.manifest_sets import manifest_set
 from meshlab.faults.ledger import revert_leftovers
 
@@ -52,10 +53,11 @@ class LabPool:
 
     A suite picks its lab with ``@pytest.mark.meshlab_lab(overlays=["ha-l2"])``; runs without
     it get the base lab. A lab is kept for the next run that asks for the same one, which gets
-    fresh pods first (:class:`~meshlab.envs.base.FreshPods`, about a second; the lab's network,
-    cluster DNS and Prometheus stay), so each run starts from the same steady state; building a
-    lab with its Prometheus takes ~10 s (the server's first scrape of every target). Each lab's fingerprint (:mod:`meshlab.envs.local.fingerprint`) is
-    taken when it comes up, for the leftover check after every run (:meth:`leftovers`).
+    fresh pods first (:class:`~meshlab.envs.capabilities.FreshPods`, about a second; the lab's
+    network, cluster DNS and Prometheus stay), so each run starts from the same steady state;
+    building a lab with its Prometheus takes ~10 s (the server's first scrape of every
+    target). Each lab's fingerprint (:mod:`meshlab.envs.local.fingerprint`) is taken when it
+    comes up, for the leftover check after every run (:meth:`leftovers`).
 
     Args:
         build: builds the env of a manifest set (base folder first).

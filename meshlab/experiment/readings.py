@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.collectors.accesslog import parse_lines
-from meshlab.envs.base import ClusterDns, CommandResult, Containers, Env, PodInfo, PodLifecycle
+from meshlab.envs.base import CommandResult, Env, PodInfo
+from meshlab.envs.capabilities import ClusterDns, Containers, PodLifecycle
 from meshlab.errors import Unsupported
 from meshlab.faults.targets import capable
 from meshlab.missing import dry_run_active, is_missing, not_measured
@@ -96,8 +97,8 @@ class LabReadings:
 
     def container_usage(self, pod: str) -> dict[str, dict[str, Any]]:
         """``{container: {cpu_usage_us, nr_periods, nr_throttled, throttled_us, memory_bytes,
-        cpu_limit_m}}`` of ``pod`` now (:meth:`~meshlab.envs.base.Containers.container_usage`;
-        a dry run's: a Missing).
+        cpu_limit_m}}`` of ``pod`` now
+        (:meth:`~meshlab.envs.capabilities.Containers.container_usage`; a dry run's: a Missing).
 
         Raises:
             Unsupported: the env reports no container usage for the pod (a cluster's is its

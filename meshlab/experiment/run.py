@@ -22,7 +22,8 @@ from meshlab.checks.base import Check, Verdict, assert_all, record_not_evaluated
 from meshlab.collectors.accesslog import codes_by_cluster, flags_by_cluster, parse_lines
 from meshlab.collectors.sampler import Sampler
 from meshlab.collectors.stats_text import stat_ints, stats_path
-from meshlab.envs.base import Env, LoadJobs
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import LoadJobs
 from meshlab.errors import ConfigError, MeshlabError
 from meshlab.experiment.names import LabNames
 from meshlab.experiment.readings import LabReadings

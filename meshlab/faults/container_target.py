@@ -1,12 +1,13 @@
 """Which container a container fault acts on: a pod (or workload) name plus a container name,
-on an env with the :class:`~meshlab.envs.base.Containers` capability (the local lab's container
-cgroups). ``istio-proxy`` is the sidecar; no container name means the pod's first app container
-(the manifest's first, as ``kubectl exec`` defaults to it).
+on an env with the :class:`~meshlab.envs.capabilities.Containers` capability (the local lab's
+container cgroups). ``istio-proxy`` is the sidecar; no container name means the pod's first
+app container (the manifest's first, as ``kubectl exec`` defaults to it).
 """
 
 from __future__ import annotations
 
-from meshlab.envs.base import Containers, Env
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import Containers
 from meshlab.errors import ConfigError
 from meshlab.faults.targets import capable, param_error
 

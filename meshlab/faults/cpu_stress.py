@@ -18,7 +18,8 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
-from meshlab.envs.base import Env, ShellBurners
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import ShellBurners
 from meshlab.errors import LabError
 from meshlab.faults.container_target import check_container, container_env, resolve
 from meshlab.faults.targets import param_error, require_target
@@ -70,7 +71,7 @@ class CpuStress:
 
     def argv(self, env: Env | None = None) -> list[str]:
         """One burner's command line: meshlab's Python burner, or the env's shell loop where
-        containers have no meshlab (:class:`~meshlab.envs.base.ShellBurners`, a cluster)."""
+        containers have no meshlab (:class:`~meshlab.envs.capabilities.ShellBurners`, a cluster)."""
         if isinstance(env, ShellBurners):
             return env.burner_argv(self.load_pct, self.stress_id)
         return [sys.executable, "-m", "meshlab.faults.cpu_burner", "--load-pct",

@@ -25,7 +25,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshlab.envs.base import ClusterDns, Env
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import ClusterDns
 from meshlab.errors import Unsupported
 from meshlab.faults import dns_chaos
 from meshlab.faults.protocol import DEFAULT_MAX_DURATION_S

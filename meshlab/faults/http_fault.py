@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshlab.envs.base import Env, RouteFaults
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import RouteFaults
 from meshlab.errors import ConfigError, Unsupported
 from meshlab.faults.targets import capable, param_error
 

@@ -34,7 +34,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshlab.envs.base import STATE_ROOT, Env, LocalNamespaces, Shell
+from meshlab.envs.base import STATE_ROOT, Env, Shell
+from meshlab.envs.capabilities import LocalNamespaces
 from meshlab.errors import CommandError, ConfigError, LabError, Unsupported
 from meshlab.faults.iptables_chain import FaultChain
 from meshlab.faults.netem_agent import SKIP_MARK

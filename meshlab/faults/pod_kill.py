@@ -18,7 +18,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from meshlab.envs.base import Env, PodLifecycle
+from meshlab.envs.base import Env
+from meshlab.envs.capabilities import PodLifecycle
 from meshlab.errors import ConfigError
 from meshlab.faults.container_target import check_container
 from meshlab.faults.targets import capable, param_error, require_target

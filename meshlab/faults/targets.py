@@ -71,7 +71,7 @@ def capable(env: Env, capability: type[T], fault: str, needs: str) -> T:
 
     Args:
         env: the env.
-        capability: e.g. :class:`~meshlab.envs.base.PodLifecycle`.
+        capability: e.g. :class:`~meshlab.envs.capabilities.PodLifecycle`.
         fault: the fault's registry key (for the message).
         needs: what the fault needs and the env lacks, e.g. ``"cannot kill pods (…)"``.
 

@@ -1,9 +1,10 @@
 """Distributed loads on a cluster: one Kubernetes Job per worker, the results merged exactly.
 
 ``Run.load(..., processes=N, jobs=True)`` on an env with the
-:class:`~meshlab.envs.base.LoadJobs` capability (the kube env; :func:`run_load_jobs`) runs the N single-process parts of the load
-(:func:`meshlab.load.group.split_spec`) as N Jobs instead of N processes in the client pod, so
-the load can use more CPU than one pod has. The master is this process:
+:class:`~meshlab.envs.capabilities.LoadJobs` capability (the kube env; :func:`run_load_jobs`)
+runs the N single-process parts of the load (:func:`meshlab.load.group.split_spec`) as N Jobs
+instead of N processes in the client pod, so the load can use more CPU than one pod has. The
+master is this process:
 
 1. each worker's Job (:func:`worker_job`) is built from the client pod: its app container's
    image (the meshlab image, ``image_map``), namespace, ``nodeSelector`` (else its node, so the
@@ -33,7 +34,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from meshlab.envs.base import LoadJobs
+from meshlab.envs.capabilities import LoadJobs
 from meshlab.envs.kube.facade import ClusterApi
 from meshlab.envs.kube.ready import why_not_ready
 from meshlab.envs.kube.settings import MANAGED_BY, KubeSettings
@@ -253,7 +254,7 @@ def run_load_jobs(env: LoadJobs, client: str, spec: LoadSpec, out_path: Path) ->
     exact merge of their results (the module docstring gives the steps).
 
     Args:
-        env: an env with the :class:`~meshlab.envs.base.LoadJobs` capability (kube).
+        env: an env with the :class:`~meshlab.envs.capabilities.LoadJobs` capability (kube).
         client: the client pod's name.
         spec: the whole load.
         out_path: where the merged result is written (each part beside it).

@@ -1,5 +1,6 @@
-"""Per-container operations on a cluster (the :class:`~meshlab.envs.base.Containers` capability
-of the kube env): pause by SIGSTOP, a live CPU limit by Kubernetes' in-place resize.
+"""Per-container operations on a cluster (the
+:class:`~meshlab.envs.capabilities.Containers` capability of the kube env): pause by SIGSTOP, a
+live CPU limit by Kubernetes' in-place resize.
 
 - **Pause**: the container's processes get SIGSTOP (resume: SIGCONT): the app's from the pod's
   debug container, which targets the app and shares its process namespace; ``istio-proxy``'s

@@ -20,14 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from meshlab.envs.base import PodInfo, Shell
+from meshlab.envs.base import PodInfo
 from meshlab.envs.kube.api import KubeApi, api_client
 from meshlab.envs.kube.containers import KubeContainers
-from meshlab.envs.kube.dry_run import DryRunApi, DryRunNodeDriver, PrintShell
+from meshlab.envs.kube.dry_run import DryRunApi
 from meshlab.envs.kube.facade import ClusterApi, JobPlacement
 from meshlab.envs.kube.guardrails import check_lab_size, check_namespace, check_nodes
 from meshlab.envs.kube.namespace import LabNamespace
-from meshlab.envs.kube.nodes import GuardedNodeDriver, NodeNames, describe_nodes, ledger_nodes
+from meshlab.envs.kube.node_access import KubeNodeAccess
+from meshlab.envs.kube.nodes import GuardedNodeDriver, NodeNames, describe_nodes
 from meshlab.envs.kube.objects import lab_objects
 from meshlab.envs.kube.pod_lifecycle import KubePodLifecycle
 from meshlab.envs.kube.ready import lab_pods, wait_ready, workload_of
@@ -37,11 +38,10 @@ from meshlab.envs.kube.shells import (
     SIDECAR,
     DebugContainers,
     KubePodShell,
-    NsenterShell,
     app_container,
 )
 from meshlab.envs.manifest_sets import MANIFESTS_ROOT
-from meshlab.errors import ConfigError, LabError, MeshlabError, Unsupported
+from meshlab.errors import ConfigError, LabError, MeshlabError
 from meshlab.manifests.loader import load_topology
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,7 +66,7 @@ def is_access_json(line: str) -> bool:
     return isinstance(rec, dict) and ("start_time" in rec or "response_code" in rec)
 
 
-class KubeEnv(KubePodLifecycle, KubeRouteFaults, KubeContainers):
+class KubeEnv(KubePodLifecycle, KubeRouteFaults, KubeContainers, KubeNodeAccess):
     """The kube env (implements :class:`meshlab.envs.base.Env`).
 
     Args:
@@ -280,62 +280,6 @@ class KubeEnv(KubePodLifecycle, KubeRouteFaults, KubeContainers):
         if node and not self.api.dry_run:
             check_nodes(self.settings, self._node_labels(), [node], what)
         return JobPlacement(self.api, self.settings, self.lab, obj, self.poll_s)
-
-    # nodes -----------------------------------------------------------------------------
-    def _node_labels(self) -> dict[str, dict[str, str]]:
-        return {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {})
-                for n in self.api.list_nodes()}
-
-    def _ssh_config(self, what: str) -> Any:
-        if self.settings.ssh is None:
-            raise Unsupported(
-                f"ssh: not configured; {what} needs SSH access to the cluster's nodes: set "
-                f"ssh: {{nodes: {{<node>: <address>}}, key_file: <private key>}} in "
-                f"{self.settings.source or 'the kube settings'} (docs/NODE_DRIVERS.md)")
-        return self.settings.ssh
-
-    def _ssh_driver(self) -> SshNodeDriver:
-        if self._ssh is None:
-            from meshlab.envs.ssh import SshNodeDriver
-
-            self._ssh = SshNodeDriver(self._ssh_config("node commands"))
-        return self._ssh
-
-    def node_shell(self, node: str) -> Shell:
-        """``nsenter -t 1 -n <argv>`` on the node over SSH, if the node is opted in.
-
-        Raises:
-            ConfigError: SSH is not configured (says what to set).
-            GuardrailError: the node lacks the opt-in label.
-        """
-        cluster = self.names.cluster(node)
-        ssh = self._ssh_config(f"node_shell({node})")
-        if isinstance(self.api, DryRunApi):
-            self.api.announce(f"node check skipped (dry run): {cluster} must carry "
-                              f"{self.settings.node_label}")
-            return NsenterShell(PrintShell(self.api, ssh, cluster))
-        check_nodes(self.settings, self._node_labels(), [cluster], f"node_shell({node})")
-        return NsenterShell(self._ssh_driver().shell(cluster))
-
-    def node_driver(self) -> GuardedNodeDriver:
-        """The NodeDriver for node faults (SSH), guarded by ``check_fault`` on power-off."""
-        if self._driver is None:
-            ssh = self._ssh_config("node faults")
-            inner: Any = (DryRunNodeDriver(self.api, ssh) if isinstance(self.api, DryRunApi)
-                          else self._ssh_driver())
-            # a dry run cannot read node labels: the lab's nodes count as opted in, so the
-            # blast-radius part of check_fault still applies
-            labels = (self._node_labels if not self.api.dry_run else
-                      lambda: {self.names.cluster(n): dict([self.settings.node_label_pair])
-                               for n in self.names.lab_nodes})
-            self._driver = GuardedNodeDriver(inner, self.settings, self.names, labels,
-                                             self._pods_on,
-                                             lambda: ledger_nodes(self.name, self.lab))
-        return self._driver
-
-    def _pods_on(self, cluster_node: str) -> list[str]:
-        lab_node = self.names.lab(cluster_node)
-        return [p.name for p in self.pods() if p.node == lab_node]
 
     # sidecar, logs, facts ----------------------------------------------------------------
     def _meshed(self, pod: str) -> PodInfo:

@@ -1,5 +1,5 @@
 """Killing a container or deleting a pod on a cluster, and waiting until it is ready again (the
-:class:`~meshlab.envs.base.PodLifecycle` capability of the kube env).
+:class:`~meshlab.envs.capabilities.PodLifecycle` capability of the kube env).
 
 - **A pod** (no container): an API delete with the grace period (``kubectl delete pod
   --grace-period``, Chaos Mesh ``pod-kill``); its StatefulSet creates it again under the same

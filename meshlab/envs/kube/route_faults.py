@@ -1,4 +1,4 @@
-"""VirtualService HTTP faults on a cluster (the :class:`~meshlab.envs.base.RouteFaults`
+"""VirtualService HTTP faults on a cluster (the :class:`~meshlab.envs.capabilities.RouteFaults`
 capability of the kube env): istiod pushes them to the sidecars, as the local lab's istiod does.
 
 - The lab's own VirtualService for the host (from its manifests), if there is one, is applied

@@ -1,4 +1,4 @@
-"""The local lab's per-container operations (the :class:`~meshlab.envs.base.Containers`
+"""The local lab's per-container operations (the :class:`~meshlab.envs.capabilities.Containers`
 capability): pause/resume, live CPU limit, CPU and memory use — on the container cgroups the
 kubelet made (:mod:`meshlab.envs.local.cgroups`).
 

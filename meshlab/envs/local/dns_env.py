@@ -1,5 +1,5 @@
-"""The local env's cluster-DNS surface (the :class:`~meshlab.envs.base.ClusterDns` capability):
-per-pod DNS query counts and the dns-error fault's front, for :class:`LocalEnv`
+"""The local env's cluster-DNS surface (the :class:`~meshlab.envs.capabilities.ClusterDns`
+capability): per-pod DNS query counts and the dns-error fault's front, for :class:`LocalEnv`
 (:mod:`meshlab.envs.local.lab`) to inherit.
 
 The DNS server itself is :mod:`meshlab.envs.local.kube_dns`; the fault front

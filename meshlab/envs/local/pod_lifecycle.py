@@ -1,5 +1,5 @@
 """Killing a container or deleting a pod in the local lab, and waiting until the kubelet has it
-ready again (the :class:`~meshlab.envs.base.PodLifecycle` capability).
+ready again (the :class:`~meshlab.envs.capabilities.PodLifecycle` capability).
 
 A killed container gets SIGTERM, then SIGKILL after ``grace_s`` (0: SIGKILL at once, as Chaos
 Mesh's ``pod-kill``/``container-kill`` with ``gracePeriod: 0``); a frozen container is thawed
@@ -10,7 +10,7 @@ is marked not ready at once, and the kubelet takes it out of its Services' endpo
 next relist — the window in between is the one where callers still pick the dead endpoint.
 
 :func:`restart_pods` gives every pod fresh processes at once (the
-:class:`~meshlab.envs.base.FreshPods` capability: runs that share a lab start alike).
+:class:`~meshlab.envs.capabilities.FreshPods` capability: runs that share a lab start alike).
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ def restart_pods(plan: LabPlan, lab: str, ready_timeout_s: float) -> str:
 
 
 class PodLifecycleMixin:
-    """The local env's :class:`~meshlab.envs.base.PodLifecycle` and
-    :class:`~meshlab.envs.base.FreshPods` methods (a mixin of
+    """The local env's :class:`~meshlab.envs.capabilities.PodLifecycle` and
+    :class:`~meshlab.envs.capabilities.FreshPods` methods (a mixin of
     :class:`~meshlab.envs.local.lab.LocalEnv`, which provides the attributes below)."""
 
     lab: str
