@@ -19,13 +19,18 @@ the report says so: a chain run at its limit only measures its queue.
 Pass (after the warm-up minutes): 0 errors; every process group's RSS at the last minute < 5 %
 above its RSS at the end of the warm-up; no fd growth (the median fd count of the last third of
 the samples not above that of the first third); p99 drift ≤ 20 %: the median of the last third of
-the minutes' p99 against the median of the first third. The client pod's processes are the load
-generator (it keeps every second's histogram for the whole run): reported, not judged.
+the minutes' p99 against the median of the first third. Every non-2xx the sidecars logged is
+counted by pod, cluster, code, ``response_flags`` and details (``errors_by_cause``), with the first
+:data:`ERROR_SAMPLE` records kept, so an error says where it came from. The client pod's
+processes are the load generator (it keeps every second's histogram for the whole run):
+reported, not judged.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import statistics
 import sys
 import tempfile
@@ -40,6 +45,7 @@ sys.path.insert(0, str(HERE))
 from _common import bench_run, machine_info, verdict, write_results
 from _procs import rss_kb
 
+from meshlab.collectors.accesslog import parse_line
 from meshlab.envs.local.lab import LocalEnv
 from meshlab.envs.local.netns import netns_pids
 from meshlab.experiment import Run
@@ -51,6 +57,10 @@ CONNECTIONS = 16
 ISSUE_RATE = 1000
 CLIENT_POD = "netshoot"  # its processes are the load generator's: reported, not judged
 HEADROOM = 1.25  # the issue's rate is used when the measured max is at least this much above
+ERROR_SAMPLE = 20  # non-2xx access-log records kept whole
+ERROR_KEYS = ("start_time", "response_code", "response_flags", "response_code_details",
+              "upstream_transport_failure_reason", "upstream_cluster", "upstream_host",
+              "duration")
 TARGETS = {"errors": 0, "rss_growth_pct": 5.0, "fd_growth": 0, "p99_drift_pct": 20.0}
 
 
@@ -88,6 +98,40 @@ def sample(env: LocalEnv) -> dict[str, Any]:
         res = env.node_shell(node).run(["conntrack", "-C"], check=False)
         conntrack[f"node/{node}"] = int(res.stdout.strip() or 0) if res.ok else -1
     return {"procs": procs, "conntrack": conntrack}
+
+
+_TEXT_2XX = re.compile(r'\[\S+\] "[^"]*" 2')
+
+
+def _is_2xx(line: str) -> bool:
+    """Fast pre-filter: the line is a 2xx record in either access-log encoding."""
+    return bool(_TEXT_2XX.match(line)) if line.startswith("[") else '"response_code":2' in line
+
+
+def error_records(env: LocalEnv) -> dict[str, Any]:
+    """Every sidecar's non-2xx access-log records (read as a stream, the logs are large):
+    ``{"by_cause": {"<pod> <cluster> <code> <flags> <details>": n}, "sample": [records with
+    ERROR_KEYS and "pod"]}``."""
+    causes: collections.Counter[str] = collections.Counter()
+    sample: list[dict[str, Any]] = []
+    for pod in env.pods():
+        path = env.pod_log_dir(pod.name) / "access.log"
+        if not pod.meshed or not path.exists():
+            continue
+        with path.open(errors="replace") as lines:
+            for line in lines:
+                if _is_2xx(line):
+                    continue
+                rec = parse_line(line)
+                if rec is None or 200 <= (rec.get("response_code") or 0) < 300:
+                    continue
+                cause = [pod.name] + [str(rec.get(k) or "-") for k in (
+                    "upstream_cluster", "response_code", "response_flags",
+                    "response_code_details")]
+                causes[" ".join(cause)] += 1
+                if len(sample) < ERROR_SAMPLE:
+                    sample.append({"pod": pod.name, **{k: rec.get(k) for k in ERROR_KEYS}})
+    return {"by_cause": dict(causes.most_common()), "sample": sample}
 
 
 class MinuteSampler(threading.Thread):
@@ -193,6 +237,7 @@ def markdown(doc: dict[str, Any]) -> str:
              "", (f"Load: {doc['load']['requests']} requests, {doc['load']['errors']} errors, "
              f"{doc['load']['tps']} TPS, late {doc['load'].get('late')}, skipped "
              f"{doc['load'].get('skipped')}."), "",
+             *_error_lines(doc.get("errors_by_cause") or {}),
              "| minute | requests | errors | p50 ms | p99 ms | max ms | conntrack (all ns) | "
              + " | ".join(f"{k} RSS MB / fds" for k in sorted(doc["samples"][0]["procs"]))
              + " |", "|---" * (7 + len(doc["samples"][0]["procs"])) + "|"]
@@ -220,6 +265,16 @@ def markdown(doc: dict[str, Any]) -> str:
         goal = "= 0" if name in ("errors",) else f"≤ {v['target']}"
         lines.append(f"| {name} | {v['value']} | {goal} | {'yes' if v['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def _error_lines(errors: dict[str, Any]) -> list[str]:
+    """The markdown lines naming where the non-2xx answers came from (none: no lines)."""
+    if not errors.get("by_cause"):
+        return []
+    head = ("Non-2xx answers in the sidecars' access logs (pod, cluster, code, response_flags, "
+            "details; one client error can appear at several hops):")
+    return ([head, ""]
+            + [f"- {n} × `{cause}`" for cause, n in errors["by_cause"].items()] + [""])
 
 
 def choose_rate(run: Run, requested: str) -> tuple[int, dict[str, Any], str]:
@@ -270,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.stop_collectors()
                 run.finish("passed")
             load = run.journal.data["loads"][-1]  # the soak's, journaled as the block ended
+            errors = error_records(env)
         finally:
             env.down()
     doc: dict[str, Any] = {
@@ -279,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_measured": measured,
         "load": {k: load.get(k) for k in ("requests", "errors", "tps", "status_counts",
                                            "latency_us", "late", "skipped")},
-        "minutes": per_minute(load["series"]), "samples": sampler.records}
+        "minutes": per_minute(load["series"]), "samples": sampler.records,
+        "errors_by_cause": errors}
     doc["load"]["tps"] = round(doc["load"]["tps"], 1)
     doc["summary"] = summarise(doc)
     write_results(args.out, "soak", started, doc, markdown(doc))
