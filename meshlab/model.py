@@ -320,16 +320,18 @@ class VirtualService:
 
 @dataclass(frozen=True)
 class EnvoyFilterPatch:
-    """One ``configPatches[]`` entry (``operation: MERGE``).
+    """One ``configPatches[]`` entry (``MERGE``, or ``INSERT_BEFORE``/``INSERT_FIRST`` of the
+    buffer filter).
 
     Attributes:
-        apply_to: ``LISTENER`` or ``CLUSTER``.
+        apply_to: ``LISTENER``, ``CLUSTER`` or ``HTTP_FILTER``.
         context: ``SIDECAR_INBOUND``, ``SIDECAR_OUTBOUND`` or ``ANY``.
         port: ``match.listener.portNumber`` / ``match.cluster.portNumber``, or None.
         service: ``match.cluster.service`` (FQDN), or None.
         socket_options: listener ``socket_options`` / cluster
             ``upstream_bind_config.socket_options``.
         tcp_keepalive: cluster ``upstream_connection_options.tcp_keepalive``.
+        max_request_bytes: ``HTTP_FILTER``: the inserted buffer filter's limit.
     """
 
     apply_to: str
@@ -338,6 +340,7 @@ class EnvoyFilterPatch:
     service: str | None = None
     socket_options: tuple[SocketOption, ...] = ()
     tcp_keepalive: TcpKeepalive | None = None
+    max_request_bytes: int | None = None
 
 
 @dataclass(frozen=True)

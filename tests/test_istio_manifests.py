@@ -99,7 +99,13 @@ def test_examples_load_and_translate(tmp_path):
     assert route == {"timeout_s": 6.0, "retry": {"num_retries": 2, "per_try_timeout_s": 3.0,
                                                  "retry_on": "connect-failure,reset,503"}}
     l2 = _policies(folder, "fortio-server-l2-0")
-    assert "listeners" not in l2
+    # the buffer-filter EnvoyFilter selects app=fortio-server-l2: its inbound port 8080 only
+    assert l2["listeners"] == {"15006": {"http_filters": [
+        {"name": "envoy.filters.http.buffer", "max_request_bytes": 1048576, "port": 8080}]}}
+    assert parse_policies(l2).max_request_bytes(15006, 8080) == 1048576
+    assert parse_policies(l2).max_request_bytes(15006, 8079) is None
+    assert parse_policies(l2).max_request_bytes(15001, 8080) is None
+    assert parse_policies(server).max_request_bytes(15006, 8080) is None
     assert "socket_options" not in l2["clusters"][f"outbound|8080||{L2}"]
     # both sidecars accept what istiod wrote
     for pol in (server, l2):
@@ -182,6 +188,48 @@ def test_envoy_filter_without_selector_applies_to_the_namespace(tmp_path):
         assert pol["listeners"]["15001"]["socket_options"][0]["int_value"] == 5000
 
 
+BUF = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: cap, namespace: mark}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: ANY
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {name: envoy.filters.http.router}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.buffer
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+          max_request_bytes: 1024
+"""
+
+
+def test_buffer_filter_reaches_both_listeners_of_every_pod(tmp_path):
+    """No workloadSelector and context ANY: every sidecar of the namespace, outbound and
+    inbound, every HTTP port; the sidecars accept the result."""
+    folder = _lab(tmp_path, BUF)
+    for pod in ("fortio-server-0", "fortio-server-l2-0"):
+        pol = _policies(folder, pod)
+        entry = {"name": "envoy.filters.http.buffer", "max_request_bytes": 1024, "port": None}
+        assert pol["listeners"] == {"15001": {"http_filters": [entry]},
+                                    "15006": {"http_filters": [entry]}}
+        parsed = parse_policies(pol)
+        assert [parsed.max_request_bytes(lst, port) for lst, port in
+                ((15001, 8080), (15006, 8079))] == [1024, 1024]
+
+
+def _buf(old: str, new: str, field: str, problem: str) -> tuple[str, str, str]:
+    """A bad variant of :data:`BUF`: the document, the field its error names, the problem."""
+    return BUF.replace(old, new), f"EnvoyFilter/cap.spec.configPatches[0].{field}", problem
+
+
 def _field_error(tmp_path, doc: str) -> str:
     folder = _lab(tmp_path, doc)
     with pytest.raises(ManifestError) as err:
@@ -212,7 +260,7 @@ def _field_error(tmp_path, doc: str) -> str:
     (EF.replace("operation: MERGE", "operation: ADD", 1),
      "EnvoyFilter/ka.spec.configPatches[0].patch.operation", "only MERGE"),
     (EF.replace("applyTo: CLUSTER", "applyTo: ROUTE_CONFIGURATION"),
-     "EnvoyFilter/ka.spec.configPatches[0].applyTo", "LISTENER and CLUSTER"),
+     "EnvoyFilter/ka.spec.configPatches[0].applyTo", "LISTENER, CLUSTER and HTTP_FILTER"),
     (EF.replace("STATE_LISTENING", "STATE_LATER"),
      "EnvoyFilter/ka.spec.configPatches[1].patch.value.socket_options[0].state", "STATE_"),
     (EF.replace("{context: ANY}", "{context: GATEWAY}"),
@@ -222,6 +270,24 @@ def _field_error(tmp_path, doc: str) -> str:
      "EnvoyFilter/ka.spec.configPatches[0].patch.value.socket_options", "upstream_bind_config"),
     (EF.replace("{context: ANY}", "{context: ANY, listener: {portNumber: 8080}}"),
      "EnvoyFilter/ka.spec.configPatches[1].match.listener.portNumber", "15001"),
+    *(_buf(old, new, field, problem) for old, new, field, problem in (
+        ("INSERT_BEFORE", "INSERT_AFTER", "patch.operation", "INSERT_BEFORE"),
+        ("name: envoy.filters.http.buffer", "name: envoy.filters.http.lua", "patch.value.name",
+         "only envoy.filters.http.buffer"),
+        ("max_request_bytes: 1024", "max_request_bytes: 0",
+         "patch.value.typed_config.max_request_bytes", "1.."),
+        ("max_request_bytes: 1024", "max_buffer: 1024", "patch.value.typed_config.max_buffer",
+         "unsupported"),
+        ("buffer.v3.Buffer", "buffer.v2.Buffer", "patch.value.typed_config.@type",
+         "buffer.v3.Buffer"),
+        ("name: envoy.filters.http.router", "name: envoy.filters.http.cors",
+         "match.listener.filterChain.filter.subFilter.name", "before envoy.filters.http.router"),
+        ("name: envoy.filters.network.http_connection_manager",
+         "name: envoy.filters.network.tcp_proxy", "match.listener.filterChain.filter.name",
+         "http_connection_manager"))),
+    (EF.replace("operation: MERGE\n      value:\n        socket_options",
+                "operation: MERGE\n      value:\n        name: x\n        socket_options"),
+     "EnvoyFilter/ka.spec.configPatches[1].patch.value.name", "applyTo: HTTP_FILTER"),
     (VS + """  - route: [{destination: {host: fortio-server-l2}}]
 """, "VirtualService/v.spec.http[0].route[0].destination.host", "not one of the VS hosts"),
     (VS + """  - match: [{uri: {prefix: /a}}]

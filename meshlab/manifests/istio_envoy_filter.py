@@ -1,7 +1,14 @@
-"""EnvoyFilter (``networking.istio.io/v1alpha3``) as meshlab supports it: ``MERGE`` patches of
-listener ``socket_options`` and cluster ``upstream_bind_config.socket_options`` /
-``upstream_connection_options.tcp_keepalive`` (Envoy field names), selected by
-``workloadSelector.labels`` and ``match.context`` (ENVOY.md §8: the TCP_USER_TIMEOUT workaround).
+"""EnvoyFilter (``networking.istio.io/v1alpha3``) as meshlab supports it, selected by
+``workloadSelector.labels`` and ``match.context``:
+
+- ``MERGE`` patches of listener ``socket_options`` and cluster
+  ``upstream_bind_config.socket_options`` / ``upstream_connection_options.tcp_keepalive``
+  (Envoy field names; ENVOY.md §8: the TCP_USER_TIMEOUT workaround);
+- ``HTTP_FILTER`` patches that insert Envoy's buffer filter (``INSERT_BEFORE`` the router or
+  ``INSERT_FIRST``) with ``typed_config.max_request_bytes``: the usual way to cap request size in
+  Istio (:mod:`meshlab.proxy.config.http_filters`). ``match.listener.portNumber`` is then the
+  Service port (outbound) or the container port (inbound), as Istio matches it.
+
 Anything else fails as ``<file>: EnvoyFilter/<name>.<field>: <problem>``.
 """
 
@@ -12,14 +19,18 @@ from typing import Any
 from meshlab.manifests.document import Document
 from meshlab.manifests.istio_fields import opt, read_host, read_int, read_keepalive
 from meshlab.model import EnvoyFilter, EnvoyFilterPatch
+from meshlab.proxy.config.http_filters import BUFFER_FILTER, BUFFER_TYPE_URL
 from meshlab.proxy.config.policy import SocketOption
 
 _SOCKOPT = {"description": None, "level": None, "name": None, "int_value": None, "state": None}
 _EF_PATCH: dict[str, Any] = {
     "applyTo": None,
-    "match": {"context": None, "listener": {"portNumber": None},
+    "match": {"context": None,
+              "listener": {"portNumber": None, "filterChain": {"filter": {
+                  "name": None, "subFilter": {"name": None}}}},
               "cluster": {"service": None, "portNumber": None}},
     "patch": {"operation": None, "value": {
+        "name": None, "typed_config": {"@type": None, "max_request_bytes": None},
         "socket_options": [_SOCKOPT],
         "upstream_bind_config": {"socket_options": [_SOCKOPT]},
         "upstream_connection_options": {"tcp_keepalive": {
@@ -34,6 +45,9 @@ SOCKET_STATES = ("STATE_PREBIND", "STATE_BOUND", "STATE_LISTENING")
 CONTEXTS = ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "ANY")
 #: Capture listener port of each patch context (``virtualOutbound`` / ``virtualInbound``).
 CAPTURE_LISTENERS = {"SIDECAR_OUTBOUND": 15001, "SIDECAR_INBOUND": 15006}
+#: Names of the HTTP connection manager and of the router (current and legacy).
+HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
+ROUTER_NAMES = ("envoy.filters.http.router", "envoy.router")
 
 
 def _socket_options(doc: Document, where: str, items: list[Any]) -> tuple[SocketOption, ...]:
@@ -54,17 +68,59 @@ def _socket_options(doc: Document, where: str, items: list[Any]) -> tuple[Socket
     return tuple(out)
 
 
+def _buffer_filter_patch(doc: Document, where: str, p: dict[str, Any],
+                         context: str) -> EnvoyFilterPatch:
+    """An ``HTTP_FILTER`` patch inserting the buffer filter (see the module docstring)."""
+    match = p.get("match") or {}
+    if match.get("cluster") is not None:
+        raise doc.fail(f"{where}.match.cluster", "cannot match a cluster when applying to "
+                                                 "HTTP_FILTER")
+    listener = match.get("listener") or {}
+    flt = opt(listener.get("filterChain"), "filter") or {}
+    fw = f"{where}.match.listener.filterChain.filter"
+    if flt.get("name") is not None and flt["name"] not in HCM_NAMES:
+        raise doc.fail(f"{fw}.name", f"HTTP filters live in {HCM_NAMES[0]}, got {flt['name']!r}")
+    sub = opt(flt.get("subFilter"), "name")
+    if sub is not None and sub not in ROUTER_NAMES:
+        raise doc.fail(f"{fw}.subFilter.name", f"meshlab inserts before {ROUTER_NAMES[0]} only, "
+                                               f"got {sub!r}")
+    op = opt(p.get("patch"), "operation")
+    if op not in ("INSERT_BEFORE", "INSERT_FIRST"):
+        raise doc.fail(f"{where}.patch.operation", "HTTP_FILTER supports INSERT_BEFORE (the "
+                                                   f"router) and INSERT_FIRST, got {op!r}")
+    value = opt(p.get("patch"), "value") or {}
+    vw = f"{where}.patch.value"
+    if value.get("name") != BUFFER_FILTER:
+        raise doc.fail(f"{vw}.name", f"only {BUFFER_FILTER} is supported, "
+                                     f"got {value.get('name')!r}")
+    typed = value.get("typed_config") or {}
+    if typed.get("@type") != BUFFER_TYPE_URL:
+        raise doc.fail(f"{vw}.typed_config.@type", f"expected {BUFFER_TYPE_URL}, "
+                                                   f"got {typed.get('@type')!r}")
+    if typed.get("max_request_bytes") is None:
+        raise doc.fail(f"{vw}.typed_config.max_request_bytes", "missing required field")
+    port = listener.get("portNumber")
+    return EnvoyFilterPatch(
+        "HTTP_FILTER", context,
+        port=None if port is None else read_int(doc, f"{where}.match.listener.portNumber",
+                                                port, 1, 65535),
+        max_request_bytes=read_int(doc, f"{vw}.typed_config.max_request_bytes",
+                                   typed["max_request_bytes"], 1))
+
+
 def _patch(doc: Document, where: str, p: dict[str, Any], namespace: str,
            domain: str) -> EnvoyFilterPatch:
     apply_to = p.get("applyTo")
-    if apply_to not in ("LISTENER", "CLUSTER"):
-        raise doc.fail(f"{where}.applyTo", f"only LISTENER and CLUSTER are supported, "
-                                           f"got {apply_to!r}")
+    if apply_to not in ("LISTENER", "CLUSTER", "HTTP_FILTER"):
+        raise doc.fail(f"{where}.applyTo", f"only LISTENER, CLUSTER and HTTP_FILTER are "
+                                           f"supported, got {apply_to!r}")
     match = p.get("match") or {}
     context = match.get("context", "ANY")
     if context not in CONTEXTS:
         raise doc.fail(f"{where}.match.context", f"expected one of {', '.join(CONTEXTS)}, "
                                                  f"got {context!r}")
+    if apply_to == "HTTP_FILTER":
+        return _buffer_filter_patch(doc, where, p, context)
     op = opt(p.get("patch"), "operation")
     if op != "MERGE":
         raise doc.fail(f"{where}.patch.operation", f"only MERGE is supported, got {op!r}")
@@ -84,6 +140,12 @@ def _patch(doc: Document, where: str, p: dict[str, Any], namespace: str,
     if sel.get("service") is not None:
         kw["service"] = read_host(doc, f"{where}.match.cluster.service", sel["service"], namespace,
                               domain)
+    for key in ("name", "typed_config"):
+        if key in value:
+            raise doc.fail(f"{vw}.{key}", "is an HTTP filter field (applyTo: HTTP_FILTER)")
+    if opt(match.get("listener"), "filterChain") is not None:
+        raise doc.fail(f"{where}.match.listener.filterChain", "matches HTTP filters "
+                                                              "(applyTo: HTTP_FILTER)")
     if apply_to == "LISTENER":
         for key in ("upstream_bind_config", "upstream_connection_options"):
             if key in value:
@@ -111,7 +173,8 @@ def parse_envoy_filter(doc: Document, namespace: str, domain: str) -> EnvoyFilte
     """A validated :class:`EnvoyFilter`.
 
     Raises:
-        ManifestError: an unsupported applyTo/context/operation or a bad socket option.
+        ManifestError: an unsupported applyTo/context/operation/filter, a bad socket option or
+            buffer limit.
     """
     patches = doc.get("spec.configPatches", kind=list)
     if not patches:

@@ -230,6 +230,10 @@ def upstream_timeout_reply(*, per_try: bool = False, alt_response: bool = False)
 
 
 NO_ROUTE = LocalReply(404, "", "route_not_found", Flag.NR)
+#: The buffer filter's body overflow (``requestDataTooLarge``): no flag; sent before the request
+#: completed, so an HTTP/1 connection closes after it.
+PAYLOAD_TOO_LARGE = LocalReply(413, "Payload Too Large", "request_payload_too_large", None,
+                               close_connection=True)
 CLUSTER_NOT_FOUND = LocalReply(503, "", "cluster_not_found", Flag.NC)
 DOWNSTREAM_DISCONNECT_DETAILS = "downstream_remote_disconnect"
 

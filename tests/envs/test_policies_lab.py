@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from meshlab.collectors.accesslog import parse_lines
 from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
 from meshlab.experiment.labs import lab_down, lab_up
+from meshlab.polling import wait_until
 
 pytestmark = pytest.mark.lab
 LAB = "poltest"
@@ -61,3 +63,28 @@ def test_keepalive_and_breakers_apply_to_the_l2_hop(lab):
     assert re.search(p + r"remaining_pending: 64\b", stats)
     assert re.search(p + r"remaining_retries: 3\b", stats)
     assert re.search(p + r"remaining_rq: 4294967295\b", stats)
+
+
+def test_buffer_filter_caps_request_bodies_on_the_l2_inbound_port(lab):
+    """The example buffer-filter EnvoyFilter (1 MiB on fortio-server-l2's inbound 8080), through
+    kube-proxy NAT and the L2 sidecar's capture: 1 MiB is echoed, 1 MiB + 1 gets 413, and only
+    L2's inbound HCM counts it."""
+    limit = 1 << 20
+    url = "http://fortio-server-l2:8080/echo"
+
+    def post(size: int) -> str:
+        return lab.pod_shell("netshoot").run(
+            ["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+             "-H", "Expect:", "--data-binary", "@-", url], input_text="x" * size).stdout
+
+    assert post(limit) == f"200 {limit}"
+    assert post(limit + 1) == "413 17"  # "Payload Too Large"
+    wait_until(lambda: lab.sidecar_admin("fortio-server-l2-0", "/stats"),
+               lambda text: re.search(r"^http\.inbound_0\.0\.0\.0_8080;\."
+                                      r"downstream_rq_too_large: 1$", text, re.MULTILINE),
+               timeout_s=5, what="downstream_rq_too_large 1 on L2's inbound 8080 HCM")
+    [rec] = wait_until(lambda: [r for r in parse_lines(lab.access_log_lines("fortio-server-l2-0"))
+                                if r["response_code"] == 413],
+                       timeout_s=5, what="the 413 in L2's access log")
+    assert (rec["response_flags"], rec["response_code_details"]) == \
+        ("-", "request_payload_too_large")

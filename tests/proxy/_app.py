@@ -39,6 +39,14 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         return True
 
+    def do_POST(self):
+        """Echo the request body (``content-length`` framed) with 200."""
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
         import time
         from urllib.parse import parse_qs, urlsplit

@@ -33,14 +33,20 @@ def _cluster(name: str) -> str:
     return f"outbound|8080||{name}.mark.svc.cluster.local"
 
 
+CAPPED_PORT, BODY_LIMIT = 8081, 1024  # the buffer filter's port on A's outbound listener
+
+
 VIPS = {"slow": "10.96.0.20", "abort": "10.96.0.21", "delay": "10.96.0.22",
         "retry5xx": "10.96.0.23", "pooled": "10.96.0.24", "blackhole": "10.96.0.25",
-        "noretry": "10.96.0.26", "fortio": "10.96.0.12", "refused": "10.96.0.13"}
+        "noretry": "10.96.0.26", "fortio": "10.96.0.12", "refused": "10.96.0.13",
+        "capped": "10.96.0.27"}
 BLACKHOLE_PORT = 15023  # SYNs dropped in B's raw table → connect timeout
 SERVICES = _services() + [
     _svc("slow", VIPS["slow"]), _svc("abort", VIPS["abort"]), _svc("delay", VIPS["delay"]),
     _svc("retry5xx", VIPS["retry5xx"]), _svc("pooled", VIPS["pooled"]),
-    _svc("blackhole", VIPS["blackhole"], BLACKHOLE_PORT), _svc("noretry", VIPS["noretry"], 15021)]
+    _svc("blackhole", VIPS["blackhole"], BLACKHOLE_PORT), _svc("noretry", VIPS["noretry"], 15021),
+    {**_svc("capped", VIPS["capped"]), "ports": [{"port": CAPPED_PORT, "name": "http",
+                                                  "protocol": "http", "target_port": 8080}]}]
 POLICIES = {
     "clusters": {_cluster("blackhole"): {"connect_timeout_s": 0.3},
                  _cluster("pooled"): {"http_idle_timeout_s": 0.5,
@@ -50,6 +56,9 @@ POLICIES = {
                _cluster("delay"): {"fault": {"delay": {"fixed_delay_s": 0.3, "percent": 100}}},
                _cluster("retry5xx"): {"retry": {"num_retries": 2, "retry_on": "5xx"}},
                _cluster("noretry"): {"retry": {"num_retries": 0}}},
+    "listeners": {"15001": {"http_filters": [{"name": "envoy.filters.http.buffer",
+                                              "max_request_bytes": BODY_LIMIT,
+                                              "port": CAPPED_PORT}]}},
 }
 
 
@@ -229,6 +238,36 @@ def test_malformed_request_is_400_then_delayed_close(lab):
     recs = wait_record(lab, "a", lambda r: r["response_code"] == 400)
     assert (recs[-1]["response_flags"], recs[-1]["response_code_details"]) == \
         ("DPE", "http1.codec_error")
+
+
+def _post(size: int, rid: str, close: bool = False) -> str:
+    head = ["POST /echo HTTP/1.1", f"Host: capped:{CAPPED_PORT}", f"x-request-id: {rid}",
+            f"Content-Length: {size}"] + (["Connection: close"] if close else [])
+    return "\r\n".join(head) + "\r\n\r\n" + "b" * size
+
+
+def test_body_over_the_buffer_limit_is_413_then_delayed_close(lab):
+    """The buffer filter on A's outbound port 8081 holds 1024 body bytes: 1024 are forwarded;
+    4096 get Envoy's 413 (no flag, ``request_payload_too_large``, ``downstream_rq_too_large``)
+    with ``connection: close``, the connection closes, and B never sees the request."""
+    ok_id, big_id = str(uuid.uuid4()), str(uuid.uuid4())
+    ok = lab.client(lab.ns_a, {"op": "raw", "host": VIPS["capped"], "port": CAPPED_PORT,
+                               "data": _post(BODY_LIMIT, ok_id, close=True), "timeout_s": 5})
+    assert ok["data"].startswith("HTTP/1.1 200 OK\r\n") and ok["data"].endswith("b" * BODY_LIMIT)
+    before = stat(lab, f"http.outbound_0.0.0.0_{CAPPED_PORT};.downstream_rq_too_large")
+    out = lab.client(lab.ns_a, {"op": "raw", "host": VIPS["capped"], "port": CAPPED_PORT,
+                                "data": _post(4 * BODY_LIMIT, big_id), "timeout_s": 5})
+    assert out["data"].startswith("HTTP/1.1 413 Payload Too Large\r\n"), out["data"][:200]
+    assert out["data"].endswith("\r\n\r\nPayload Too Large") and "connection: close" in out["data"]
+    assert out["eof"] and out["waited_s"] < 3  # closed by the sidecar (delayed close, 1 s)
+    [rec] = wait_record(lab, "a", by_id(big_id))
+    assert (rec["response_code"], rec["response_flags"], rec["response_code_details"]) == \
+        (413, "-", "request_payload_too_large")
+    assert BODY_LIMIT < rec["bytes_received"] <= 4 * BODY_LIMIT
+    assert stat(lab, f"http.outbound_0.0.0.0_{CAPPED_PORT};.downstream_rq_too_large") == \
+        before + 1
+    assert wait_record(lab, "b", by_id(ok_id))  # the forwarded one reached B …
+    assert not [r for r in records(lab, "b")[1] if r.get("request_id") == big_id]  # … not this
 
 
 def test_half_sent_request_does_not_block_others(lab):

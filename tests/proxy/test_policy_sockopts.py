@@ -90,3 +90,25 @@ def test_policies_listeners_parse():
         parse_policies({"listeners": {"x": {"socket_options": []}}})
     with pytest.raises(ConfigError, match=r'listeners\["15001"\].sockopts: unknown field'):
         parse_policies({"listeners": {"15001": {"sockopts": []}}})
+
+
+def test_policies_buffer_filters_parse():
+    """The smallest applicable limit wins (each buffer filter checks); the port selects."""
+    buf = "envoy.filters.http.buffer"
+    pol = parse_policies({"listeners": {"15001": {"http_filters": [
+        {"name": buf, "max_request_bytes": 4096},
+        {"name": buf, "max_request_bytes": 100, "port": 8080}]}}})
+    assert (pol.max_request_bytes(15001, 8080), pol.max_request_bytes(15001, 9090),
+            pol.max_request_bytes(15006, 8080)) == (100, 4096, None)
+    where = r'policies.listeners\["15001"\].http_filters\[0\]'
+    for bad, problem in (({"name": "envoy.filters.http.lua", "max_request_bytes": 1},
+                          r"\.name: only envoy.filters.http.buffer"),
+                         ({"name": buf}, r"\.max_request_bytes: missing"),
+                         ({"name": buf, "max_request_bytes": 0}, r"\.max_request_bytes: .*>= 1"),
+                         ({"name": buf, "max_request_bytes": 1, "port": 70000}, r"\.port: "),
+                         ({"name": buf, "max_request_bytes": 1, "limit": 2},
+                          r"\.limit: unknown field")):
+        with pytest.raises(ConfigError, match=where + problem):
+            parse_policies({"listeners": {"15001": {"http_filters": [bad]}}})
+    with pytest.raises(ConfigError, match=r'http_filters: expected a .*list'):
+        parse_policies({"listeners": {"15001": {"http_filters": {"name": buf}}}})

@@ -26,6 +26,7 @@ from meshlab.model import (
     OutlierSpec,
     Service,
 )
+from meshlab.proxy.config.http_filters import BUFFER_FILTER
 from meshlab.proxy.config.policy import TcpKeepalive
 from meshlab.proxy.config.sidecar import ISTIO_SIDECAR_CONCURRENCY, MAX_CONCURRENCY
 
@@ -253,8 +254,9 @@ def policies(plan: LabPlan, pp: PodPlan) -> dict[str, Any]:
 
     DestinationRules and VirtualServices apply to every sidecar (client side, every port of
     the host); EnvoyFilters only to the pods their ``workloadSelector`` selects. Listener
-    patches go to 15001 (``SIDECAR_OUTBOUND``) / 15006 (``SIDECAR_INBOUND``), cluster patches
-    to the outbound clusters or the pod's ``inbound|<port>||`` clusters.
+    patches go to 15001 (``SIDECAR_OUTBOUND``) / 15006 (``SIDECAR_INBOUND``), buffer-filter
+    ``HTTP_FILTER`` patches to that listener's ``http_filters`` (with their HTTP port), cluster
+    patches to the outbound clusters or the pod's ``inbound|<port>||`` clusters.
     """
     topo = plan.topology
     domain = topo.cluster.cluster_domain
@@ -267,7 +269,7 @@ def policies(plan: LabPlan, pp: PodPlan) -> dict[str, Any]:
                 for sp in s.ports] + [("PassthroughCluster", None, None)]
     inbound = [(f"inbound|{p.port}||", None, p.port) for c in pp.pod.workload.containers
                for p in c.ports] + [("InboundPassthroughCluster", None, None)]
-    listeners: dict[str, list[dict[str, Any]]] = {}
+    listeners: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for ef in topo.envoy_filters:
         if not ef.selects(pp.pod.namespace, pp.pod.labels):
             continue
@@ -277,10 +279,16 @@ def policies(plan: LabPlan, pp: PodPlan) -> dict[str, Any]:
             opts = [{"level": o.level, "name": o.name, "int_value": o.int_value,
                      "state": o.state} for o in patch.socket_options]
             for ctx in contexts:
+                port = CAPTURE_LISTENERS[ctx]
+                if patch.apply_to == "HTTP_FILTER":  # port: the HTTP port, any listener's
+                    listeners.setdefault(str(port), {}).setdefault("http_filters", []).append(
+                        {"name": BUFFER_FILTER, "max_request_bytes": patch.max_request_bytes,
+                         "port": patch.port})
+                    continue
                 if patch.apply_to == "LISTENER":
-                    port = CAPTURE_LISTENERS[ctx]
                     if patch.port in (None, port):
-                        listeners.setdefault(str(port), []).extend(opts)
+                        listeners.setdefault(str(port), {}).setdefault(
+                            "socket_options", []).extend(opts)
                     continue
                 for name, host, port in (outbound if ctx == "SIDECAR_OUTBOUND" else inbound):
                     if patch.service not in (None, host) or patch.port not in (None, port):
@@ -289,7 +297,7 @@ def policies(plan: LabPlan, pp: PodPlan) -> dict[str, Any]:
                                          patch.tcp_keepalive)
     out: dict[str, Any] = {"clusters": clusters, "routes": _vs_routes(plan, svc_by_host)}
     if listeners:
-        out["listeners"] = {port: {"socket_options": o} for port, o in listeners.items()}
+        out["listeners"] = listeners
     return out
 
 

@@ -31,11 +31,13 @@ the value istio-proxy runs with when no DestinationRule/VirtualService applies.
       }},
       "listener_socket_options": [{"level": 6, "name": 18, "int_value": 5000,
                                    "state": "STATE_LISTENING"}], # both capture listeners
-      "listeners": {"15001": {"socket_options": [...]}}         # one capture listener only
+      "listeners": {"15001": {"socket_options": [...],          # one capture listener only
+                              "http_filters": [...]}}   # EnvoyFilter HTTP_FILTER: buffer
     }
 
 The local istiod writes ``listeners`` for EnvoyFilter LISTENER patches (``SIDECAR_OUTBOUND`` →
-15001, ``SIDECAR_INBOUND`` → 15006); ``listener_socket_options`` applies to both.
+15001, ``SIDECAR_INBOUND`` → 15006); ``listener_socket_options`` applies to both; ``http_filters`` holds the buffer filters
+EnvoyFilter ``HTTP_FILTER`` patches insert (:mod:`.http_filters`).
 In ``outlier_detection`` a threshold of 0 disables that detector (Istio sets
 ``enforcing_*`` to 0 then). In ``retry.retry_on`` numeric entries are retriable status codes
 (Istio ``parseRetryOn``).
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlab.errors import ConfigError
+from meshlab.proxy.config.http_filters import BufferFilter, max_request_bytes, parse_http_filters
 from meshlab.proxy.fields import as_choice, as_int, as_num, as_object, check_known
 
 #: Istio's circuit-breaker thresholds on every cluster: 2^32-1 (``applyConnectionPool``).
@@ -191,10 +194,17 @@ class Policies:
     routes: dict[str, RoutePolicy] = field(default_factory=dict)
     listener_socket_options: tuple[SocketOption, ...] = ()
     listeners: dict[int, tuple[SocketOption, ...]] = field(default_factory=dict)
+    http_filters: dict[int, tuple[BufferFilter, ...]] = field(default_factory=dict)
 
     def listener_options(self, port: int) -> tuple[SocketOption, ...]:
         """Socket options of the capture listener on ``port`` (15001 / 15006)."""
         return self.listener_socket_options + self.listeners.get(port, ())
+
+    def max_request_bytes(self, listener: int, port: int) -> int | None:
+        """Request body limit of the buffer filters on capture listener ``listener`` (15001 /
+        15006) for HTTP port ``port``; None = no buffer filter (bodies stream, no 413)."""
+        filters = self.http_filters.get(listener)
+        return max_request_bytes(filters, port) if filters else None
 
     def cluster(self, name: str) -> ClusterPolicy:
         """The policy of cluster ``name`` (defaults when none is configured)."""
@@ -348,12 +358,16 @@ def parse_policies(value: Any, where: str = "policies") -> Policies:
     listener_opts = _socket_options(o.get("listener_socket_options", []),
                                     f"{where}.listener_socket_options", "STATE_LISTENING")
     listeners: dict[int, tuple[SocketOption, ...]] = {}
+    http_filters: dict[int, tuple[BufferFilter, ...]] = {}
     for port, doc in as_object(o.get("listeners", {}), f"{where}.listeners").items():
         w = f'{where}.listeners["{port}"]'
         if not str(port).isdigit() or not 1 <= int(port) <= 65535:
             raise ConfigError(f"{w}: expected a port number as key")
-        check_known(as_object(doc, w), {"socket_options"}, w)
+        check_known(as_object(doc, w), {"socket_options", "http_filters"}, w)
         listeners[int(port)] = _socket_options(doc.get("socket_options", []),
                                                f"{w}.socket_options", "STATE_PREBIND")
+        if doc.get("http_filters"):
+            http_filters[int(port)] = parse_http_filters(doc["http_filters"],
+                                                         f"{w}.http_filters")
     return Policies(clusters=clusters, routes=routes, listener_socket_options=listener_opts,
-                    listeners=listeners)
+                    listeners=listeners, http_filters=http_filters)

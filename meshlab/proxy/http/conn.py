@@ -27,7 +27,7 @@ from meshlab.proxy.accesslog import AccessLogWriter
 from meshlab.proxy.capture import ConnectionHandler
 from meshlab.proxy.cells import LOCAL, Cells
 from meshlab.proxy.config.sidecar import SidecarConfig
-from meshlab.proxy.flags import ResetReason
+from meshlab.proxy.flags import PAYLOAD_TOO_LARGE, ResetReason
 from meshlab.proxy.http import actions
 from meshlab.proxy.http.codec import Http1Request, ServerCodec
 from meshlab.proxy.http.context import Deadlines
@@ -104,6 +104,7 @@ class HttpConnection(DownstreamConnection):
                                  own_peer=proxy.own_peer, connect_timeout_s=rd.connect_timeout_s,
                                  route_timeout_s=rd.route_timeout_s, retry=rd.retry,
                                  downstream_local=dst, downstream_remote=remote)
+        self.max_request_bytes = rd.max_request_bytes  # buffer filter; None = none
         self._forwarding: UpstreamConnection | None = None  # its body is being forwarded
 
     def _refresh(self) -> None:
@@ -114,6 +115,7 @@ class HttpConnection(DownstreamConnection):
         rd = route_defaults(router.config, ctx.cluster)
         ctx.connect_timeout_s, ctx.route_timeout_s, ctx.retry = (
             rd.connect_timeout_s, rd.route_timeout_s, rd.retry)
+        self.max_request_bytes = rd.max_request_bytes
         self.generation = router.generation
 
     async def serve(self) -> None:
@@ -195,6 +197,11 @@ class HttpConnection(DownstreamConnection):
                     break
                 if isinstance(event, h11.Data):
                     stream.on_request_body(event.data)
+                    limit = self.max_request_bytes
+                    if limit is not None and stream.bytes_received > limit:
+                        stream.http.downstream_rq_too_large.inc()
+                        return await self._drive(stream, stream.local_reply(PAYLOAD_TOO_LARGE),
+                                                 codec)
                 else:  # closed mid-request
                     stream.on_downstream_closed()
                     return CLOSE

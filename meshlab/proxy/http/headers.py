@@ -65,13 +65,16 @@ def imf_fixdate(sec: int) -> str:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
-@functools.lru_cache(maxsize=128)
+#: Reason phrase of each status. Envoy writes RFC 7231's names (``CodeUtility::toString``),
+#: where Python 3.11 keeps RFC 2616's for 413, 414 and 416.
+_PHRASES = {**{int(s): s.phrase.encode() for s in HTTPStatus},
+            413: b"Payload Too Large", 414: b"URI Too Long", 416: b"Range Not Satisfiable"}
+
+
 def reason_phrase(status: int) -> bytes:
-    """Standard reason phrase (Envoy generates its own instead of forwarding the upstream's)."""
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    """Standard reason phrase (Envoy generates its own instead of forwarding the upstream's);
+    empty for an unknown status."""
+    return _PHRASES.get(status, b"")
 
 
 @functools.lru_cache(maxsize=16)

@@ -42,11 +42,14 @@ class RouteDefaults:
         connect_timeout_s: upstream connect timeout.
         route_timeout_s: route timeout, None = disabled.
         retry: retry policy, None = no retries.
+        max_request_bytes: the buffer filter's request body limit on this cluster's listener
+            and port (:mod:`meshlab.proxy.config.http_filters`); None = no buffer filter.
     """
 
     connect_timeout_s: float
     route_timeout_s: float | None
     retry: RetrySettings | None
+    max_request_bytes: int | None = None
 
 
 def route_defaults(config: SidecarConfig, cluster: Cluster) -> RouteDefaults:
@@ -59,7 +62,9 @@ def route_defaults(config: SidecarConfig, cluster: Cluster) -> RouteDefaults:
                  if rp.retry.num_retries > 0 else None)
     connect = cluster.policy.connect_timeout_s or config.connect_timeout_s
     timeout = rp.timeout_s if rp.timeout_s is not None else config.route_timeout_s
-    return RouteDefaults(connect, timeout, retry)
+    listener = config.ports.outbound if outbound else config.ports.inbound
+    body = config.policies.max_request_bytes(listener, cluster.listener_port)
+    return RouteDefaults(connect, timeout, retry, body)
 
 
 @dataclass(frozen=True)
