@@ -97,14 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rounds < 3:
         ap.error("--rounds: at least 3")
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
+                         capture_output=True, text=True, check=False)
     old = subprocess.run(["git", "-C", str(REPO), "show", f"{args.baseline}:{STORE}"],
                          capture_output=True, text=True, check=False)
-    if old.returncode:
-        ap.error(f"--baseline {args.baseline}: {old.stderr.strip()}")
+    if rev.returncode or old.returncode:
+        ap.error(f"--baseline {args.baseline}: {(rev.stderr or old.stderr).strip()}")
+    baseline = rev.stdout.strip()
     rng = random.Random(1)
     samples = [(rng.expovariate(1 / 3.0), rng.randint(80, 400)) for _ in range(args.samples)]
     with bench_run("mlhist-") as (started, work):
-        mods = {f"baseline {args.baseline}": load_store("store_baseline", old.stdout, work),
+        mods = {f"baseline {baseline}": load_store("store_baseline", old.stdout, work),
                 "working tree": load_store("store_work", (REPO / STORE).read_text(), work)}
         variants: dict[str, dict[str, Any]] = {n: {"memo_mb": warm(m, samples), "ns": []}
                                                for n, m in mods.items()}
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         v["median_ns"] = statistics.median(v["ns"])
     base, work = variants.values()
     doc = {"started": started.isoformat(timespec="seconds"), "machine": machine_info(),
-           "settings": {"baseline": args.baseline, "samples": args.samples,
+           "settings": {"baseline": baseline, "samples": args.samples,
                         "rounds": args.rounds},
            "variants": variants, "ratio": work["median_ns"] / base["median_ns"]}
     write_results(args.out, "histogram", started, doc, markdown(doc))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -193,19 +192,25 @@ def test_fmt_double_like_envoy(value, text):
     assert fmt_double(value) == text
 
 
-def test_flush_of_300_clusters_is_cheap():
-    """ENVOY.md §3: a flush every 5 s must not stall the loop (the report quotes the number)."""
+def test_flush_of_300_clusters_swaps_intervals_without_merging():
+    """ENVOY.md §3: a flush every 5 s must not stall the loop, so closing a histogram's interval
+    is a pointer swap: the open interval's data becomes the interval view as is (no per-sample
+    or per-bin work), whatever was recorded. Structural, not timed: a wall-clock bound failed
+    on a busy machine (222 ms for ~1 ms of work while descheduled)."""
     store, ps = all_stats()
     clusters = [ps.cluster(f"outbound|8080||svc{i}.ns.svc.cluster.local") for i in range(300)]
     for cs in clusters:
         for i in range(20):
             cs.upstream_rq_time.record(0.5 + i)
             cs.upstream_cx_connect_ms.record(0.1 * i)
-    start = time.perf_counter()
+    hists = [h for cs in clusters for h in (cs.upstream_rq_time, cs.upstream_cx_connect_ms)]
+    pending = [h._pending for h in hists]
     store.flush()
-    elapsed_ms = (time.perf_counter() - start) * 1000
-    assert elapsed_ms < 50, elapsed_ms  # ~1 ms measured; loose bound for a shared 2-core box
+    assert all(h._interval is p for h, p in zip(hists, pending, strict=True))
+    assert all(h._pending is not p and h._pending.count == 0
+               for h, p in zip(hists, pending, strict=True))
     assert clusters[0].upstream_rq_time.count == 20
+    assert clusters[0].upstream_rq_time.quantiles()[-1][0] == 20.0  # max: top of bin [19, 20)
 
 
 LABELS_25 = [
