@@ -4,13 +4,14 @@ proxy limit is chosen — under Poisson arrivals, whose bursts need more than th
 
 - **Phenomenon**: ``nr_throttled`` of L1's sidecar cgroup climbs; a request that arrives after a
   burst has spent the period's quota waits for the next period, so the tail grows far more
-  than the median. The limit is 1.25 × the cores the sidecar used in the same test's baseline
+  than the median. The limit is 1.1 × the cores the sidecar used in the same test's baseline
   (observers included: the collectors' and Prometheus' reads run in its cgroup, as Envoy's
   admin does), so the test holds on a faster or slower machine alike; a fixed ``100m`` at a
-  fixed rate swung here from 5 to 47 throttled periods between runs. Measured in three runs
-  at 80 req/s (need 46–50m, limit 57–63m): 32–68 of 80 periods throttled, p99 8.7–12.6 →
-  118–347 ms (13–28×), p50 1.6–2.0 → 1.9–13.7 ms (1.1–6.9×: the median moves too when the
-  average need is this close to the limit, the tail always far more).
+  fixed rate swung here from 5 to 47 throttled periods between runs. At 1.25 × the signal was
+  too weak beside a busy core (``stress-ng --cpu 1``: 4 throttled periods, p99 ratio 1.31, a
+  failed run). Measured at 1.1 ×, 80 req/s for 8 s (need 106–131m): quiet, 42–46 periods
+  throttled and p99 7.0–8.9 → 74–101 ms (8.3–14.4×); beside ``stress-ng --cpu 1``, 26–56
+  periods and p99 15.6–25.2 → 140–177 ms (5.6–9.0×).
 - **Mitigation** (Istio's advice: no CPU limit on the proxy, a request only): with the limit
   removed the same load's p99 is back at the baseline's.
 
@@ -26,12 +27,12 @@ L1 = "fortio-server"
 SIDECAR = "istio-proxy"
 URL = f"http://{L1}:8070/echo"
 RATE_PER_S = 80
-HEADROOM = 1.25  # the limit over the baseline's average need
-DURATION_S = 6
+HEADROOM = 1.1  # the limit over the baseline's average need
+DURATION_S = 8
 # Unthrottled, p99 stays near the baseline's (ratio ~1; the no-limit check below). Throttled it
-# measured 4.6x on a quiet machine, and 1.92x once beside `stress-ng --cpu 1` (the busy core
-# already lifts the baseline's p99): 1.5 keeps the check able to fail without flaking.
-P99_RATIO_MIN = 1.5
+# measured 8.3-14.4x quiet and 5.6-9.0x beside `stress-ng --cpu 1` (the busy core lifts the
+# baseline's p99): 2.0 keeps the check able to fail without flaking.
+P99_RATIO_MIN = 2.0
 
 
 def _load(run: Run, name: str) -> dict[str, float]:
