@@ -25,6 +25,15 @@ counted by pod, cluster, code, ``response_flags`` and details (``errors_by_cause
 :data:`ERROR_SAMPLE` records kept, so an error says where it came from. The client pod's
 processes are the load generator (it keeps every second's histogram for the whole run):
 reported, not judged.
+
+Keep-alive: by default the apps keep fortio's 30 s ``-server-idle-timeout`` while the sidecars'
+inbound pools keep idle connections for Envoy's 1 h, so once in a while a sidecar reuses a pooled
+connection the app is closing at that moment: a ``503 UC`` (the keep-alive race,
+``soak-20261207T133854Z.json``), which real istio-proxy shows too. ``--app-idle-timeout-s S``
+runs the apps with ``-server-idle-timeout S`` (an overlay of the two fortio-server
+StatefulSets): with S above the pool's 1 h the proxy is always the side that closes an idle
+connection first, the usual rule for an upstream behind a proxy, and the soak then measures
+everything but that race.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -47,7 +58,7 @@ from _common import bench_run, machine_info, verdict, write_results
 from _procs import rss_kb
 
 from meshlab.collectors.accesslog import parse_line
-from meshlab.envs.local.lab import LocalEnv
+from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
 from meshlab.envs.local.netns import netns_pids
 from meshlab.experiment import Run
 from meshlab.journal import RunJournal
@@ -63,6 +74,7 @@ ERROR_SAMPLE = 20  # non-2xx access-log records kept whole
 ERROR_KEYS = ("start_time", "response_code", "response_flags", "response_code_details",
               "upstream_transport_failure_reason", "upstream_cluster", "upstream_host",
               "duration")
+APP_MANIFESTS = ("fortio-server.yaml", "fortio-server-l2.yaml")  # the two fortio servers
 TARGETS = {"errors": 0, "rss_growth_pct": 5.0, "fd_growth": 0, "p99_drift_pct": 20.0}
 
 
@@ -236,6 +248,7 @@ def markdown(doc: dict[str, Any]) -> str:
              (f"Chain: netshoot → L1 sidecar → L1 app (-M) → L1 sidecar → L2 sidecar → L2 app; "
               f"`{URL}`, open loop, {CONNECTIONS} connections, **{st['rate_per_s']} rps for "
               f"{st['minutes']} min**, Prometheus and collectors (1 s) on. {st['rate_reason']}"),
+             "", _keepalive_line(st.get("app_idle_timeout_s")),
              "", (f"Load: {doc['load']['requests']} requests, {doc['load']['errors']} errors, "
              f"{doc['load']['tps']} TPS, late {doc['load'].get('late')}, skipped "
              f"{doc['load'].get('skipped')}."), "",
@@ -269,6 +282,16 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _keepalive_line(idle_s: float | None) -> str:
+    """The markdown sentence on the apps' keep-alive idle timeout."""
+    if idle_s is None:
+        return ("Apps: fortio's default 30 s keep-alive idle timeout, shorter than the "
+                "sidecars' 1 h inbound pool idle timeout (the keep-alive race can show as "
+                "503 UC).")
+    return (f"Apps: `-server-idle-timeout {idle_s:g}s` (`--app-idle-timeout-s`), so the "
+            "sidecars' pools (1 h) close idle connections before the apps do.")
+
+
 def _error_lines(errors: dict[str, Any]) -> list[str]:
     """The markdown lines naming where the non-2xx answers came from (none: no lines)."""
     if not errors.get("by_cause"):
@@ -277,6 +300,22 @@ def _error_lines(errors: dict[str, Any]) -> list[str]:
             "details; one client error can appear at several hops):")
     return ([head, ""]
             + [f"- {n} × `{cause}`" for cause, n in errors["by_cause"].items()] + [""])
+
+
+def app_idle_overlay(folder: Path, idle_s: float) -> Path:
+    """Write to ``folder`` an overlay of the default manifests' two fortio-server StatefulSets
+    whose app runs with ``-server-idle-timeout <idle_s>s`` (fortio's keep-alive idle limit,
+    30 s by default); returns ``folder``, to be given after :data:`DEFAULT_MANIFESTS`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in APP_MANIFESTS:
+        docs = list(yaml.safe_load_all((DEFAULT_MANIFESTS / name).read_text()))
+        for doc in docs:
+            if doc.get("kind") == "StatefulSet":
+                app = doc["spec"]["template"]["spec"]["containers"][0]
+                app["args"] = [app["args"][0], "-server-idle-timeout", f"{idle_s:g}s",
+                               *app["args"][1:]]
+        (folder / name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return folder
 
 
 def choose_rate(run: Run, requested: str) -> tuple[int, dict[str, Any], str]:
@@ -305,10 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-min", type=int, default=2)
     ap.add_argument("--lab", default="soak")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--app-idle-timeout-s", type=float, default=None,
+                    help="the apps' -server-idle-timeout (default fortio's 30 s)")
     args = ap.parse_args(argv)
+    if args.app_idle_timeout_s is not None and args.app_idle_timeout_s <= 0:
+        ap.error(f"--app-idle-timeout-s: expected seconds > 0, got {args.app_idle_timeout_s}")
     with bench_run("mlsoak-") as (started, _work), \
             tempfile.TemporaryDirectory(prefix="mlsoak-reports-") as reports:
-        env = LocalEnv(lab=args.lab)
+        manifests: list[Path] = [DEFAULT_MANIFESTS]
+        if args.app_idle_timeout_s is not None:
+            manifests.append(app_idle_overlay(Path(reports) / "app-idle-timeout",
+                                              args.app_idle_timeout_s))
+        env = LocalEnv(manifests, lab=args.lab)
         env.up()
         try:
             env.start_prometheus()
@@ -333,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"), "machine": machine_info(),
         "settings": {"minutes": args.minutes, "rate_per_s": rate, "rate_reason": reason,
-                     "warmup_min": args.warmup_min, "url": URL, "connections": CONNECTIONS},
+                     "warmup_min": args.warmup_min, "url": URL, "connections": CONNECTIONS,
+                     "app_idle_timeout_s": args.app_idle_timeout_s},
         "max_measured": measured,
         "load": {k: load.get(k) for k in ("requests", "errors", "tps", "status_counts",
                                            "latency_us", "late", "skipped")},

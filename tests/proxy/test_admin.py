@@ -209,6 +209,25 @@ def test_config_dump_shape_resource_and_name_regex():
     assert any(c["@type"].endswith("EndpointsConfigDump") for c in eds)
 
 
+def _route_of(ctx: AdminContext, cluster: str) -> dict:
+    routes = json.loads(get(ctx, "/config_dump?resource=dynamic_route_configs")[1])["configs"]
+    return next(r["route"] for rc in routes for vh in rc["route_config"]["virtual_hosts"]
+                for r in vh["routes"] if r["route"]["cluster"] == cluster)
+
+
+def test_config_dump_retry_policy_lists_only_the_configured_status_codes():
+    """Istio 1.24+ (EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY) sets no retriable_status_codes on
+    the default outbound retry; a VirtualService's numeric retryOn entries become them."""
+    default = _route_of(make_ctx()[0], C)["retry_policy"]
+    assert default["num_retries"] == 2 and "retriable_status_codes" not in default
+    assert "retriable-status-codes" in default["retry_on"].split(",")
+    ctx, _ = make_ctx({"routes": {C: {"retry": {"num_retries": 3,
+                                                "retry_on": "connect-failure,503,409"}}}})
+    vs = _route_of(ctx, C)["retry_policy"]
+    assert vs["retriable_status_codes"] == [409, 503] and vs["num_retries"] == 3
+    assert vs["retry_on"] == "connect-failure,retriable-status-codes"
+
+
 @pytest.mark.parametrize("path", ["/stats/prometheus", "/stats?format=prometheus"])
 def test_prometheus_on_admin(path):
     ctx, _ = make_ctx()

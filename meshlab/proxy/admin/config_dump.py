@@ -18,6 +18,7 @@ from typing import Any
 from meshlab.proxy.admin.clusters import ClusterInfo, cluster_inventory, listener_inventory
 from meshlab.proxy.config.policy import DEFAULT_ROUTE_POLICY
 from meshlab.proxy.config.sidecar import SidecarConfig
+from meshlab.proxy.http.retry import settings_from_route
 from meshlab.proxy.stats.render import stats_tags
 from meshlab.proxy.stats.store import StatsMatcher
 
@@ -137,12 +138,16 @@ def _route_config(port: int, clusters: list[ClusterInfo], config: SidecarConfig)
         route: dict[str, Any] = {"cluster": info.name,
                                  "timeout": _dur(rp.timeout_s or config.route_timeout_s or 0),
                                  "max_grpc_timeout": "0s"}
-        retry = rp.retry or config.outbound_retry
+        retry = (settings_from_route(rp.retry) if rp.retry is not None
+                 else config.outbound_retry)
         if retry is not None and retry.num_retries:
             route["retry_policy"] = {
                 "retry_on": ",".join(sorted(retry.retry_on)), "num_retries": retry.num_retries,
                 "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
-                "host_selection_retry_max_attempts": "5", "retriable_status_codes": [503]}
+                "host_selection_retry_max_attempts": "5"}
+            if retry.retriable_status_codes:  # none by default (Istio 1.24+, ENVOY.md §8)
+                route["retry_policy"]["retriable_status_codes"] = sorted(
+                    retry.retriable_status_codes)
         r: dict[str, Any] = {"name": "default", "match": {"prefix": "/"}, "route": route,
                              "decorator": {"operation": f"{fqdn}:{port}/*"}}
         fault: dict[str, Any] = {}
