@@ -139,6 +139,35 @@ def test_istio_mapping_rules(tmp_path):
     assert pol.outlier_detection is not None and pol.outlier_detection.max_ejection_percent == 10
 
 
+def test_destination_rule_pool_reaches_the_hosts_inbound_clusters(tmp_path):
+    """Istio buildInboundCluster: the pods behind the host get the connection pool (port-level
+    settings by Service port) on their inbound clusters, without outlier detection and without
+    the TCP proxy idle timeout; other pods get nothing; an EnvoyFilter merges over it."""
+    body = """    connectionPool:
+      tcp: {maxConnections: 9, idleTimeout: 20s}
+      http: {maxRequestsPerConnection: 4}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 8079}
+      outlierDetection: {consecutive5xxErrors: 1}
+"""
+    folder = _lab(tmp_path, DR % body, EF)
+    l2 = _policies(folder, "fortio-server-l2-0")["clusters"]
+    assert l2["inbound|8070||"] == {"circuit_breakers": {"max_connections": 9},
+                                    "http_idle_timeout_s": 20.0,
+                                    "max_requests_per_connection": 4}
+    assert l2["inbound|8080||"] == {**l2["inbound|8070||"], "tcp_keepalive": {"probes": 2,
+                                                                              "time_s": 30}}
+    assert "inbound|8079||" not in l2  # its port-level entry has no connection pool
+    assert l2[f"outbound|8070||{L2}"]["tcp_idle_timeout_s"] == 20.0  # the client side keeps it
+    l1 = _policies(folder, "fortio-server-0")["clusters"]
+    assert l1["inbound|8080||"] == {"tcp_keepalive": {"probes": 2, "time_s": 30}}
+    assert "inbound|8070||" not in l1
+    pol = parse_policies({"clusters": l2}).cluster("inbound|8070||")
+    assert pol.circuit_breakers.max_connections == 9 and pol.outlier_detection is None
+    assert pol.http_idle_timeout_s == 20.0 and pol.tcp_idle_timeout_s == 3600.0
+
+
 def test_virtual_service_fault_and_port_scope(tmp_path):
     vs = VS + """  - route: [{destination: {host: fortio-server}}]
     retries: {attempts: 0}

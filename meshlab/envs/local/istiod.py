@@ -207,12 +207,45 @@ def _dr_cluster(dr: DestinationRule, port: int) -> dict[str, Any]:
     """Policy of ``outbound|<port>||<host>``: a ``portLevelSettings`` entry for the port
     replaces the top-level policy wholesale, an omitted component falls back to the defaults,
     not to the top level (Istio ``mergeTrafficPolicy`` with ``hasPortLevel``, 1.22+).
-    Inbound clusters get nothing from a DestinationRule."""
+    The pods behind the host get its connection pool on their inbound side
+    (:func:`_inbound_clusters`)."""
     spec = dr.port_policies.get(port, dr.traffic_policy)
     pool, od = spec.connection_pool, spec.outlier_detection
     out = _pool_json(pool) if pool is not None else {}
     if od is not None:
         out["outlier_detection"] = _outlier_json(od)
+    return out
+
+
+def _inbound_clusters(plan: LabPlan, pp: PodPlan,
+                      dr_by_host: dict[str, DestinationRule]) -> dict[str, dict[str, Any]]:
+    """Policies of the pod's ``inbound|<port>||`` clusters from DestinationRules, as Istio's
+    ``buildInboundCluster`` gives them (I:pilot/pkg/networking/core/cluster_builder.go): the
+    first Service that selects the pod on a container port names the host; that host's
+    DestinationRule (its ``portLevelSettings`` entry for the Service port, else the top level)
+    gives the cluster its ``connectionPool`` and nothing else ("only connection pool settings
+    make sense on the inbound path": outlier detection, load balancing and TLS are the
+    client's). ``tcp.idleTimeout`` still backs the HTTP pool's idle timeout, but not the
+    inbound TCP proxy's, which only the proxy's ``ISTIO_META_IDLE_TIMEOUT`` sets
+    (I:networkfilter.go)."""
+    topo = plan.topology
+    domain = topo.cluster.cluster_domain
+    own_ports = {p.port for c in pp.pod.workload.containers for p in c.ports}
+    first: dict[int, tuple[Service, int]] = {}  # target port -> (first Service, its port)
+    for svc in topo.services:
+        if pp.name in {p.name for p in topo.endpoints(svc)}:
+            for sp in svc.ports:
+                if sp.target_port in own_ports:
+                    first.setdefault(sp.target_port, (svc, sp.port))
+    out: dict[str, dict[str, Any]] = {}
+    for target, (svc, port) in first.items():
+        dr = dr_by_host.get(svc.fqdn(domain))
+        spec = None if dr is None else dr.port_policies.get(port, dr.traffic_policy)
+        pool = None if spec is None else spec.connection_pool
+        if pool is not None:
+            policy = {k: v for k, v in _pool_json(pool).items() if k != "tcp_idle_timeout_s"}
+            if policy:
+                out[f"inbound|{target}||"] = policy
     return out
 
 
@@ -253,15 +286,17 @@ def policies(plan: LabPlan, pp: PodPlan) -> dict[str, Any]:
     """The ``policies`` object of one sidecar (shape: :mod:`meshlab.proxy.config.policy`).
 
     DestinationRules and VirtualServices apply to every sidecar (client side, every port of
-    the host); EnvoyFilters only to the pods their ``workloadSelector`` selects. Listener
-    patches go to 15001 (``SIDECAR_OUTBOUND``) / 15006 (``SIDECAR_INBOUND``), buffer-filter
-    ``HTTP_FILTER`` patches to that listener's ``http_filters`` (with their HTTP port), cluster
-    patches to the outbound clusters or the pod's ``inbound|<port>||`` clusters.
+    the host), a DestinationRule's connection pool also to the inbound clusters of the host's
+    pods (:func:`_inbound_clusters`); EnvoyFilters only to the pods their ``workloadSelector``
+    selects. Listener patches go to 15001 (``SIDECAR_OUTBOUND``) / 15006
+    (``SIDECAR_INBOUND``), buffer-filter ``HTTP_FILTER`` patches to that listener's
+    ``http_filters`` (with their HTTP port), cluster patches to the outbound clusters or the
+    pod's ``inbound|<port>||`` clusters (merged over the DestinationRule's pool).
     """
     topo = plan.topology
     domain = topo.cluster.cluster_domain
     svc_by_host = {s.fqdn(domain): s for s in topo.services}
-    clusters: dict[str, dict[str, Any]] = {}
+    clusters = _inbound_clusters(plan, pp, {dr.host: dr for dr in topo.destination_rules})
     for dr in topo.destination_rules:
         for sp in svc_by_host[dr.host].ports:
             clusters[f"outbound|{sp.port}||{dr.host}"] = _dr_cluster(dr, sp.port)
