@@ -7,9 +7,12 @@ The chain is :mod:`lab_floor`'s (netshoot → L1 sidecar → L1 app ``-M`` → L
 → L2 app), with the lab's Prometheus and the collectors at 1 s, as a suite runs them. The load is
 one open-loop run (constant arrivals over 16 keep-alive connections, latency from each request's
 intended start) for the whole soak; its per-second HDR histograms are merged into minutes after
-the run. Once a minute a sampler thread records, for every pod, the RSS (kB) and open fds of its
-sidecar (the uid-1337 processes) and of its app (the rest), and the conntrack entries of every
-lab namespace (``conntrack -C``, pods and nodes).
+the run. Once a minute a sampler thread (:mod:`_soak_sample`) records, for every pod, the RSS
+(kB), open fds and CPU seconds of its sidecar (the uid-1337 processes) and of its app (the
+rest), the conntrack entries of every lab namespace (``conntrack -C``, pods and nodes), and the
+CPU of Prometheus, of the runner and of the machine (busy, softirq, steal) with its biggest other
+user, so a change in latency can be set beside where the cores' time went (``cpu_per_minute``,
+and ``cpu_thirds``: the first and the last third after the warm-up, as the drift compares).
 
 Rate: the issue's 1000 rps when it is at most half the chain's measured maximum (the TPS of a
 15 s open-loop run offered 3000 rps over the same 16 connections, before the soak); otherwise
@@ -39,13 +42,9 @@ everything but that race.
 from __future__ import annotations
 
 import argparse
-import collections
-import re
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +54,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import bench_run, machine_info, verdict, write_results
-from _procs import rss_kb
+from _soak_sample import MinuteSampler, cpu_per_minute, cpu_thirds, error_records
 
-from meshlab.collectors.accesslog import parse_line
 from meshlab.envs.local.lab import DEFAULT_MANIFESTS, LocalEnv
-from meshlab.envs.local.netns import netns_pids
 from meshlab.experiment import Run
 from meshlab.journal import RunJournal
 from meshlab.load import hdr
@@ -67,110 +64,10 @@ from meshlab.load import hdr
 URL = "http://fortio-server:8070/echo?size=100"
 CONNECTIONS = 16
 ISSUE_RATE = 1000
-CLIENT_POD = "netshoot"  # its processes are the load generator's: reported, not judged
 HEADROOM = 2.0  # the issue's rate is used when the measured max is at least this much above
 OFFERED_MAX = 3000  # rps offered to measure the maximum (above ISSUE_RATE * HEADROOM)
-ERROR_SAMPLE = 20  # non-2xx access-log records kept whole
-ERROR_KEYS = ("start_time", "response_code", "response_flags", "response_code_details",
-              "upstream_transport_failure_reason", "upstream_cluster", "upstream_host",
-              "duration")
 APP_MANIFESTS = ("fortio-server.yaml", "fortio-server-l2.yaml")  # the two fortio servers
 TARGETS = {"errors": 0, "rss_growth_pct": 5.0, "fd_growth": 0, "p99_drift_pct": 20.0}
-
-
-def _uid(pid: int) -> str:
-    try:
-        return next(ln.split()[1] for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-                    if ln.startswith("Uid:"))
-    except (OSError, StopIteration):
-        return ""
-
-
-def _fds(pid: int) -> int:
-    try:
-        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return 0
-
-
-def sample(env: LocalEnv) -> dict[str, Any]:
-    """One minute's sample: ``{"procs": {"<pod>/sidecar"|"<pod>/app": {"rss_kb", "fds",
-    "pids"}}, "conntrack": {"<kind>/<name>": entries}}``."""
-    procs: dict[str, dict[str, int]] = {}
-    conntrack: dict[str, int] = {}
-    for pod in env.pods():
-        for pid in netns_pids(env.netns_of("pod", pod.name)):
-            role = ("sidecar" if _uid(pid) == "1337" else
-                    "client" if pod.name.startswith(CLIENT_POD) else "app")
-            rec = procs.setdefault(f"{pod.name}/{role}", {"rss_kb": 0, "fds": 0, "pids": 0})
-            rec["rss_kb"] += rss_kb(pid)
-            rec["fds"] += _fds(pid)
-            rec["pids"] += 1
-        res = env.pod_shell(pod.name).run(["conntrack", "-C"], check=False)
-        conntrack[f"pod/{pod.name}"] = int(res.stdout.strip() or 0) if res.ok else -1
-    for node in env.plan.nodes:
-        res = env.node_shell(node).run(["conntrack", "-C"], check=False)
-        conntrack[f"node/{node}"] = int(res.stdout.strip() or 0) if res.ok else -1
-    return {"procs": procs, "conntrack": conntrack}
-
-
-_TEXT_2XX = re.compile(r'\[\S+\] "[^"]*" 2')
-
-
-def _is_2xx(line: str) -> bool:
-    """Fast pre-filter: the line is a 2xx record in either access-log encoding."""
-    return bool(_TEXT_2XX.match(line)) if line.startswith("[") else '"response_code":2' in line
-
-
-def error_records(env: LocalEnv) -> dict[str, Any]:
-    """Every sidecar's non-2xx access-log records (read as a stream, the logs are large):
-    ``{"by_cause": {"<pod> <cluster> <code> <flags> <details>": n}, "sample": [records with
-    ERROR_KEYS and "pod"]}``."""
-    causes: collections.Counter[str] = collections.Counter()
-    sample: list[dict[str, Any]] = []
-    for pod in env.pods():
-        path = env.pod_log_dir(pod.name) / "access.log"
-        if not pod.meshed or not path.exists():
-            continue
-        with path.open(errors="replace") as lines:
-            for line in lines:
-                if _is_2xx(line):
-                    continue
-                rec = parse_line(line)
-                if rec is None or 200 <= (rec.get("response_code") or 0) < 300:
-                    continue
-                cause = [pod.name] + [str(rec.get(k) or "-") for k in (
-                    "upstream_cluster", "response_code", "response_flags",
-                    "response_code_details")]
-                causes[" ".join(cause)] += 1
-                if len(sample) < ERROR_SAMPLE:
-                    sample.append({"pod": pod.name, **{k: rec.get(k) for k in ERROR_KEYS}})
-    return {"by_cause": dict(causes.most_common()), "sample": sample}
-
-
-class MinuteSampler(threading.Thread):
-    """Calls :func:`sample` at 0, 60, 120 … s after :meth:`start` until :meth:`stop`; each
-    record carries ``minute`` and ``t_s``."""
-
-    def __init__(self, env: LocalEnv) -> None:
-        super().__init__(daemon=True, name="soak-sampler")
-        self.env, self.records, self._halt = env, [], threading.Event()
-        self.t0 = 0.0
-
-    def run(self) -> None:
-        self.t0 = time.monotonic()
-        minute = 0
-        while not self._halt.is_set():
-            rec = sample(self.env)
-            rec.update(minute=minute, t_s=round(time.monotonic() - self.t0, 1))
-            self.records.append(rec)
-            minute += 1
-            self._halt.wait(max(0.0, self.t0 + 60 * minute - time.monotonic()))
-
-    def stop(self) -> None:
-        """Stop after the current sample and wait for the thread."""
-        self._halt.set()
-        self.join(timeout=60)
 
 
 def per_minute(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -231,7 +128,9 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     grow = growth(doc["samples"], warm)
     drift = p99_drift_pct(doc["minutes"], warm)
     judged = [g for g in grow.values() if g["judged"]]
-    return {"growth": grow, "p99_drift_pct": drift, "targets": {
+    cpu = cpu_per_minute(doc["samples"])
+    return {"growth": grow, "p99_drift_pct": drift, "cpu_per_minute": cpu,
+            "cpu_thirds": cpu_thirds(cpu, warm), "targets": {
         "errors": verdict(doc["load"]["errors"], TARGETS["errors"]),
         "rss_growth_pct": verdict(max(g["rss_growth_pct"] for g in judged),
                                   TARGETS["rss_growth_pct"]),
@@ -275,11 +174,35 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"| {g['rss_growth_pct']} | {g['fds_warm']} → {g['fds_end']} |")
     lines += ["", (f"p99 drift (median of the last third vs the first third of the minutes "
               f"after the warm-up): {s['p99_drift_pct']} %"), "",
+              *_cpu_lines(doc),
               "| target | value | goal | met |", "|---|---|---|---|"]
     for name, v in s["targets"].items():
         goal = "= 0" if name in ("errors",) else f"≤ {v['target']}"
         lines.append(f"| {name} | {v['value']} | {goal} | {'yes' if v['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_lines(doc: dict[str, Any]) -> list[str]:
+    """The markdown tables of the CPU per minute and by third, in % of one core (none: a
+    record from before the sampler kept CPU)."""
+    rows, thirds = doc["summary"].get("cpu_per_minute"), doc["summary"].get("cpu_thirds")
+    if not rows:
+        return []
+    p99 = {m["minute"]: m["p99_ms"] for m in doc["minutes"]}
+    cols = [k for k in rows[0] if k not in ("minute", "top_other")]
+    lines = [("CPU per minute, % of one core (host: the whole machine, "
+             f"{doc['machine']['cores']} × 100 %):"), "",
+             "| minute | p99 ms | " + " | ".join(cols) + " | top other |",
+             "|---" * (len(cols) + 3) + "|"]
+    for r in rows:
+        top = f"{r['top_other'][0]} {r['top_other'][1]}" if r.get("top_other") else "-"
+        lines.append(f"| {r['minute'] + 1} | {p99.get(r['minute'])} | "
+                     + " | ".join(str(r.get(k, "-")) for k in cols) + f" | {top} |")
+    if thirds:
+        lines += ["", "Mean CPU (% of one core), first → last third after the warm-up:", "",
+                  "| column | first third | last third |", "|---|---|---|"]
+        lines += [f"| {k} | {a} | {b} |" for k, (a, b) in thirds.items()]
+    return lines + [""]
 
 
 def _keepalive_line(idle_s: float | None) -> str:
