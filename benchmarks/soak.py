@@ -122,6 +122,56 @@ def p99_drift_pct(minutes: list[dict[str, Any]], warmup_min: int) -> float | Non
     return round(100.0 * (thirds[1] - thirds[0]) / thirds[0], 1)
 
 
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks 0 … n-1 of ``values``, ties given their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def p99_vs_machine(minutes: list[dict[str, Any]],
+                   cpu: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Spearman rank correlation of the minutes' p99 with the machine's busy CPU (at a constant
+    rate: the CPU a request costs) and with the speed probe's µs: ``{"host_busy": r,
+    "probe_us": r}`` (None: under 3 minutes, or a constant series). Near 1: the p99 follows
+    how fast the cores run, which the lab does not set."""
+    p99 = {m["minute"]: m["p99_ms"] for m in minutes if m["p99_ms"] is not None}
+    out: dict[str, float | None] = {}
+    for key in ("host_busy", "probe_us"):
+        pairs = [(p99[r["minute"]], r[key]) for r in cpu if key in r and r["minute"] in p99]
+        try:
+            out[key] = round(statistics.correlation(_ranks([a for a, _ in pairs]),
+                                                    _ranks([b for _, b in pairs])), 2)
+        except statistics.StatisticsError:
+            out[key] = None
+    return out
+
+
+def cost_drift_pct(thirds: dict[str, list[float]]) -> dict[str, float]:
+    """From :func:`cpu_thirds`, the change (%) from the first to the last third of the CPU a
+    request costs (the rate is constant): ``{"host_busy"|"<pod>/app": %}``, the machine's speed
+    as the lab's fixed work sees it, and ``{"<pod>/sidecar_per_app": %}``, the sidecar's CPU
+    over its app's: its own efficiency, which a machine that runs slower for both leaves
+    unchanged."""
+    def pct(a: float, b: float) -> float:
+        return round(100.0 * (b - a) / a, 1) if a else 0.0
+
+    out = {k: pct(*v) for k, v in thirds.items() if k == "host_busy" or k.endswith("/app")}
+    for key, (a0, a1) in thirds.items():
+        side = thirds.get(key[:-len("/app")] + "/sidecar") if key.endswith("/app") else None
+        if side and a0 and a1:
+            out[key[:-len("/app")] + "/sidecar_per_app"] = pct(side[0] / a0, side[1] / a1)
+    return out
+
+
 def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     """Growth per process group, p99 drift and the target verdicts."""
     warm = doc["settings"]["warmup_min"]
@@ -130,7 +180,9 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     judged = [g for g in grow.values() if g["judged"]]
     cpu = cpu_per_minute(doc["samples"])
     return {"growth": grow, "p99_drift_pct": drift, "cpu_per_minute": cpu,
-            "cpu_thirds": cpu_thirds(cpu, warm), "targets": {
+            "cpu_thirds": (thirds := cpu_thirds(cpu, warm)),
+            "cost_drift_pct": cost_drift_pct(thirds),
+            "p99_vs_machine": p99_vs_machine(doc["minutes"], cpu), "targets": {
         "errors": verdict(doc["load"]["errors"], TARGETS["errors"]),
         "rss_growth_pct": verdict(max(g["rss_growth_pct"] for g in judged),
                                   TARGETS["rss_growth_pct"]),
@@ -202,6 +254,16 @@ def _cpu_lines(doc: dict[str, Any]) -> list[str]:
         lines += ["", "Mean CPU (% of one core), first → last third after the warm-up:", "",
                   "| column | first third | last third |", "|---|---|---|"]
         lines += [f"| {k} | {a} | {b} |" for k, (a, b) in thirds.items()]
+    corr = doc["summary"].get("p99_vs_machine") or {}
+    lines += ["", ("Rank correlation of the minutes' p99 with the machine's busy CPU (a request's "
+                   f"CPU cost at this constant rate): {corr.get('host_busy')}; with the speed "
+                   f"probe: {corr.get('probe_us')}.")]
+    cost = doc["summary"].get("cost_drift_pct") or {}
+    if cost:
+        lines += ["", ("CPU per request, change from the first to the last third (%; the apps' "
+                       "and the machine's: how fast the cores ran; `sidecar_per_app`: the "
+                       "sidecar's own cost, which machine speed leaves unchanged): "
+                       + ", ".join(f"{k} {v:+}" for k, v in cost.items()) + ".")]
     return lines + [""]
 
 
