@@ -82,17 +82,21 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def comm_ticks(pid: int) -> tuple[str, int] | None:
+    """``(comm, utime + stime in clock ticks)`` of ``pid`` from ``/proc/<pid>/stat`` (fields
+    2, 14 and 15); None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm, rest = stat.split(" (", 1)[1].rsplit(")", 1)
+    fields = rest.split()
+    return comm, int(fields[11]) + int(fields[12])
+
+
 def cpu_s(pids: list[int]) -> float:
     """CPU seconds (user + system) used so far by ``pids``; vanished pids count 0."""
-    total = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total * TICK_S
+    return sum((comm_ticks(pid) or ("", 0))[1] for pid in pids) * TICK_S
 
 
 def rss_kb(pid: int) -> int:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _procs import TICK_S, cpu_s, rss_kb
+from _procs import TICK_S, comm_ticks, cpu_s, rss_kb
 
 from meshlab.collectors.accesslog import parse_line
 from meshlab.envs.local import prometheus
@@ -81,30 +81,12 @@ def sample(env: LocalEnv, others: OtherCpu | None = None) -> dict[str, Any]:
     prom = prometheus.running_pid(env.lab)
     times = os.times()
     cpu: dict[str, Any] = {
-        "host": host_cpu_s(), "probe_us": speed_probe_us(),
-        "prometheus_s": round(cpu_s([prom]), 2) if prom else 0.0,
+        "host": host_cpu_s(), "prometheus_s": round(cpu_s([prom]), 2) if prom else 0.0,
         "runner_s": round(times.user + times.system + times.children_user
                           + times.children_system, 2)}
     if others is not None:
         cpu["others"] = others.top(lab_pids | {os.getpid(), prom or 0})
     return {"procs": procs, "conntrack": conntrack, "cpu": cpu}
-
-
-PROBE_LOOPS = 100_000  # about 10 ms of pure-Python work per round here
-
-
-def speed_probe_us(rounds: int = 3) -> float:
-    """A machine-speed index: the CPU time, in µs, this thread needs for a fixed piece of
-    pure-Python work (the median of ``rounds``). CPU time, not wall time: waiting for a core
-    does not count, so the index moves only with how fast a core runs this process (clock,
-    and what shares the physical core and its caches: other tenants of the host)."""
-    times = []
-    for _ in range(rounds):
-        t0, acc = time.thread_time_ns(), 0
-        for i in range(PROBE_LOOPS):
-            acc += i * i % 7
-        times.append((time.thread_time_ns() - t0) / 1000)
-    return round(sorted(times)[len(times) // 2], 1)
 
 
 HOST_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -129,15 +111,8 @@ class OtherCpu:
     def _scan() -> dict[int, tuple[str, int]]:
         out = {}
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            comm, rest = stat.split(" (", 1)[1].rsplit(")", 1)
-            fields = rest.split()
-            out[int(proc.name)] = (comm, int(fields[11]) + int(fields[12]))
+            if proc.name.isdigit() and (rec := comm_ticks(int(proc.name))) is not None:
+                out[int(proc.name)] = rec
         return out
 
     def top(self, exclude: set[int]) -> list[list[Any]]:
@@ -217,8 +192,8 @@ class MinuteSampler(threading.Thread):
 def cpu_per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """CPU between consecutive samples, in % of one core (the machine has ``cores`` × 100 %):
     ``[{"minute", "<pod>/<role>", "prometheus", "runner", "host_busy", "host_softirq",
-    "host_steal", "probe_us", "top_other": [comm, %] | None}]``; ``minute`` m is the interval
-    that ends at sample m + 1, whose :func:`speed_probe_us` is ``probe_us`` (µs, not %).
+    "host_steal", "top_other": [comm, %] | None}]``; ``minute`` m is the interval that ends at
+    sample m + 1 (records of run H also carry its speed probe, ``probe_us``: µs, not %).
     ``host_busy`` is every state but idle, iowait and steal."""
     rows = []
     for s0, s1 in itertools.pairwise(samples):
@@ -241,7 +216,7 @@ def cpu_per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                sum(v for k, v in h0.items() if k not in idle))
         row["host_softirq"] = pct(h1["softirq_s"], h0["softirq_s"])
         row["host_steal"] = pct(h1["steal_s"], h0["steal_s"])
-        if "probe_us" in s1["cpu"]:
+        if "probe_us" in s1["cpu"]:  # runs H and the check run before it had a speed probe
             row["probe_us"] = s1["cpu"]["probe_us"]
         top = (s1["cpu"].get("others") or [None])[0]
         row["top_other"] = None if top is None else [top[0], round(100.0 * top[1] / dt_s, 1)]

@@ -140,7 +140,7 @@ def _ranks(values: list[float]) -> list[float]:
 def p99_vs_machine(minutes: list[dict[str, Any]],
                    cpu: list[dict[str, Any]]) -> dict[str, float | None]:
     """Spearman rank correlation of the minutes' p99 with the machine's busy CPU (at a constant
-    rate: the CPU a request costs) and with the speed probe's µs: ``{"host_busy": r,
+    rate: the CPU a request costs) and with the speed probe's µs (run H only): ``{"host_busy": r,
     "probe_us": r}`` (None: under 3 minutes, or a constant series). Near 1: the p99 follows
     how fast the cores run, which the lab does not set."""
     p99 = {m["minute"]: m["p99_ms"] for m in minutes if m["p99_ms"] is not None}
@@ -255,9 +255,10 @@ def _cpu_lines(doc: dict[str, Any]) -> list[str]:
                   "| column | first third | last third |", "|---|---|---|"]
         lines += [f"| {k} | {a} | {b} |" for k, (a, b) in thirds.items()]
     corr = doc["summary"].get("p99_vs_machine") or {}
+    probe = ("" if corr.get("probe_us") is None
+             else f"; with run H's speed probe: {corr['probe_us']}")
     lines += ["", ("Rank correlation of the minutes' p99 with the machine's busy CPU (a request's "
-                   f"CPU cost at this constant rate): {corr.get('host_busy')}; with the speed "
-                   f"probe: {corr.get('probe_us')}.")]
+                   f"CPU cost at this constant rate): {corr.get('host_busy')}{probe}.")]
     cost = doc["summary"].get("cost_drift_pct") or {}
     if cost:
         lines += ["", ("CPU per request, change from the first to the last third (%; the apps' "
